@@ -1,0 +1,149 @@
+"""Query-chunked masked attention for backends that take an explicit mask (eager, sdpa).
+
+A dense mask over all keys is O(n^2) memory per layer. Instead, queries are processed in chunks
+of C; a chunk only needs the keys its window can reach (a contiguous slice of about C + W keys)
+plus the sink keys before that slice, gathered. The mask for that small key set comes from
+``rule.visible``, so the semantics stay in one place and the cost is O(n * (C + W + k)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .. import rule
+from ..plan import AttentionPlan
+
+# kernel(q, k, v, mask, is_causal) -> (out (B,H,C,D), weights or None)
+ChunkKernel = Callable[[Tensor, Tensor, Tensor, Tensor | None, bool], tuple[Tensor, Tensor | None]]
+
+DEFAULT_MIN_CHUNK = 1024
+
+
+def query_chunk_size(plan: AttentionPlan) -> int:
+    """Explicit ``query_chunk_size`` if set, else max(1024, W): big enough to keep kernels busy,
+    small enough that a chunk's mask is O(W^2), not O(n^2)."""
+    cfg = plan.config
+    if cfg.query_chunk_size is not None:
+        return cfg.query_chunk_size
+    return max(DEFAULT_MIN_CHUNK, cfg.sliding_window_size or 0)
+
+
+@dataclass
+class KeySelection:
+    """The keys one query chunk may see: sink keys before the slice (gathered), then a slice."""
+
+    start: int
+    end: int
+    sink_index: Tensor | None  # (B, S) key indices < start, or None
+    sink_ok: Tensor | None  # (B, S) bool
+
+
+def sink_candidates(plan: AttentionPlan) -> tuple[Tensor, Tensor]:
+    """Indices of all sink keys per row, left-aligned and padded (built once per forward)."""
+
+    def build() -> tuple[Tensor, Tensor]:
+        is_sink = plan.k_valid & rule.is_sink(plan.k_pos, plan.config.keep_first)
+        count = is_sink.sum(-1)
+        width = max(int(count.max()), 1)
+        order = torch.sort((~is_sink).to(torch.uint8), dim=-1, stable=True).indices[:, :width]
+        ok = torch.arange(width, device=order.device)[None, :] < count[:, None]
+        return order, ok
+
+    return plan.memo(("sink_candidates",), build)
+
+
+def select_keys(plan: AttentionPlan, window: int | None, q_start: int, q_end: int) -> KeySelection:
+    off = plan.past_len
+    end = off + q_end
+    if window is None:
+        return KeySelection(0, end, None, None)
+    start = max(0, off + q_start - window + 1)
+    if start == 0 or plan.config.keep_first == 0:
+        return KeySelection(start, end, None, None)
+    index, ok = sink_candidates(plan)
+    ok = ok & (index < start)
+    if not bool(ok.any()):
+        return KeySelection(start, end, None, None)
+    return KeySelection(start, end, index, ok)
+
+
+def _gather_keys(x: Tensor, sel: KeySelection) -> Tensor:
+    part = x[:, :, sel.start : sel.end]
+    if sel.sink_index is None:
+        return part
+    b, h, _, d = x.shape
+    idx = sel.sink_index[:, None, :, None].expand(b, h, sel.sink_index.shape[1], d)
+    return torch.cat([x.gather(2, idx), part], dim=2)
+
+
+def _gather_meta(meta: Tensor, sel: KeySelection) -> Tensor:
+    part = meta[:, sel.start : sel.end]
+    if sel.sink_index is None:
+        return part
+    return torch.cat([meta.gather(1, sel.sink_index), part], dim=1)
+
+
+def chunk_mask(
+    plan: AttentionPlan, sel: KeySelection, q_start: int, q_end: int, window: int | None, q_answer: Tensor | None
+) -> Tensor:
+    """(B, 1, C, K) boolean mask for one chunk, straight from the rule. Padding queries see only
+    themselves so that no softmax row is empty (their outputs are never used)."""
+    q = slice(q_start, q_end)
+    k_valid = _gather_meta(plan.k_valid, sel)
+    if sel.sink_ok is not None:
+        k_valid = k_valid.clone()
+        k_valid[:, : sel.sink_ok.shape[1]] &= sel.sink_ok
+    visible = rule.visible(
+        plan.q_pos[:, q, None],
+        _gather_meta(plan.k_pos, sel)[:, None, :],
+        plan.q_doc[:, q, None],
+        _gather_meta(plan.k_doc, sel)[:, None, :],
+        k_valid[:, None, :],
+        window,
+        plan.config.keep_first,
+        None if q_answer is None else q_answer[:, q, None],
+    )
+    if not plan.simple:
+        n_sink = 0 if sel.sink_index is None else sel.sink_index.shape[1]
+        key_index = torch.arange(sel.start, sel.end, device=visible.device)
+        own = plan.past_len + torch.arange(q_start, q_end, device=visible.device)
+        diagonal = torch.zeros_like(visible)
+        diagonal[:, :, n_sink:] = own[:, None] == key_index[None, :]
+        q_valid = plan.q_valid[:, q, None]
+        visible = (visible & q_valid) | (diagonal & ~q_valid)
+    return visible[:, None]
+
+
+def chunked_attention(
+    plan: AttentionPlan,
+    layer_idx: int,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    kernel: ChunkKernel,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention for one layer, (B, H, Lq, D) in and out, following the plan's rule."""
+    window = plan.layer_window(layer_idx)
+    q_answer = plan.layer_answer_mask(layer_idx) if window is not None else None
+    q_len = query.shape[2]
+    if window is None and plan.simple:
+        # Plain causal attention: no mask at all (lets sdpa pick its fused causal kernels).
+        if plan.past_len == 0:
+            return kernel(query, key, value, None, True)
+        if q_len == 1:
+            return kernel(query, key, value, None, False)
+    chunk = query_chunk_size(plan)
+    outputs, weights = [], None
+    for q_start in range(0, q_len, chunk):
+        q_end = min(q_len, q_start + chunk)
+        sel = select_keys(plan, window, q_start, q_end)
+        mask = chunk_mask(plan, sel, q_start, q_end, window, q_answer)
+        out, w = kernel(query[:, :, q_start:q_end], _gather_keys(key, sel), _gather_keys(value, sel), mask, False)
+        outputs.append(out)
+        if q_end == q_len and q_start == 0 and sel.start == 0 and sel.sink_index is None:
+            weights = w  # one chunk over all keys in order: the weights are the full matrix
+    return torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0], weights

@@ -1,0 +1,53 @@
+"""Eager backend: explicit softmax(QK^T) per query chunk. Supports logit softcapping (Gemma2)
+and returns attention weights when the whole matrix fits in one chunk."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..plan import AttentionPlan
+from .chunked import chunked_attention
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(B, Hkv, L, D) -> (B, Hkv * groups, L, D), as transformers' GQA helper does."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+
+
+def eager_kernel(scaling: float, softcap: float | None, dropout: float, training: bool):
+    def kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool):
+        groups = q.shape[1] // k.shape[1]
+        k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if is_causal:
+            n_q, n_k = q.shape[2], k.shape[2]
+            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        weights = nn.functional.dropout(weights, p=dropout, training=training)
+        return torch.matmul(weights, v), weights
+
+    return kernel
+
+
+def eager_swaa_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    plan: AttentionPlan,
+    *,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    kernel = eager_kernel(scaling, softcap, dropout, module.training)
+    out, weights = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
+    return out.transpose(1, 2).contiguous(), weights

@@ -1,0 +1,117 @@
+"""FlexAttention backend: a block-sparse BlockMask built from the rule, once per forward.
+
+Fully masked blocks are skipped, so a sliding layer costs O(n * (W + k)) on GPU. The BlockMask is
+memoised on the plan (one per window setting), so every layer of a forward shares it. On CUDA the
+kernel and the mask builder are compiled (an uncompiled ``create_block_mask`` at 128K would
+materialise a dense 128 GiB mask); on CPU both run eagerly, which the tests use.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from .. import rule
+from ..plan import AttentionPlan
+
+_COMPILED_FLEX: Callable | None = None
+
+
+def _flex_kernel(device: torch.device) -> Callable:
+    """The compiled kernel on accelerators (compiled once per process), eager elsewhere."""
+    global _COMPILED_FLEX
+    if device.type == "cpu":
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def simple_mask_mod(offset: int, window: int | None, keep_first: int) -> Callable:
+    """Index arithmetic only: every row is one unpadded sequence, position == key index."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q_pos = q_idx + offset
+        visible = rule.causal(q_pos, kv_idx)
+        if window is not None:
+            visible = visible & rule.local_visible(q_pos, kv_idx, window, keep_first)
+        return visible
+
+    return mask_mod
+
+
+def general_mask_mod(plan: AttentionPlan, window: int | None, q_answer: Tensor | None) -> Callable:
+    """Table look-ups into the plan: padding, packed documents, answer tokens."""
+    q_pos, q_doc, q_valid = plan.q_pos, plan.q_doc, plan.q_valid
+    k_pos, k_doc, k_valid = plan.k_pos, plan.k_doc, plan.k_valid
+    keep_first, offset = plan.config.keep_first, plan.past_len
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        visible = rule.visible(
+            q_pos[b, q_idx],
+            k_pos[b, kv_idx],
+            q_doc[b, q_idx],
+            k_doc[b, kv_idx],
+            k_valid[b, kv_idx],
+            window,
+            keep_first,
+            None if q_answer is None else q_answer[b, q_idx],
+        )
+        real_query = q_valid[b, q_idx]
+        return (visible & real_query) | (~real_query & (kv_idx == q_idx + offset))
+
+    return mask_mod
+
+
+def build_block_mask(plan: AttentionPlan, window: int | None, q_answer: Tensor | None, device) -> BlockMask:
+    if plan.simple:
+        mask_mod = simple_mask_mod(plan.past_len, window, plan.config.keep_first)
+        batch = None
+    else:
+        mask_mod = general_mask_mod(plan, window, q_answer)
+        batch = plan.q_pos.shape[0]
+    return create_block_mask(
+        mask_mod, batch, None, plan.q_len, plan.k_len, device=device, _compile=device.type != "cpu"
+    )
+
+
+def softcap_score_mod(softcap: float) -> Callable:
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return torch.tanh(score / softcap) * softcap
+
+    return score_mod
+
+
+def flex_swaa_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    plan: AttentionPlan,
+    *,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Tensor, None]:
+    if dropout and module.training:
+        raise ValueError("flex_attention: attention dropout is not supported; set attention_dropout=0.0")
+    window = plan.layer_window(module.layer_idx)
+    q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
+    device = query.device
+    block_mask = plan.memo(
+        ("flex_block_mask", window, q_answer is not None),
+        lambda: build_block_mask(plan, window, q_answer, device),
+    )
+    out = _flex_kernel(device)(
+        query,
+        key,
+        value,
+        score_mod=None if softcap is None else softcap_score_mod(softcap),
+        block_mask=block_mask,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return out.transpose(1, 2).contiguous(), None

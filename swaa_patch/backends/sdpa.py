@@ -1,0 +1,49 @@
+"""SDPA backend: torch's scaled_dot_product_attention per query chunk with a boolean mask from
+the rule; plain causal layers go mask-free so torch can pick its fused kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..plan import AttentionPlan
+from .chunked import chunked_attention
+
+
+def sdpa_kernel(scaling: float, dropout: float):
+    def kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool):
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=is_causal,
+            scale=scaling,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        return out, None
+
+    return kernel
+
+
+def sdpa_swaa_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    plan: AttentionPlan,
+    *,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+) -> tuple[Tensor, None]:
+    if softcap is not None:
+        # Same contract as transformers' own sdpa path: SDPA cannot softcap logits.
+        raise ValueError(
+            "`sdpa` attention does not support `softcap` (attn_logit_softcapping); load the model with "
+            "attn_implementation='eager' or 'flex_attention'"
+        )
+    kernel = sdpa_kernel(scaling, dropout if module.training else 0.0)
+    out, _ = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
+    return out.transpose(1, 2).contiguous(), None

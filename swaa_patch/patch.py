@@ -1,0 +1,254 @@
+"""Registration with transformers' extension points: idempotent and reversible.
+
+``hack_hf_swaa()`` does three things, each undone by ``unhack_hf_swaa()``:
+1. wraps the ``eager``/``sdpa``/``flex_attention``/``flash_attention_2`` entries of
+   ``AttentionInterface``: with a plan in the call, our backend runs; without one, the original
+   function runs with the exact same arguments (bit-for-bit stock);
+2. wraps the same entries of ``AttentionMaskInterface`` so transformers skips building masks we
+   would ignore (an n x n mask at 128K is 16 GiB) for models whose swaa_config is active;
+3. registers a forward pre-hook on every model built afterwards (and ``apply_swaa`` on any
+   model): once per forward it turns the inputs into an :class:`AttentionPlan` that reaches the
+   attention functions through transformers' own ``**kwargs`` plumbing.
+No model class's forward is replaced, so new transformers releases of a modeling file keep
+working as long as they call the attention interface.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+import weakref
+from typing import Any, Callable, Mapping
+
+from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
+
+from .backends import BACKENDS
+from .cache import prepare_cache
+from .config import SWAAConfig
+from .models import family_of
+from .plan import build_plan
+
+logger = logging.getLogger(__name__)
+
+PLAN_KWARG = "swaa_plan"
+_MISSING = object()
+
+
+class _PatchState:
+    """What hack_hf_swaa replaced, so unhack_hf_swaa can put it back exactly."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.attention: dict[str, Any] = {}
+        self.masks: dict[str, Any] = {}
+        self.post_init: Callable | None = None
+        self.config_default: Any = _MISSING
+        self.hooked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+_STATE = _PatchState()
+_FORWARD_PARAMS: dict[type, list[str]] = {}
+
+
+# -- config resolution ------------------------------------------------------------------------
+def active_config(model_config: PreTrainedConfig | None) -> SWAAConfig | None:
+    """The enabled SWAAConfig attached to a model config, validated against the model, or None."""
+    raw = getattr(model_config, "swaa_config", None)
+    if raw is None:
+        return None
+    config = SWAAConfig.coerce(raw)
+    if config is not raw:
+        model_config.swaa_config = config  # validate a JSON dict once, keep the object
+    if not config.enabled:
+        return None
+    family_of(model_config)
+    config.check_layers(model_config.num_hidden_layers)
+    return config
+
+
+# -- attention and mask wrappers --------------------------------------------------------------
+def _stock_eager(module: nn.Module) -> Callable:
+    """The modeling file's own eager function (families differ, e.g. Gemma's softcapping)."""
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+def _make_attention(name: str, original: Callable | None) -> Callable:
+    backend = BACKENDS[name]
+
+    def swaa_attention(module, query, key, value, attention_mask, *args, **kwargs):
+        plan = kwargs.pop(PLAN_KWARG, None)
+        if plan is None:
+            if active_config(module.config) is not None:
+                raise RuntimeError(
+                    "swaa_config is set but this forward carries no SWAA plan: the model was built before "
+                    "hack_hf_swaa(); call swaa_patch.apply_swaa(model, config) instead"
+                )
+            stock = original if original is not None else _stock_eager(module)
+            return stock(module, query, key, value, attention_mask, *args, **kwargs)
+        scaling = kwargs.get("scaling")
+        return backend(
+            module,
+            query,
+            key,
+            value,
+            plan,
+            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+            dropout=kwargs.get("dropout", 0.0),
+            softcap=kwargs.get("softcap"),
+        )
+
+    swaa_attention.swaa_original = original
+    return swaa_attention
+
+
+def _make_mask(original: Callable) -> Callable:
+    def swaa_mask(*args, **kwargs):
+        if active_config(kwargs.get("config")) is not None:
+            return None  # our backends build their masks from the plan
+        return original(*args, **kwargs)
+
+    swaa_mask.swaa_original = original
+    return swaa_mask
+
+
+# -- the per-forward hook ---------------------------------------------------------------------
+def _forward_params(model: nn.Module) -> list[str]:
+    cls = type(model)
+    if cls not in _FORWARD_PARAMS:
+        _FORWARD_PARAMS[cls] = list(inspect.signature(cls.forward).parameters)[1:]
+    return _FORWARD_PARAMS[cls]
+
+
+def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    if not _STATE.active or PLAN_KWARG in kwargs:
+        return None
+    config = active_config(getattr(model, "config", None))
+    if config is None:
+        return None
+    bound = {**dict(zip(_forward_params(model), args)), **kwargs}
+    tokens = bound.get("input_ids")
+    if tokens is None:
+        tokens = bound.get("inputs_embeds")
+    if tokens is None:
+        return None
+    use_cache = bound.get("use_cache")
+    use_cache = model.config.use_cache if use_cache is None else use_cache
+    past = prepare_cache(bound.get("past_key_values"), model.config, bool(use_cache) and not model.training)
+    if past is not None:
+        bound["past_key_values"] = past
+    bound[PLAN_KWARG] = build_plan(
+        config,
+        batch_size=tokens.shape[0],
+        q_len=tokens.shape[1],
+        device=tokens.device,
+        attention_mask=bound.get("attention_mask"),
+        position_ids=bound.get("position_ids"),
+        past_len=past.get_seq_length() if past is not None else 0,
+        labels=bound.get("labels"),
+    )
+    return (), bound
+
+
+def _install_hook(model: nn.Module) -> None:
+    if getattr(model, "_swaa_hook", None) is None:
+        model._swaa_hook = model.register_forward_pre_hook(_swaa_pre_forward, with_kwargs=True)
+        _STATE.hooked.add(model)
+
+
+def _remove_hook(model: nn.Module) -> None:
+    handle = getattr(model, "_swaa_hook", None)
+    if handle is not None:
+        handle.remove()
+        model._swaa_hook = None
+        _STATE.hooked.discard(model)
+
+
+def _post_init_with_hook(original: Callable) -> Callable:
+    def post_init(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        _install_hook(self)
+        return result
+
+    post_init.swaa_original = original
+    return post_init
+
+
+# -- public API -------------------------------------------------------------------------------
+def hack_hf_swaa(training: bool = False) -> None:
+    """Patch transformers so that any model whose ``config.swaa_config`` is set runs SWAA.
+
+    Idempotent. ``training`` is accepted for compatibility with the reference implementation;
+    it changes nothing here because the training rule (answer tokens attend fully under
+    force_fa_decode) applies whenever labels are passed, for any batch size.
+    """
+    del training
+    if _STATE.active:
+        return
+    for name in BACKENDS:
+        _STATE.attention[name] = AttentionInterface._global_mapping.get(name, _MISSING)
+        original = _STATE.attention[name]
+        AttentionInterface.register(name, _make_attention(name, None if original is _MISSING else original))
+        _STATE.masks[name] = AttentionMaskInterface._global_mapping.get(name, _MISSING)
+        if _STATE.masks[name] is not _MISSING:
+            AttentionMaskInterface.register(name, _make_mask(_STATE.masks[name]))
+    _STATE.post_init = PreTrainedModel.post_init
+    PreTrainedModel.post_init = _post_init_with_hook(_STATE.post_init)
+    # A class-level default makes `from_pretrained(path, swaa_config=...)` a known config field.
+    _STATE.config_default = PreTrainedConfig.__dict__.get("swaa_config", _MISSING)
+    PreTrainedConfig.swaa_config = None
+    _STATE.active = True
+
+
+def unhack_hf_swaa() -> None:
+    """Undo hack_hf_swaa exactly: registries, post_init, config default and all hooks."""
+    if not _STATE.active:
+        return
+    for registry, saved in ((AttentionInterface, _STATE.attention), (AttentionMaskInterface, _STATE.masks)):
+        for name, original in saved.items():
+            if original is _MISSING:
+                registry._global_mapping.pop(name, None)
+            else:
+                registry._global_mapping[name] = original
+        saved.clear()
+    PreTrainedModel.post_init = _STATE.post_init
+    if _STATE.config_default is _MISSING:
+        del PreTrainedConfig.swaa_config
+    else:
+        PreTrainedConfig.swaa_config = _STATE.config_default
+    for model in list(_STATE.hooked):
+        _remove_hook(model)
+    _STATE.active = False
+
+
+def is_hacked() -> bool:
+    return _STATE.active
+
+
+def apply_swaa(model: nn.Module, config: SWAAConfig | Mapping[str, Any] | None) -> nn.Module:
+    """Make ``model`` run SWAA with ``config`` (patching transformers if needed); returns it.
+
+    Works on models built before ``hack_hf_swaa()``. ``None`` or ``sliding_window_size=None``
+    leaves the model exactly stock.
+    """
+    hack_hf_swaa()
+    swaa_config = SWAAConfig.coerce(config)
+    model.config.swaa_config = swaa_config
+    active_config(model.config)  # validate family and layer indices now, not at first forward
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            _install_hook(module)
+    return model
+
+
+def remove_swaa(model: nn.Module) -> nn.Module:
+    """Detach SWAA from one model: it becomes the stock model again."""
+    model.config.swaa_config = None
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            _remove_hook(module)
+    return model
+

@@ -1,0 +1,185 @@
+"""AttentionPlan: what one forward pass needs to apply the rule, computed once and shared by all layers.
+
+The plan turns the inputs of a forward (2D padding mask, position ids, cache length, labels) into
+per-token tensors the rule understands: positions counted from each sequence's (or packed
+document's) first real token, document ids, which keys are real, which queries attend fully.
+Backends read the plan; they never look at transformers' own masks. Per-forward derived objects
+(flex BlockMasks, sink gather indices) are memoised on the plan, so they are built once per
+forward, not once per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .config import SWAAConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class AttentionPlan:
+    """Per-forward metadata. Keys are the cache contents followed by this pass's tokens, so the
+    query at index ``t`` of this pass is the key at index ``past_len + t``."""
+
+    config: SWAAConfig
+    q_pos: Tensor  # (B, Lq) long
+    q_doc: Tensor  # (B, Lq) long
+    q_valid: Tensor  # (B, Lq) bool: False for padding queries
+    k_pos: Tensor  # (B, Lk) long
+    k_doc: Tensor  # (B, Lk) long
+    k_valid: Tensor  # (B, Lk) bool
+    q_answer: Tensor | None  # (B, Lq) bool: answer tokens (training with labels), else None
+    past_len: int
+    is_decode: bool
+    simple: bool  # no padding, one document per row, no answer tokens: position == key index
+    max_pos: int  # largest query position, to detect windows that cover everything
+    _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def q_len(self) -> int:
+        return self.q_pos.shape[1]
+
+    @property
+    def k_len(self) -> int:
+        return self.k_pos.shape[1]
+
+    def layer_window(self, layer_idx: int) -> int | None:
+        """The window to apply on this layer in this pass, or None for full causal attention."""
+        cfg = self.config
+        if not cfg.is_sliding_layer(layer_idx):
+            return None
+        if self.is_decode and cfg.full_on_decode(layer_idx):
+            return None
+        window = cfg.sliding_window_size
+        if window > self.max_pos:  # every causal key is inside the window already
+            return None
+        return window
+
+    def layer_answer_mask(self, layer_idx: int) -> Tensor | None:
+        """Queries that attend fully on this (sliding) layer: answer tokens under force_fa_decode."""
+        if self.q_answer is None or not self.config.full_on_decode(layer_idx):
+            return None
+        return self.q_answer
+
+    def memo(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
+
+
+def _segment_rank(flags: Tensor, starts: Tensor) -> Tensor:
+    """Inclusive count of ``flags`` since the last segment start, per row (cumsum reset at starts)."""
+    total = flags.long().cumsum(-1)
+    base = torch.where(starts, total - flags.long(), torch.zeros_like(total))
+    base = torch.cummax(base, dim=-1).values
+    return total - base
+
+
+def _document_starts(position_ids: Tensor) -> Tensor:
+    """A packed document starts wherever the position does not continue the previous one."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts
+
+
+def _check_padding_layout(valid: Tensor) -> None:
+    """Windows are sliced by key index, which needs the real tokens of a row to be contiguous
+    (left or right padding). A mask with holes would silently shift windows, so refuse it."""
+    v = valid.long()
+    changes = (v[:, 1:] != v[:, :-1]).sum(-1)
+    bad = changes > 2
+    bad |= (changes == 2) & (v[:, 0] == 1)
+    if bool(bad.any()):
+        raise ValueError(
+            "attention_mask: SWAA supports left or right padding only (the real tokens of each row must be "
+            "contiguous); got a mask with holes in the middle of a row"
+        )
+
+
+def answer_tokens(labels: Tensor, doc_starts: Tensor) -> Tensor:
+    """Tokens at or after the first supervised label of their document (labels != -100 after the
+    prompt). Works for any batch size and for packed documents; prompt lengths are per sample."""
+    supervised = labels != IGNORE_INDEX
+    return _segment_rank(supervised, doc_starts) > 0
+
+
+def build_plan(
+    config: SWAAConfig,
+    *,
+    batch_size: int,
+    q_len: int,
+    device: torch.device,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    past_len: int = 0,
+    labels: Tensor | None = None,
+) -> AttentionPlan:
+    """Compute the plan for one forward pass from its inputs."""
+    k_len = past_len + q_len
+    if attention_mask is not None:
+        if not isinstance(attention_mask, Tensor) or attention_mask.ndim != 2:
+            raise ValueError(
+                "attention_mask: SWAA builds its own masks and needs the 2D padding mask of shape "
+                "(batch, cached + new tokens); custom 4D masks and pre-built mask dicts are not supported"
+            )
+        if tuple(attention_mask.shape) != (batch_size, k_len):
+            raise ValueError(
+                f"attention_mask: expected shape ({batch_size}, {k_len}) = (batch, cached {past_len} + new "
+                f"{q_len} tokens), got {tuple(attention_mask.shape)}"
+            )
+        valid = attention_mask.to(device=device, dtype=torch.bool)
+        has_padding = not bool(valid.all())
+        if has_padding:
+            _check_padding_layout(valid)
+    else:
+        valid = torch.ones(batch_size, k_len, dtype=torch.bool, device=device)
+        has_padding = False
+
+    first_real = _first_real(valid)
+    starts = torch.zeros(batch_size, k_len, dtype=torch.bool, device=device)
+    starts[:, 0] = True
+    packed = False
+    if position_ids is not None and past_len == 0:
+        pids = position_ids.to(device).long().expand(batch_size, -1)
+        # Only resets among real tokens are document boundaries, not padding -> real transitions.
+        doc_starts = _document_starts(pids) & valid & ~first_real
+        packed = bool(doc_starts.any())
+        if packed:
+            starts = starts | doc_starts | first_real
+    k_doc = starts.long().cumsum(-1) - 1
+    k_pos = (_segment_rank(valid, starts | first_real) - 1).clamp_min(0)
+
+    q_answer = None
+    if labels is not None and past_len == 0 and config.force_fa_decode:
+        if tuple(labels.shape) != (batch_size, q_len):
+            raise ValueError(f"labels: expected shape ({batch_size}, {q_len}), got {tuple(labels.shape)}")
+        q_answer = answer_tokens(labels.to(device), starts)
+        if not bool(q_answer.any()):
+            q_answer = None
+
+    q_valid = valid[:, past_len:]
+    q_pos = k_pos[:, past_len:]
+    return AttentionPlan(
+        config=config,
+        q_pos=q_pos,
+        q_doc=k_doc[:, past_len:],
+        q_valid=q_valid,
+        k_pos=k_pos,
+        k_doc=k_doc,
+        k_valid=valid,
+        q_answer=q_answer,
+        past_len=past_len,
+        is_decode=past_len > 0 and q_len == 1,
+        simple=not (has_padding or packed or q_answer is not None),
+        max_pos=int(q_pos.max()) if q_pos.numel() else 0,
+    )
+
+
+def _first_real(valid: Tensor) -> Tensor:
+    """The first real token of each row restarts position counting (left padding)."""
+    return valid & (valid.long().cumsum(-1) == 1)
