@@ -9,8 +9,9 @@ plain dict; :func:`SWAAConfig.coerce` turns it back into a validated config.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 FIELD_NAMES = (
     "sliding_window_size",
@@ -89,7 +90,7 @@ class SWAAConfig(dict):
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str = "swaa_config") -> "SWAAConfig":
+    def from_dict(cls, data: Mapping[str, Any], path: str = "swaa_config") -> SWAAConfig:
         """Build from a mapping; errors name the JSON path of the bad field."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: must be an object with fields {list(FIELD_NAMES)}, got {data!r}")
@@ -102,7 +103,7 @@ class SWAAConfig(dict):
             raise ValueError(f"{path}.{err}") from None
 
     @classmethod
-    def coerce(cls, value: "SWAAConfig | Mapping[str, Any] | None") -> "SWAAConfig | None":
+    def coerce(cls, value: SWAAConfig | Mapping[str, Any] | None) -> SWAAConfig | None:
         """Accept what may sit on ``model.config.swaa_config`` (object, dict from JSON, None)."""
         if value is None or isinstance(value, cls):
             return value
@@ -113,7 +114,7 @@ class SWAAConfig(dict):
         return (type(self)._from_fields, (self.to_dict(),))
 
     @classmethod
-    def _from_fields(cls, data: dict[str, Any]) -> "SWAAConfig":
+    def _from_fields(cls, data: dict[str, Any]) -> SWAAConfig:
         return cls(**data)
 
     def __repr__(self) -> str:

@@ -19,7 +19,8 @@ import inspect
 import logging
 import sys
 import weakref
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
@@ -251,4 +252,3 @@ def remove_swaa(model: nn.Module) -> nn.Module:
         if isinstance(module, PreTrainedModel):
             _remove_hook(module)
     return model
-

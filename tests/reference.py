@@ -105,7 +105,9 @@ def _reference_attention(module, query, key, value, attention_mask, scaling=None
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (
+        scaling if scaling is not None else query.shape[-1] ** -0.5
+    )
     softcap = kwargs.get("softcap")
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap

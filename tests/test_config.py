@@ -35,7 +35,9 @@ def test_every_field_is_validated(kwargs, message):
 
 
 def test_from_dict_reports_json_path_and_unknown_keys():
-    with pytest.raises(ValueError, match=r"^settings\[2\]\.swaa_config\.keep_first: must be an integer >= 0, got -1$"):
+    with pytest.raises(
+        ValueError, match=r"^settings\[2\]\.swaa_config\.keep_first: must be an integer >= 0, got -1$"
+    ):
         SWAAConfig.from_dict({"keep_first": -1}, "settings[2].swaa_config")
     with pytest.raises(ValueError, match=r"swaa_config: unknown field\(s\) \['window'\]"):
         SWAAConfig.from_dict({"window": 3})
@@ -57,7 +59,9 @@ def test_layer_index_checked_on_reference_style_attach():
 
 
 def test_dict_json_and_run_name():
-    config = SWAAConfig(sliding_window_size=2048, keep_first=100, force_fa_decode=True, non_sliding_layers=[5, 1, 3])
+    config = SWAAConfig(
+        sliding_window_size=2048, keep_first=100, force_fa_decode=True, non_sliding_layers=[5, 1, 3]
+    )
     assert json.loads(json.dumps(config)) == config.to_dict()
     assert config.non_sliding_layers == (1, 3, 5)
     assert config.run_name() == "swa2048_sink100_fad_full1-3-5"

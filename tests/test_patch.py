@@ -51,14 +51,18 @@ def test_no_config_flex_delegates_to_stock(monkeypatch):
 
     from swaa_patch.patch import _make_attention
 
-    assert AttentionInterface._global_mapping["flex_attention"].swaa_original is hf_flex.flex_attention_forward
+    assert (
+        AttentionInterface._global_mapping["flex_attention"].swaa_original is hf_flex.flex_attention_forward
+    )
     calls = []
 
     def spy(module, query, key, value, attention_mask, **kwargs):
         calls.append((module.layer_idx, sorted(kwargs)))
         return torch.zeros_like(query).transpose(1, 2), None
 
-    monkeypatch.setitem(AttentionInterface._global_mapping, "flex_attention", _make_attention("flex_attention", spy))
+    monkeypatch.setitem(
+        AttentionInterface._global_mapping, "flex_attention", _make_attention("flex_attention", spy)
+    )
     model = tiny_model("qwen3", "flex_attention")
     with torch.no_grad():
         model(torch.randint(3, 90, (1, 8)))
@@ -131,7 +135,9 @@ def test_mask_with_holes_is_refused():
 
 def test_native_sliding_cache_is_replaced():
     """Mistral/Gemma's stock cache would forget keys beyond the native window; SWAA keeps them."""
-    model = apply_swaa(tiny_model("mistral"), SWAAConfig(sliding_window_size=3, keep_first=2, force_fa_decode=True))
+    model = apply_swaa(
+        tiny_model("mistral"), SWAAConfig(sliding_window_size=3, keep_first=2, force_fa_decode=True)
+    )
     ids = torch.randint(3, 90, (1, 20))
     out = model.generate(ids, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     cache = out.past_key_values

@@ -36,7 +36,10 @@ def family_configs() -> dict:
         "qwen2": lambda: Qwen2Config(**COMMON),
         "qwen3": lambda: Qwen3Config(**COMMON),
         "qwen3_moe": lambda: Qwen3MoeConfig(
-            **{**COMMON, "intermediate_size": 64}, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2
+            **{**COMMON, "intermediate_size": 64},
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
         ),
         "llama": lambda: LlamaConfig(**COMMON),
         # native windows on: SWAA must override them

@@ -4,7 +4,7 @@ softcap) with q/k/v as (batch, heads, length, head_dim) and returns transformers
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .eager import eager_swaa_attention
 from .flash import flash_swaa_attention

@@ -8,8 +8,8 @@ plus the sink keys before that slice, gathered. The mask for that small key set 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -56,10 +56,13 @@ def sink_candidates(plan: AttentionPlan) -> tuple[Tensor, Tensor]:
     return plan.memo(("sink_candidates",), build)
 
 
-def select_keys(plan: AttentionPlan, window: int | None, q_start: int, q_end: int) -> KeySelection:
+def select_keys(
+    plan: AttentionPlan, window: int | None, q_start: int, q_end: int, all_keys: bool = False
+) -> KeySelection:
+    """Keys a chunk may see; ``all_keys`` when some query of the chunk attends fully."""
     off = plan.past_len
     end = off + q_end
-    if window is None:
+    if window is None or all_keys:
         return KeySelection(0, end, None, None)
     start = max(0, off + q_start - window + 1)
     if start == 0 or plan.config.keep_first == 0:
@@ -88,7 +91,12 @@ def _gather_meta(meta: Tensor, sel: KeySelection) -> Tensor:
 
 
 def chunk_mask(
-    plan: AttentionPlan, sel: KeySelection, q_start: int, q_end: int, window: int | None, q_answer: Tensor | None
+    plan: AttentionPlan,
+    sel: KeySelection,
+    q_start: int,
+    q_end: int,
+    window: int | None,
+    q_answer: Tensor | None,
 ) -> Tensor:
     """(B, 1, C, K) boolean mask for one chunk, straight from the rule. Padding queries see only
     themselves so that no softmax row is empty (their outputs are never used)."""
@@ -140,9 +148,12 @@ def chunked_attention(
     outputs, weights = [], None
     for q_start in range(0, q_len, chunk):
         q_end = min(q_len, q_start + chunk)
-        sel = select_keys(plan, window, q_start, q_end)
+        all_keys = q_answer is not None and bool(q_answer[:, q_start:q_end].any())
+        sel = select_keys(plan, window, q_start, q_end, all_keys)
         mask = chunk_mask(plan, sel, q_start, q_end, window, q_answer)
-        out, w = kernel(query[:, :, q_start:q_end], _gather_keys(key, sel), _gather_keys(value, sel), mask, False)
+        out, w = kernel(
+            query[:, :, q_start:q_end], _gather_keys(key, sel), _gather_keys(value, sel), mask, False
+        )
         outputs.append(out)
         if q_end == q_len and q_start == 0 and sel.start == 0 and sel.sink_index is None:
             weights = w  # one chunk over all keys in order: the weights are the full matrix

@@ -15,8 +15,8 @@ install hint.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -82,12 +82,20 @@ def build_layout(plan: AttentionPlan, q_select: Tensor | None = None) -> VarlenL
     q_seg = seg_of_key[q_rows, plan.past_len + q_cols]
     cu_q, max_q = _cu_seqlens(q_seg, n_seg)
     cu_k, max_k = _cu_seqlens(k_seg, n_seg)
-    return VarlenLayout(q_rows, q_cols, k_rows, k_cols, cu_q, cu_k, max_q, max_k, q_seg, plan.q_pos[q_rows, q_cols])
+    return VarlenLayout(
+        q_rows, q_cols, k_rows, k_cols, cu_q, cu_k, max_q, max_k, q_seg, plan.q_pos[q_rows, q_cols]
+    )
 
 
 def sink_part(
-    q: Tensor, sink_k: Tensor, sink_v: Tensor, sink_count: Tensor, layout: VarlenLayout, window: int,
-    scaling: float, softcap: float | None,
+    q: Tensor,
+    sink_k: Tensor,
+    sink_v: Tensor,
+    sink_count: Tensor,
+    layout: VarlenLayout,
+    window: int,
+    scaling: float,
+    softcap: float | None,
 ) -> tuple[Tensor, Tensor]:
     """Attention of each query to its segment's sink keys outside its window: (out, lse).
 
@@ -142,10 +150,19 @@ def _sink_tensors(plan: AttentionPlan, key: Tensor, value: Tensor, layout: Varle
 
 def _varlen(kernel, q, k, v, layout: VarlenLayout, scaling, window, softcap, dropout):
     out, lse, _ = kernel(
-        q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k,
-        dropout_p=dropout, softmax_scale=scaling, causal=True,
+        q,
+        k,
+        v,
+        layout.cu_q,
+        layout.cu_k,
+        layout.max_q,
+        layout.max_k,
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=True,
         window_size=(-1, -1) if window is None else (window - 1, 0),
-        softcap=0.0 if softcap is None else softcap, return_attn_probs=True,
+        softcap=0.0 if softcap is None else softcap,
+        return_attn_probs=True,
     )
     return out, lse.transpose(0, 1).float()  # lse (H, Tq) -> (Tq, H)
 

@@ -2,13 +2,20 @@
 
 Fully masked blocks are skipped, so a sliding layer costs O(n * (W + k)) on GPU. The BlockMask is
 memoised on the plan (one per window setting), so every layer of a forward shares it. On CUDA the
-kernel and the mask builder are compiled (an uncompiled ``create_block_mask`` at 128K would
-materialise a dense 128 GiB mask); on CPU both run eagerly, which the tests use.
+kernel is compiled, and so is the mask builder for large masks (an uncompiled
+``create_block_mask`` at 128K would materialise a dense 128 GiB mask); both compile statically per
+shape because torch 2.11's automatic-dynamic recompilation of ``create_block_mask`` crashes in
+guard building. On CPU both run eagerly, which the tests use.
+
+Decode steps (one query per sequence) take the gathered-keys SDPA kernel of ``chunked.py`` (eager
+when logits are softcapped)
+instead: block sparsity buys nothing for a single query row, and a static flex kernel would
+recompile at every new cache length. Same rule, same plan.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +23,11 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 from .. import rule
 from ..plan import AttentionPlan
+from .eager import eager_swaa_attention
+from .sdpa import sdpa_swaa_attention
+
+# Masks with more (query, key) pairs than this are built by a compiled create_block_mask.
+COMPILE_MASK_ABOVE = 1 << 24
 
 _COMPILED_FLEX: Callable | None = None
 
@@ -73,9 +85,11 @@ def build_block_mask(plan: AttentionPlan, window: int | None, q_answer: Tensor |
     else:
         mask_mod = general_mask_mod(plan, window, q_answer)
         batch = plan.q_pos.shape[0]
-    return create_block_mask(
-        mask_mod, batch, None, plan.q_len, plan.k_len, device=device, _compile=device.type != "cpu"
-    )
+    compile_mask = device.type != "cpu" and plan.q_len * plan.k_len > COMPILE_MASK_ABOVE
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+        return create_block_mask(
+            mask_mod, batch, None, plan.q_len, plan.k_len, device=device, _compile=compile_mask
+        )
 
 
 def softcap_score_mod(softcap: float) -> Callable:
@@ -98,6 +112,9 @@ def flex_swaa_attention(
 ) -> tuple[Tensor, None]:
     if dropout and module.training:
         raise ValueError("flex_attention: attention dropout is not supported; set attention_dropout=0.0")
+    if query.shape[2] == 1:
+        decode = sdpa_swaa_attention if softcap is None else eager_swaa_attention  # sdpa cannot softcap
+        return decode(module, query, key, value, plan, scaling=scaling, softcap=softcap)[0], None
     window = plan.layer_window(module.layer_idx)
     q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
     device = query.device
