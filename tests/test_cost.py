@@ -1,0 +1,49 @@
+"""Cost structure: block masks built once per forward, chunked masks never n x n."""
+
+import torch
+from tiny import tiny_model
+
+from swaa_patch import SWAAConfig, apply_swaa
+from swaa_patch.backends import chunked, flex
+
+
+def test_flex_block_mask_built_once_per_forward_and_window_kind(monkeypatch):
+    built = []
+    real = flex.create_block_mask
+
+    def counting(*args, **kwargs):
+        built.append(args[3:5])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flex, "create_block_mask", counting)
+    model = apply_swaa(
+        tiny_model("qwen3", "flex_attention"),
+        SWAAConfig(sliding_window_size=4, keep_first=1, non_sliding_layers=[1]),
+    )
+    with torch.no_grad():
+        model(torch.randint(3, 90, (2, 40)))
+    assert len(built) == 2  # one sliding mask shared by layers 0, 2, 3 and one full mask for layer 1
+    with torch.no_grad():
+        model(torch.randint(3, 90, (2, 40)))
+    assert len(built) == 4  # per forward, not cached across inputs
+
+
+def test_chunked_masks_stay_small(monkeypatch):
+    n, window, keep, chunk = 300, 16, 4, 32
+    shapes = []
+    real = chunked.chunk_mask
+
+    def recording(*args, **kwargs):
+        mask = real(*args, **kwargs)
+        shapes.append(tuple(mask.shape[-2:]))
+        return mask
+
+    monkeypatch.setattr(chunked, "chunk_mask", recording)
+    config = SWAAConfig(sliding_window_size=window, keep_first=keep, query_chunk_size=chunk)
+    model = apply_swaa(tiny_model("llama", "sdpa"), config)
+    mask = torch.ones(1, n, dtype=torch.long)
+    with torch.no_grad():
+        model(torch.randint(3, 90, (1, n)), attention_mask=mask)
+    assert shapes, "the chunked path was not used"
+    assert max(q for q, _ in shapes) <= chunk
+    assert max(k for _, k in shapes) <= keep + chunk + window - 1
