@@ -45,14 +45,19 @@ def dense_reference(q, k, v, valid, window, keep_first, scaling):
 
 def kernel_rows(device):
     rows = []
-    for n, window, keep in [(1000, 128, 16), (4096, 512, 64)]:
-        b, h, hk, d = 2, 8, 2, 128
+    # the last case is large enough (n^2 > 2^24) for the compiled create_block_mask path
+    for n, window, keep, b, h, hk in [
+        (1000, 128, 16, 2, 8, 2),
+        (4096, 512, 64, 2, 8, 2),
+        (12288, 2048, 100, 1, 4, 1),
+    ]:
+        d = 128
         g = torch.Generator(device=device).manual_seed(n)
         q = torch.randn(b, h, n, d, device=device, generator=g, dtype=torch.bfloat16)
         k = torch.randn(b, hk, n, d, device=device, generator=g, dtype=torch.bfloat16)
         v = torch.randn(b, hk, n, d, device=device, generator=g, dtype=torch.bfloat16)
         valid = torch.ones(b, n, dtype=torch.bool, device=device)
-        valid[1, : n // 7] = False
+        valid[b - 1, : n // 7] = False
         scaling = d**-0.5
         ref = dense_reference(q, k, v, valid, window, keep, scaling)
         config = SWAAConfig(sliding_window_size=window, keep_first=keep, query_chunk_size=512)
@@ -84,7 +89,7 @@ def rel(out, ref, valid):
 
 
 def model_rows(device):
-    from reference import RefRule, reference_logits, reference_model
+    from reference import RefRule, generate_with_reference, reference_model
     from tiny import tiny_model
 
     rows = []
@@ -102,22 +107,9 @@ def model_rows(device):
         ids = torch.randint(3, 90, (2, 48), device=device)
         valid = torch.ones_like(ids, dtype=torch.bool)
         valid[1, :9] = False
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=valid.long(),
-                max_new_tokens=24,
-                min_new_tokens=24,
-                do_sample=False,
-                return_dict_in_generate=True,
-                output_logits=True,
-                pad_token_id=0,
-            )
-            full_valid = torch.cat([valid, torch.ones(2, 24, dtype=torch.bool, device=device)], 1)
-            expected = reference_logits(ref, rule, out.sequences, full_valid, None, decode_from=48)
-        got = torch.stack(out.logits, 1)
-        err = float((got.double() - expected[:, 47:-1]).norm() / expected[:, 47:-1].norm())
-        agree = float((expected[:, 47:-1].argmax(-1) == out.sequences[:, 48:]).float().mean())
+        got, expected, sequences = generate_with_reference(model, ref, rule, ids, valid, 24)
+        err = float((got.double() - expected).norm() / expected.norm())
+        agree = float((expected.argmax(-1) == sequences[:, 48:]).float().mean())
         rows.append(
             (
                 f"model {family} {attn} bf16",
