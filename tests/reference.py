@@ -161,3 +161,26 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None =
     if valid is not None:
         out, ref = out[valid.bool()], ref[valid.bool()]
     return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tokens: int):
+    """Greedy-generate ``new_tokens`` with ``model`` and recompute each step's logits with the
+    float64 reference (generated tokens processed as decode steps).
+
+    Returns (logits the model used for each step, reference logits for the same steps, sequences)."""
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=valid.long(),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=0,
+    )
+    prompt = input_ids.shape[1]
+    extra = torch.ones(valid.shape[0], new_tokens, dtype=torch.bool, device=valid.device)
+    full_valid = torch.cat([valid.bool(), extra], dim=1)
+    expected = reference_logits(ref, rule, out.sequences, full_valid, None, decode_from=prompt)
+    return torch.stack(out.logits, dim=1), expected[:, prompt - 1 : -1], out.sequences

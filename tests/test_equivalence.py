@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import RefRule, reference_logits, reference_model, rel_error
+from reference import RefRule, generate_with_reference, reference_logits, reference_model, rel_error
 from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
 
 from swaa_patch import SWAAConfig, apply_swaa
@@ -89,22 +89,7 @@ def test_greedy_generation_matches_reference(family, attn):
     apply_swaa(model, config)
     ids, valid = _left_padded(2, 14, [0, 4], seed=3)
     new = 3 * window
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=valid.long(),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            return_dict_in_generate=True,
-            output_logits=True,
-            pad_token_id=0,
-        )
-        full = out.sequences
-        full_valid = torch.cat([valid, torch.ones(2, new, dtype=torch.bool)], dim=1)
-        expected = reference_logits(ref, rule, full, full_valid, None, decode_from=ids.shape[1])
-    steps = expected[:, ids.shape[1] - 1 : -1]  # logits that chose each generated token
-    got = torch.stack(out.logits, dim=1)
+    got, steps, full = generate_with_reference(model, ref, rule, ids, valid, new)
     assert rel_error(got, steps) < TOL
     chosen = full[:, ids.shape[1] :]
     best = steps.max(-1).values

@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 from flash_emulation import flash_attn_varlen_func
-from reference import reference_logits, reference_model, rel_error
+from reference import generate_with_reference, reference_logits, reference_model, rel_error
 from test_equivalence import GRID, _left_padded, _positions, _swaa
 from tiny import VOCAB, tiny_model
 from transformers.modeling_utils import AttentionInterface
@@ -72,20 +72,8 @@ def test_flash_generation_matches_reference(emulated_flash):
     ref = reference_model(model)
     model = emulated_flash(apply_swaa(model, config))
     ids, valid = _left_padded(2, 12, [0, 3], seed=4)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=valid.long(),
-            max_new_tokens=12,
-            min_new_tokens=12,
-            do_sample=False,
-            return_dict_in_generate=True,
-            output_logits=True,
-            pad_token_id=0,
-        )
-        full_valid = torch.cat([valid, torch.ones(2, 12, dtype=torch.bool)], dim=1)
-        expected = reference_logits(ref, rule, out.sequences, full_valid, None, decode_from=12)
-    assert rel_error(torch.stack(out.logits, 1), expected[:, 11:-1]) < 1e-5
+    got, expected, _ = generate_with_reference(model, ref, rule, ids, valid, 12)
+    assert rel_error(got, expected) < 1e-5
 
 
 def test_missing_flash_attn_names_the_install(monkeypatch):
