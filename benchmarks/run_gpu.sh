@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# One device call: GPU correctness checks (and, as they land, benchmarks), tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh   (OUT defaults to ./gpu_out)
+# One device call: GPU correctness checks and benchmarks, tables under $OUT.
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness]   (default: all)
+# OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(kv_memory correctness)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
-python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log"
+for part in "${parts[@]}"; do
+  case "$part" in
+    kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
+    correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
+    *) echo "unknown part: $part" >&2; exit 2 ;;
+  esac
+done

@@ -7,8 +7,20 @@ model.config.swaa_config = SWAAConfig(sliding_window_size=2048, keep_first=100,
                                       force_fa_decode=True, non_sliding_layers=[1, 3, 5])
 """
 
+from .cache import SWAACache
 from .config import SWAAConfig
 from .patch import apply_swaa, hack_hf_swaa, is_hacked, remove_swaa, unhack_hf_swaa
+from .prefill import chunked_prefill, default_prefill_chunk
 
-__all__ = ["SWAAConfig", "apply_swaa", "hack_hf_swaa", "is_hacked", "remove_swaa", "unhack_hf_swaa"]
+__all__ = [
+    "SWAACache",
+    "SWAAConfig",
+    "apply_swaa",
+    "chunked_prefill",
+    "default_prefill_chunk",
+    "hack_hf_swaa",
+    "is_hacked",
+    "remove_swaa",
+    "unhack_hf_swaa",
+]
 __version__ = "0.1.0"

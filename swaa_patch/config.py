@@ -19,6 +19,7 @@ FIELD_NAMES = (
     "force_fa_decode",
     "non_sliding_layers",
     "query_chunk_size",
+    "bounded_cache",
 )
 
 
@@ -53,6 +54,8 @@ class SWAAConfig(dict):
         non_sliding_layers: layers that keep full attention everywhere.
         query_chunk_size: an execution detail, not semantics: eager/sdpa process queries in
             chunks of this size so no layer materialises an n x n mask (``None``: max(1024, W)).
+        bounded_cache: also an execution detail: generation keeps only sinks + the last W - 1
+            tokens on sliding layers without force_fa_decode (``False`` keeps every key).
     """
 
     sliding_window_size: int | None = None
@@ -60,6 +63,7 @@ class SWAAConfig(dict):
     force_fa_decode: bool | tuple[int, ...] = False
     non_sliding_layers: tuple[int, ...] = ()
     query_chunk_size: int | None = None
+    bounded_cache: bool = True
 
     def __post_init__(self) -> None:
         window = self.sliding_window_size
@@ -70,6 +74,8 @@ class SWAAConfig(dict):
         chunk = self.query_chunk_size
         if chunk is not None and (not _is_int(chunk) or chunk <= 0):
             raise ValueError(f"query_chunk_size: must be None or an integer >= 1, got {chunk!r}")
+        if not isinstance(self.bounded_cache, bool):
+            raise ValueError(f"bounded_cache: must be true or false, got {self.bounded_cache!r}")
         fad = self.force_fa_decode
         if not isinstance(fad, bool):
             object.__setattr__(self, "force_fa_decode", _layer_tuple(fad, "force_fa_decode"))
@@ -87,6 +93,7 @@ class SWAAConfig(dict):
             "force_fa_decode": fad if isinstance(fad, bool) else list(fad),
             "non_sliding_layers": list(self.non_sliding_layers),
             "query_chunk_size": self.query_chunk_size,
+            "bounded_cache": self.bounded_cache,
         }
 
     @classmethod

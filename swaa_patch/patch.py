@@ -28,7 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 from .backends import BACKENDS
-from .cache import prepare_cache
+from .cache import SWAACache, prepare_cache
 from .config import SWAAConfig
 from .models import family_of
 from .plan import build_plan
@@ -138,10 +138,10 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         return None
     use_cache = bound.get("use_cache")
     use_cache = model.config.use_cache if use_cache is None else use_cache
-    past = prepare_cache(bound.get("past_key_values"), model.config, bool(use_cache) and not model.training)
+    past = prepare_cache(bound.get("past_key_values"), model.config, config, bool(use_cache) and not model.training)
     if past is not None:
         bound["past_key_values"] = past
-    bound[PLAN_KWARG] = build_plan(
+    plan = build_plan(
         config,
         batch_size=tokens.shape[0],
         q_len=tokens.shape[1],
@@ -151,6 +151,10 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         past_len=past.get_seq_length() if past is not None else 0,
         labels=bound.get("labels"),
     )
+    if isinstance(past, SWAACache):
+        stored_pos, stored_valid = past.begin_forward(plan.q_pos, plan.q_valid)
+        plan.with_bounded_cache(stored_pos, stored_valid, past.bounded_layers)
+    bound[PLAN_KWARG] = plan
     return (), bound
 
 

@@ -22,32 +22,63 @@ from .config import SWAAConfig
 IGNORE_INDEX = -100
 
 
+@dataclass(frozen=True)
+class KeyLayout:
+    """What the keys of one layer are in this pass: cached keys followed by this pass's tokens,
+    so the query at index ``t`` of the pass is the key at index ``offset + t``."""
+
+    name: str  # "full" (every cached key, aligned with the 2D mask) or "bounded" (sinks + window)
+    pos: Tensor  # (B, K) long: per-sequence positions
+    doc: Tensor  # (B, K) long: document ids
+    valid: Tensor  # (B, K) bool: False for padding and empty slots
+    offset: int
+    simple: bool  # no padding, one document per row: position == key index
+
+    @property
+    def length(self) -> int:
+        return self.pos.shape[1]
+
+
 @dataclass
 class AttentionPlan:
-    """Per-forward metadata. Keys are the cache contents followed by this pass's tokens, so the
-    query at index ``t`` of this pass is the key at index ``past_len + t``."""
+    """Per-forward metadata, shared by every layer of one forward pass."""
 
     config: SWAAConfig
     q_pos: Tensor  # (B, Lq) long
     q_doc: Tensor  # (B, Lq) long
     q_valid: Tensor  # (B, Lq) bool: False for padding queries
-    k_pos: Tensor  # (B, Lk) long
-    k_doc: Tensor  # (B, Lk) long
-    k_valid: Tensor  # (B, Lk) bool
     q_answer: Tensor | None  # (B, Lq) bool: answer tokens (training with labels), else None
-    past_len: int
+    full: KeyLayout  # keys of layers with an unbounded cache (or no cache)
+    past_len: int  # tokens seen before this pass
     is_decode: bool
-    simple: bool  # no padding, one document per row, no answer tokens: position == key index
     max_pos: int  # largest query position, to detect windows that cover everything
+    bounded: KeyLayout | None = None  # keys of layers with a sink+window cache
+    bounded_layers: frozenset[int] = frozenset()
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def q_len(self) -> int:
         return self.q_pos.shape[1]
 
-    @property
-    def k_len(self) -> int:
-        return self.k_pos.shape[1]
+    def keys(self, layer_idx: int) -> KeyLayout:
+        if self.bounded is not None and layer_idx in self.bounded_layers:
+            return self.bounded
+        return self.full
+
+    def with_bounded_cache(self, stored_pos: Tensor, stored_valid: Tensor, layers: frozenset[int]) -> None:
+        """Declare that ``layers`` read a compact cache holding keys at ``stored_pos``/``stored_valid``
+        (sink slots and the window buffer), followed by this pass's tokens."""
+        batch = self.q_pos.shape[0]
+        stored_doc = torch.zeros(batch, stored_pos.shape[1], dtype=torch.long, device=stored_pos.device)
+        self.bounded = KeyLayout(
+            name="bounded",
+            pos=torch.cat([stored_pos, self.q_pos], dim=1),
+            doc=torch.cat([stored_doc, self.q_doc], dim=1),
+            valid=torch.cat([stored_valid, self.q_valid], dim=1),
+            offset=stored_pos.shape[1],
+            simple=False,
+        )
+        self.bounded_layers = layers
 
     def layer_window(self, layer_idx: int) -> int | None:
         """The window to apply on this layer in this pass, or None for full causal attention."""
@@ -163,20 +194,17 @@ def build_plan(
         if not bool(q_answer.any()):
             q_answer = None
 
-    q_valid = valid[:, past_len:]
     q_pos = k_pos[:, past_len:]
+    full = KeyLayout("full", k_pos, k_doc, valid, offset=past_len, simple=not (has_padding or packed))
     return AttentionPlan(
         config=config,
         q_pos=q_pos,
         q_doc=k_doc[:, past_len:],
-        q_valid=q_valid,
-        k_pos=k_pos,
-        k_doc=k_doc,
-        k_valid=valid,
+        q_valid=valid[:, past_len:],
         q_answer=q_answer,
+        full=full,
         past_len=past_len,
         is_decode=past_len > 0 and q_len == 1,
-        simple=not (has_padding or packed or q_answer is not None),
         max_pos=int(q_pos.max()) if q_pos.numel() else 0,
     )
 

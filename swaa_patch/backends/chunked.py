@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from .. import rule
-from ..plan import AttentionPlan
+from ..plan import AttentionPlan, KeyLayout
 
 # kernel(q, k, v, mask, is_causal) -> (out (B,H,C,D), weights or None)
 ChunkKernel = Callable[[Tensor, Tensor, Tensor, Tensor | None, bool], tuple[Tensor, Tensor | None]]
@@ -42,32 +43,33 @@ class KeySelection:
     sink_ok: Tensor | None  # (B, S) bool
 
 
-def sink_candidates(plan: AttentionPlan) -> tuple[Tensor, Tensor]:
+def sink_candidates(plan: AttentionPlan, keys: KeyLayout) -> tuple[Tensor, Tensor]:
     """Indices of all sink keys per row, left-aligned and padded (built once per forward)."""
 
     def build() -> tuple[Tensor, Tensor]:
-        is_sink = plan.k_valid & rule.is_sink(plan.k_pos, plan.config.keep_first)
+        is_sink = keys.valid & rule.is_sink(keys.pos, plan.config.keep_first)
         count = is_sink.sum(-1)
         width = max(int(count.max()), 1)
         order = torch.sort((~is_sink).to(torch.uint8), dim=-1, stable=True).indices[:, :width]
         ok = torch.arange(width, device=order.device)[None, :] < count[:, None]
         return order, ok
 
-    return plan.memo(("sink_candidates",), build)
+    return plan.memo(("sink_candidates", keys.name), build)
 
 
 def select_keys(
-    plan: AttentionPlan, window: int | None, q_start: int, q_end: int, all_keys: bool = False
+    plan: AttentionPlan, keys: KeyLayout, window: int | None, q_start: int, q_end: int, all_keys: bool = False
 ) -> KeySelection:
-    """Keys a chunk may see; ``all_keys`` when some query of the chunk attends fully."""
-    off = plan.past_len
+    """Keys a chunk may see; ``all_keys`` when some query of the chunk attends fully. Relies on
+    keys within reach of a window being contiguous by index (left padding, window buffers)."""
+    off = keys.offset
     end = off + q_end
     if window is None or all_keys:
         return KeySelection(0, end, None, None)
     start = max(0, off + q_start - window + 1)
     if start == 0 or plan.config.keep_first == 0:
         return KeySelection(start, end, None, None)
-    index, ok = sink_candidates(plan)
+    index, ok = sink_candidates(plan, keys)
     ok = ok & (index < start)
     if not bool(ok.any()):
         return KeySelection(start, end, None, None)
@@ -92,6 +94,7 @@ def _gather_meta(meta: Tensor, sel: KeySelection) -> Tensor:
 
 def chunk_mask(
     plan: AttentionPlan,
+    keys: KeyLayout,
     sel: KeySelection,
     q_start: int,
     q_end: int,
@@ -101,29 +104,39 @@ def chunk_mask(
     """(B, 1, C, K) boolean mask for one chunk, straight from the rule. Padding queries see only
     themselves so that no softmax row is empty (their outputs are never used)."""
     q = slice(q_start, q_end)
-    k_valid = _gather_meta(plan.k_valid, sel)
+    k_valid = _gather_meta(keys.valid, sel)
     if sel.sink_ok is not None:
         k_valid = k_valid.clone()
         k_valid[:, : sel.sink_ok.shape[1]] &= sel.sink_ok
     visible = rule.visible(
         plan.q_pos[:, q, None],
-        _gather_meta(plan.k_pos, sel)[:, None, :],
+        _gather_meta(keys.pos, sel)[:, None, :],
         plan.q_doc[:, q, None],
-        _gather_meta(plan.k_doc, sel)[:, None, :],
+        _gather_meta(keys.doc, sel)[:, None, :],
         k_valid[:, None, :],
         window,
         plan.config.keep_first,
         None if q_answer is None else q_answer[:, q, None],
     )
-    if not plan.simple:
+    if not keys.simple:
         n_sink = 0 if sel.sink_index is None else sel.sink_index.shape[1]
         key_index = torch.arange(sel.start, sel.end, device=visible.device)
-        own = plan.past_len + torch.arange(q_start, q_end, device=visible.device)
+        own = keys.offset + torch.arange(q_start, q_end, device=visible.device)
         diagonal = torch.zeros_like(visible)
         diagonal[:, :, n_sink:] = own[:, None] == key_index[None, :]
         q_valid = plan.q_valid[:, q, None]
         visible = (visible & q_valid) | (diagonal & ~q_valid)
     return visible[:, None]
+
+
+def _select_and_mask(
+    plan: AttentionPlan, keys: KeyLayout, window: int | None, q_answer: Tensor | None, q_start: int, q_end: int
+) -> tuple[KeySelection, Tensor]:
+    """Keys and mask of one query chunk; memoised on the plan, so built once per forward and
+    shared by every layer with the same key layout and window."""
+    all_keys = q_answer is not None and bool(q_answer[:, q_start:q_end].any())
+    sel = select_keys(plan, keys, window, q_start, q_end, all_keys)
+    return sel, chunk_mask(plan, keys, sel, q_start, q_end, window, q_answer)
 
 
 def chunked_attention(
@@ -137,10 +150,11 @@ def chunked_attention(
     """Attention for one layer, (B, H, Lq, D) in and out, following the plan's rule."""
     window = plan.layer_window(layer_idx)
     q_answer = plan.layer_answer_mask(layer_idx) if window is not None else None
+    keys = plan.keys(layer_idx)
     q_len = query.shape[2]
-    if window is None and plan.simple:
+    if window is None and keys.simple:
         # Plain causal attention: no mask at all (lets sdpa pick its fused causal kernels).
-        if plan.past_len == 0:
+        if keys.offset == 0:
             return kernel(query, key, value, None, True)
         if q_len == 1:
             return kernel(query, key, value, None, False)
@@ -148,9 +162,10 @@ def chunked_attention(
     outputs, weights = [], None
     for q_start in range(0, q_len, chunk):
         q_end = min(q_len, q_start + chunk)
-        all_keys = q_answer is not None and bool(q_answer[:, q_start:q_end].any())
-        sel = select_keys(plan, window, q_start, q_end, all_keys)
-        mask = chunk_mask(plan, sel, q_start, q_end, window, q_answer)
+        sel, mask = plan.memo(
+            ("chunk", keys.name, window, q_answer is not None, q_start),
+            partial(_select_and_mask, plan, keys, window, q_answer, q_start, q_end),
+        )
         out, w = kernel(
             query[:, :, q_start:q_end], _gather_keys(key, sel), _gather_keys(value, sel), mask, False
         )

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import rule
-from ..plan import AttentionPlan
+from ..plan import AttentionPlan, KeyLayout
 
 INSTALL_HINT = (
     "attn_implementation='flash_attention_2' needs the flash-attn package: "
@@ -52,6 +52,7 @@ class VarlenLayout:
     max_q: int
     max_k: int
     q_segment: Tensor  # (Tq,) segment of each query
+    k_segment: Tensor  # (Tk,) segment of each key
     q_pos: Tensor  # (Tq,) position of each query within its segment
 
 
@@ -70,20 +71,20 @@ def _cu_seqlens(segment: Tensor, n_segments: int) -> tuple[Tensor, int]:
     return cu, int(counts.max()) if counts.numel() else 0
 
 
-def build_layout(plan: AttentionPlan, q_select: Tensor | None = None) -> VarlenLayout:
+def build_layout(plan: AttentionPlan, keys: KeyLayout, q_select: Tensor | None = None) -> VarlenLayout:
     """Segments for all real queries (or only ``q_select`` ones, which must be document suffixes)."""
     q_valid = plan.q_valid if q_select is None else plan.q_valid & q_select
-    k_rows, k_cols, k_seg = _segments(plan.k_valid, plan.k_doc)
+    k_rows, k_cols, k_seg = _segments(keys.valid, keys.doc)
     n_seg = int(k_seg.max()) + 1 if k_seg.numel() else 0
-    # Map each query to the segment of its own key (key index = past_len + column).
-    seg_of_key = torch.full_like(plan.k_doc, -1)
+    # Map each query to the segment of its own key (key index = offset + column).
+    seg_of_key = torch.full_like(keys.doc, -1)
     seg_of_key[k_rows, k_cols] = k_seg
     q_rows, q_cols = q_valid.nonzero(as_tuple=True)
-    q_seg = seg_of_key[q_rows, plan.past_len + q_cols]
+    q_seg = seg_of_key[q_rows, keys.offset + q_cols]
     cu_q, max_q = _cu_seqlens(q_seg, n_seg)
     cu_k, max_k = _cu_seqlens(k_seg, n_seg)
     return VarlenLayout(
-        q_rows, q_cols, k_rows, k_cols, cu_q, cu_k, max_q, max_k, q_seg, plan.q_pos[q_rows, q_cols]
+        q_rows, q_cols, k_rows, k_cols, cu_q, cu_k, max_q, max_k, q_seg, k_seg, plan.q_pos[q_rows, q_cols]
     )
 
 
@@ -134,18 +135,20 @@ def merge_by_lse(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> 
     return (out_a.float() * w_a + out_b.float() * w_b).to(out_a.dtype)
 
 
-def _sink_tensors(plan: AttentionPlan, key: Tensor, value: Tensor, layout: VarlenLayout):
-    """(S, k, Hkv, D) sink keys/values of each segment and how many each segment has."""
+def _sink_tensors(plan: AttentionPlan, keys: KeyLayout, key: Tensor, value: Tensor, layout: VarlenLayout):
+    """(S, k, Hkv, D) sink keys/values of each segment and how many each segment has. A segment's
+    keys are in position order, so its sinks (positions 0..k-1) are its first keys."""
     keep = plan.config.keep_first
     n_seg = layout.cu_k.numel() - 1
     starts = layout.cu_k[:-1].long()
-    lengths = (layout.cu_k[1:] - layout.cu_k[:-1]).long()
+    is_sink = rule.is_sink(keys.pos[layout.k_rows, layout.k_cols], keep)
+    counts = torch.bincount(layout.k_segment[is_sink], minlength=n_seg)
     offs = torch.arange(keep, device=key.device)
     flat = (starts[:, None] + offs[None, :]).clamp_max(max(layout.k_rows.numel() - 1, 0))
     rows, cols = layout.k_rows[flat], layout.k_cols[flat]
     sink_k = key.permute(0, 2, 1, 3)[rows, cols]  # (S, k, Hkv, D)
     sink_v = value.permute(0, 2, 1, 3)[rows, cols]
-    return sink_k, sink_v, lengths.clamp_max(keep)[:n_seg]
+    return sink_k, sink_v, counts
 
 
 def _varlen(kernel, q, k, v, layout: VarlenLayout, scaling, window, softcap, dropout):
@@ -183,7 +186,8 @@ def flash_swaa_attention(
     dropout = dropout if module.training else 0.0
     window = plan.layer_window(module.layer_idx)
     q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
-    layout = plan.memo(("flash_layout",), lambda: build_layout(plan))
+    keys = plan.keys(module.layer_idx)
+    layout = plan.memo(("flash_layout", keys.name), lambda: build_layout(plan, keys))
     q_tokens = query.permute(0, 2, 1, 3)  # (B, Lq, H, D)
     k_tokens, v_tokens = key.permute(0, 2, 1, 3), value.permute(0, 2, 1, 3)
     q = q_tokens[layout.q_rows, layout.q_cols]
@@ -191,13 +195,13 @@ def flash_swaa_attention(
     v = v_tokens[layout.k_rows, layout.k_cols]
     out, lse = _varlen(kernel, q, k, v, layout, scaling, window, softcap, dropout)
     if window is not None and plan.config.keep_first > 0:
-        sink_k, sink_v, count = _sink_tensors(plan, key, value, layout)
+        sink_k, sink_v, count = _sink_tensors(plan, keys, key, value, layout)
         out_s, lse_s = sink_part(q, sink_k, sink_v, count, layout, window, scaling, softcap)
         out = merge_by_lse(out, lse, out_s, lse_s)
     result = torch.zeros_like(q_tokens)
     result[layout.q_rows, layout.q_cols] = out
     if q_answer is not None:
-        answer = plan.memo(("flash_answer_layout",), lambda: build_layout(plan, q_answer))
+        answer = plan.memo(("flash_answer_layout", keys.name), lambda: build_layout(plan, keys, q_answer))
         q_ans = q_tokens[answer.q_rows, answer.q_cols]
         out_ans, _ = _varlen(kernel, q_ans, k, v, answer, scaling, None, softcap, dropout)
         result[answer.q_rows, answer.q_cols] = out_ans

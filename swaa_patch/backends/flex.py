@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from .. import rule
-from ..plan import AttentionPlan
+from ..plan import AttentionPlan, KeyLayout
 from .eager import eager_swaa_attention
 from .sdpa import sdpa_swaa_attention
 
@@ -55,11 +55,13 @@ def simple_mask_mod(offset: int, window: int | None, keep_first: int) -> Callabl
     return mask_mod
 
 
-def general_mask_mod(plan: AttentionPlan, window: int | None, q_answer: Tensor | None) -> Callable:
-    """Table look-ups into the plan: padding, packed documents, answer tokens."""
+def general_mask_mod(
+    plan: AttentionPlan, keys: KeyLayout, window: int | None, q_answer: Tensor | None
+) -> Callable:
+    """Table look-ups into the plan: padding, packed documents, answer tokens, compact caches."""
     q_pos, q_doc, q_valid = plan.q_pos, plan.q_doc, plan.q_valid
-    k_pos, k_doc, k_valid = plan.k_pos, plan.k_doc, plan.k_valid
-    keep_first, offset = plan.config.keep_first, plan.past_len
+    k_pos, k_doc, k_valid = keys.pos, keys.doc, keys.valid
+    keep_first, offset = plan.config.keep_first, keys.offset
 
     def mask_mod(b, h, q_idx, kv_idx):
         visible = rule.visible(
@@ -78,17 +80,19 @@ def general_mask_mod(plan: AttentionPlan, window: int | None, q_answer: Tensor |
     return mask_mod
 
 
-def build_block_mask(plan: AttentionPlan, window: int | None, q_answer: Tensor | None, device) -> BlockMask:
-    if plan.simple:
-        mask_mod = simple_mask_mod(plan.past_len, window, plan.config.keep_first)
+def build_block_mask(
+    plan: AttentionPlan, keys: KeyLayout, window: int | None, q_answer: Tensor | None, device
+) -> BlockMask:
+    if keys.simple and q_answer is None:
+        mask_mod = simple_mask_mod(keys.offset, window, plan.config.keep_first)
         batch = None
     else:
-        mask_mod = general_mask_mod(plan, window, q_answer)
+        mask_mod = general_mask_mod(plan, keys, window, q_answer)
         batch = plan.q_pos.shape[0]
-    compile_mask = device.type != "cpu" and plan.q_len * plan.k_len > COMPILE_MASK_ABOVE
+    compile_mask = device.type != "cpu" and plan.q_len * keys.length > COMPILE_MASK_ABOVE
     with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
         return create_block_mask(
-            mask_mod, batch, None, plan.q_len, plan.k_len, device=device, _compile=compile_mask
+            mask_mod, batch, None, plan.q_len, keys.length, device=device, _compile=compile_mask
         )
 
 
@@ -118,9 +122,10 @@ def flex_swaa_attention(
     window = plan.layer_window(module.layer_idx)
     q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
     device = query.device
+    keys = plan.keys(module.layer_idx)
     block_mask = plan.memo(
-        ("flex_block_mask", window, q_answer is not None),
-        lambda: build_block_mask(plan, window, q_answer, device),
+        ("flex_block_mask", keys.name, window, q_answer is not None),
+        lambda: build_block_mask(plan, keys, window, q_answer, device),
     )
     out = _flex_kernel(device)(
         query,

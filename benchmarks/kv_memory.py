@@ -1,0 +1,145 @@
+"""KV-cache bytes, peak prefill memory and decode speed: stock full attention vs SWAA with the
+bounded sink+window cache and chunked prefill, on a Qwen3-4B-shape model with random bf16 weights.
+
+Both runs use the sdpa backend in the same process. Stock: one-shot prefill, DynamicCache. SWAA:
+W=2048, keep_first=100, force_fa_decode off (so every layer's cache is bounded), prefill in chunks
+of 4W. Correctness is checked in the same run: SWAA's greedy tokens equal those of the same SWAA
+model with the unbounded cache and one-shot prefill, at the smallest length.
+
+Writes a markdown table to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import time
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill, default_prefill_chunk, remove_swaa
+
+SHAPE = dict(
+    vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, tie_word_embeddings=True,
+)
+
+
+def cache_bytes(cache) -> int:
+    return sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in cache.layers if layer.keys is not None)
+
+
+def prefill(model, ids, swaa: bool):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    if swaa:
+        result = chunked_prefill(model, ids, chunk_size=default_prefill_chunk(model.config.swaa_config))
+        logits, cache = result.logits, result.past_key_values
+    else:
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        logits, cache = out.logits, out.past_key_values
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() - base
+    return logits, cache, seconds, peak
+
+
+@torch.no_grad()
+def decode(model, logits, cache, length: int, steps: int) -> tuple[float, torch.Tensor]:
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    tokens = [token]
+    mask = torch.ones(1, length + 1, dtype=torch.long, device=token.device)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        tokens.append(token)
+        mask = torch.cat([mask, mask[:, :1]], dim=1)
+    torch.cuda.synchronize()
+    return steps / (time.perf_counter() - start), torch.cat(tokens, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", default="8192,32768,131072")
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--out", default="benchmarks/results/kv_memory.md")
+    args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(Qwen3Config(**SHAPE), attn_implementation="sdpa", dtype=torch.bfloat16)
+    model = model.cuda().eval()
+    config = SWAAConfig(sliding_window_size=2048, keep_first=100)
+    rows, check = [], ""
+    for n in lengths:
+        ids = torch.randint(0, SHAPE["vocab_size"], (1, n), device="cuda")
+        for label, swaa in (("stock full attention", False), ("SWAA W=2048 k=100, bounded", True)):
+            apply_swaa(model, config) if swaa else remove_swaa(model)
+            with torch.no_grad():
+                logits, cache, seconds, peak = prefill(model, ids, swaa)
+            kv = cache_bytes(cache)
+            tps, tokens = decode(model, logits, cache, n, args.decode_steps)
+            rows.append((n, label, kv, peak, seconds, tps))
+            if swaa and n == lengths[0]:
+                check = verify_against_unbounded(model, config, ids, tokens)
+            del cache, logits
+            gc.collect()
+            torch.cuda.empty_cache()
+    write(args.out, rows, check, lengths, args.decode_steps)
+
+
+@torch.no_grad()
+def verify_against_unbounded(model, config, ids, bounded_tokens) -> str:
+    apply_swaa(model, SWAAConfig(**{**config.to_dict(), "bounded_cache": False}))
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    _, tokens = decode(model, out.logits, out.past_key_values, ids.shape[1], bounded_tokens.shape[1] - 1)
+    apply_swaa(model, config)
+    same = int((tokens == bounded_tokens).sum())
+    return f"greedy tokens, bounded+chunked vs unbounded+one-shot at n={ids.shape[1]}: {same}/{tokens.numel()} equal"
+
+
+def write(path, rows, check, lengths, steps) -> None:
+    gib = 1024**3
+    lines = [
+        "# KV cache, peak prefill memory and decode speed: stock vs SWAA bounded cache",
+        "",
+        f"- date: {datetime.date.today()}; device: {torch.cuda.get_device_name()}",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}; sdpa backend, bf16, batch 1",
+        "- model: Qwen3-4B shape (36 layers, 32 q heads, 8 kv heads, head_dim 128), random weights",
+        "- SWAA: W=2048, keep_first=100, force_fa_decode off, chunked prefill of 4W=8192 tokens",
+        f"- peak = max allocated during prefill minus allocated before (weights excluded); decode = {steps} greedy steps",
+        f"- correctness: {check}",
+        "",
+        "| prompt tokens | run | KV cache | peak prefill memory | prefill s | decode tok/s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n, label, kv, peak, seconds, tps in rows:
+        lines.append(f"| {n} | {label} | {kv / gib:.3f} GiB | {peak / gib:.2f} GiB | {seconds:.2f} | {tps:.1f} |")
+    swaa = {n: r for n, label, *r in rows if label.startswith("SWAA")}
+    stock = {n: r for n, label, *r in rows if label.startswith("stock")}
+    lo, hi = lengths[0], lengths[-1]
+    lines += [
+        "",
+        "Ratios measured in this run:",
+        f"- SWAA KV bytes at {hi} / at {lo}: {swaa[hi][0] / swaa[lo][0]:.3f} (flat = 1.0)",
+        f"- SWAA peak prefill memory at {hi} / at {lo}: {swaa[hi][1] / swaa[lo][1]:.2f} (goal <= 1.3)",
+        f"- SWAA decode tok/s at {hi} / at {lo}: {swaa[hi][3] / swaa[lo][3]:.2f} (goal >= 0.9)",
+        f"- stock / SWAA KV bytes at {hi}: {stock[hi][0] / swaa[hi][0]:.1f}x; "
+        f"decode speed SWAA / stock at {hi}: {swaa[hi][3] / stock[hi][3]:.2f}x",
+    ]
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
