@@ -1,0 +1,169 @@
+"""The ``swaa`` command line: one subcommand per row of :data:`SUBCOMMANDS`.
+
+Each subcommand is a dataclass of arguments (fields become flags; defaults live there only)
+plus a ``main(args) -> int`` that tests call directly, without a subprocess. To add one
+(``distill``, ``sft``, ``merge``...), write its dataclass and main and add a table row.
+Heavy imports (torch, transformers) happen inside the mains so ``swaa --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("swaa")
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate every (model, SWAA config, dataset) of a settings file; resumes automatically."""
+
+    settings: str = field(metadata=_help("settings JSON file (see eval/README.md)", positional=True))
+    output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
+    limit: int | None = field(default=None, metadata=_help("override the settings' sample limit per dataset"))
+    report: bool = field(default=True, metadata=_help("write report.md and plots when done"))
+
+
+@dataclass
+class ReportArgs:
+    """Write report.md (accuracy tables) and plots/*.png for an eval output folder."""
+
+    output_dir: str = field(metadata=_help("folder written by `swaa eval`", positional=True))
+
+
+@dataclass
+class MakeDataArgs:
+    """Generate synthetic long-context samples (jsonl/parquet) sized for a tokenizer."""
+
+    tasks: list[str] = field(default_factory=lambda: ["all"], metadata=_help("task names, or 'all'"))
+    lengths: list[int] = field(default_factory=lambda: [1024], metadata=_help("prompt lengths in tokens"))
+    depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9], metadata=_help("evidence depths in [0, 1]"))
+    samples: int = field(default=2, metadata=_help("samples per (length, depth) cell"))
+    seed: int = field(default=0, metadata=_help("random seed"))
+    tokenizer: str = field(
+        default="builtin:tiny-random-qwen3", metadata=_help("tokenizer folder, or a built-in model name")
+    )
+    out_dir: str = field(default="datasets/synthetic", metadata=_help("folder for TASK.jsonl files"))
+    format: str = field(default="jsonl", metadata=_help("jsonl or parquet", choices=("jsonl", "parquet")))
+
+
+def eval_main(args: EvalArgs) -> int:
+    from .evaluation.report import write_report
+    from .evaluation.runner import run_eval
+    from .evaluation.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.settings)
+    except SettingsError as err:
+        logger.error("invalid settings: %s", err)
+        return 2
+    overrides: dict[str, Any] = {}
+    if args.output_dir is not None:
+        overrides["output_dir"] = Path(args.output_dir)
+    if args.limit is not None:
+        overrides["limit"] = args.limit
+    settings = dataclasses.replace(settings, **overrides)
+    run_eval(settings)
+    if args.report and _is_main_process():
+        write_report(settings.output_dir)
+    return 0
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def report_main(args: ReportArgs) -> int:
+    from .evaluation.report import write_report
+
+    logger.info("report: %s", write_report(args.output_dir))
+    return 0
+
+
+def make_data_main(args: MakeDataArgs) -> int:
+    from .data.make import make_data
+
+    for path in make_data(args.tasks, args.lengths, args.depths, args.samples, args.seed,
+                          args.tokenizer, Path(args.out_dir), args.format):
+        logger.info("wrote %s", path)
+    return 0
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    args: type
+    main: Callable[[Any], int]
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "eval": Subcommand(EvalArgs, eval_main),
+    "report": Subcommand(ReportArgs, report_main),
+    "make-data": Subcommand(MakeDataArgs, make_data_main),
+}
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else hint
+    return hint
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag (or positional) per dataclass field: type, default, choices and help from it."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        positional = meta.pop("positional", False)
+        hint = _unwrap_optional(hints[f.name])
+        kwargs: dict[str, Any] = {"help": meta.pop("help", None), **meta}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is list:
+            kwargs.update(type=typing.get_args(hint)[0], nargs="+")
+        else:
+            kwargs["type"] = hint
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        if positional:
+            parser.add_argument(f.name, **kwargs)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swaa", description="Sliding Window Attention Adaptation tools")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in SUBCOMMANDS.items():
+        doc = (command.args.__doc__ or "").strip()
+        add_dataclass_arguments(sub.add_parser(name, help=doc, description=doc), command.args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    namespace = vars(parser.parse_args(argv))
+    logging.basicConfig(level=namespace.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = SUBCOMMANDS[namespace.pop("command")]
+    return command.main(command.args(**namespace))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

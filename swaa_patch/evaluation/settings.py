@@ -1,0 +1,307 @@
+"""Evaluation settings: JSON in, validated dataclasses out, every error naming its JSON path.
+
+Two shapes are accepted:
+
+* the reference's: a list of ``{"swaa_config": {...}, "model_list": [...]}`` (every other key
+  takes its default; the default dataset is the built-in ``synthetic:passkey``);
+* an object with that list under ``"settings"`` plus the run-wide keys of :class:`EvalSettings`.
+
+Relative paths inside a file (models, datasets, output_dir) are relative to the file's folder,
+so a settings file works from any working directory. Settings are data: nothing is imported or
+executed from them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..backends import BACKENDS
+from ..config import SWAAConfig
+from ..data.loaders import FORMATS, dataset_columns, missing_fields
+from ..data.tasks import TASKS
+from ..testing import BUILTIN_MODELS, BUILTIN_PREFIX, is_builtin
+from .scoring import SCORING_METHODS
+from .validate import (
+    SettingsError,
+    as_bool,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    check_keys,
+    fail,
+    join,
+)
+
+SYNTHETIC_PREFIX = "synthetic:"
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+ATTN_IMPLEMENTATIONS = tuple(BACKENDS)  # the kernels the SWAA patch supports
+TRUNCATION = ("middle", "skip")
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """An OpenAI-compatible chat endpoint used as a judge. The key is read from ``api_key_env``."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset file, or a synthetic task generated for each model's tokenizer."""
+
+    name: str
+    path: Path | None = None
+    task: str | None = None
+    lengths: tuple[int, ...] = (1024,)
+    depths: tuple[float, ...] = (0.5,)
+    samples: int = 1  # per (length, depth) cell
+    seed: int | None = None  # None: the run's seed
+    scoring: str = "auto"  # auto: the row's "scoring" field, else the run's scoring
+    limit: int | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.task is not None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One entry of the reference's list: a SWAA config applied to each model of a list."""
+
+    swaa_config: SWAAConfig | None
+    model_list: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything ``swaa eval`` needs. Defaults live here and nowhere else."""
+
+    runs: tuple[RunSpec, ...]
+    datasets: tuple[DatasetSpec, ...] = (DatasetSpec(name="passkey", task="passkey"),)
+    output_dir: Path = Path("eval_output")
+    max_prompt_tokens: int | None = None
+    truncation: str = "middle"  # over-long prompts: keep head + tail ("middle") or drop ("skip")
+    max_new_tokens: int = 64
+    batch_size: int = 1
+    limit: int | None = None  # first N samples of each dataset
+    seed: int = 0
+    attn_implementation: str = "sdpa"
+    dtype: str = "auto"
+    device: str = "auto"
+    chat_template: bool = True
+    scoring: str = "auto"  # auto: per row / per task default, else exact_match
+    judge: JudgeSettings | None = None
+    source: Path | None = field(default=None, compare=False)
+
+
+RUN_KEYS = ("swaa_config", "model_list")
+TOP_KEYS = tuple(f.name for f in fields(EvalSettings) if f.name not in ("runs", "source")) + ("settings",)
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    path = Path(raw).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def parse_model(value: Any, path: str, base: Path) -> str:
+    """A built-in name, a local model folder, or a local LoRA adapter folder (never a hub id)."""
+    name = as_str(value, path)
+    if is_builtin(name):
+        if name[len(BUILTIN_PREFIX) :] not in BUILTIN_MODELS:
+            raise fail(path, f"unknown built-in model {name!r}; known: {[BUILTIN_PREFIX + k for k in BUILTIN_MODELS]}")
+        return name
+    folder = _resolve(name, base)
+    if not folder.is_dir():
+        raise fail(path, f"model path does not exist or is not a folder: {folder}")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise fail(path, f"no config.json or adapter_config.json in model folder {folder}")
+    return str(folder)
+
+
+def parse_run(data: Any, path: str, base: Path) -> RunSpec:
+    check_keys(data, path, RUN_KEYS, required=RUN_KEYS)
+    raw = data["swaa_config"]
+    try:
+        swaa = None if raw is None else SWAAConfig.from_dict(raw, join(path, "swaa_config"))
+    except ValueError as err:  # SWAAConfig names the path already; one error type for callers
+        raise SettingsError(str(err)) from None
+    models_path = join(path, "model_list")
+    models = as_list(data["model_list"], models_path)
+    return RunSpec(swaa, tuple(parse_model(m, join(models_path, i), base) for i, m in enumerate(models)))
+
+
+def parse_file_dataset(raw: str, path: str, base: Path, extra: Mapping[str, Any]) -> DatasetSpec:
+    file = _resolve(raw, base)
+    if file.suffix.lower() not in FORMATS:
+        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
+    try:
+        missing = missing_fields(dataset_columns(file))
+    except (OSError, ValueError) as err:  # unreadable, corrupt, not JSON...
+        raise fail(path, f"cannot read dataset {file}: {err}") from None
+    if missing:
+        raise fail(path, f"dataset {file} lacks field(s) {missing}")
+    return DatasetSpec(name=extra.get("name") or file.stem, path=file, **_common_dataset_fields(extra, path))
+
+
+def _common_dataset_fields(data: Mapping[str, Any], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "scoring" in data:
+        out["scoring"] = as_str(data["scoring"], join(path, "scoring"), SCORING_METHODS)
+    if "limit" in data:
+        out["limit"] = as_int(data["limit"], join(path, "limit"), minimum=1, allow_none=True)
+    return out
+
+
+def parse_synthetic(data: Mapping[str, Any], path: str) -> DatasetSpec:
+    task = as_str(data["task"], join(path, "task"), sorted(TASKS))
+    out: dict[str, Any] = {"name": data.get("name") or task, "task": task}
+    if "lengths" in data:
+        lengths = as_list(data["lengths"], join(path, "lengths"))
+        out["lengths"] = tuple(as_int(v, join(join(path, "lengths"), i), minimum=16) for i, v in enumerate(lengths))
+    if "depths" in data:
+        depths = as_list(data["depths"], join(path, "depths"))
+        out["depths"] = tuple(as_float(v, join(join(path, "depths"), i), 0.0, 1.0) for i, v in enumerate(depths))
+    if "samples" in data:
+        out["samples"] = as_int(data["samples"], join(path, "samples"), minimum=1)
+    if "seed" in data:
+        out["seed"] = as_int(data["seed"], join(path, "seed"), minimum=0, allow_none=True)
+    return DatasetSpec(**out, **_common_dataset_fields(data, path))
+
+
+DATASET_FILE_KEYS = ("path", "name", "scoring", "limit")
+DATASET_TASK_KEYS = ("task", "name", "lengths", "depths", "samples", "seed", "scoring", "limit")
+
+
+def parse_dataset(data: Any, path: str, base: Path) -> DatasetSpec:
+    """``"file.parquet"``, ``"synthetic:passkey"``, ``{"path": ...}`` or ``{"task": ...}``."""
+    if isinstance(data, str):
+        if data.startswith(SYNTHETIC_PREFIX):
+            return parse_synthetic({"task": data[len(SYNTHETIC_PREFIX) :]}, path)
+        return parse_file_dataset(data, path, base, {})
+    if isinstance(data, Mapping) and "task" in data:
+        check_keys(data, path, DATASET_TASK_KEYS)
+        return parse_synthetic(data, path)
+    check_keys(data, path, DATASET_FILE_KEYS, required=("path",))
+    if "name" in data:
+        as_str(data["name"], join(path, "name"))
+    return parse_file_dataset(as_str(data["path"], join(path, "path")), join(path, "path"), base, data)
+
+
+def parse_judge(data: Any, path: str) -> JudgeSettings | None:
+    if data is None:
+        return None
+    names = [f.name for f in fields(JudgeSettings)]
+    check_keys(data, path, names, required=("base_url", "model"))
+    out: dict[str, Any] = {
+        "base_url": as_str(data["base_url"], join(path, "base_url")),
+        "model": as_str(data["model"], join(path, "model")),
+    }
+    if "api_key_env" in data:
+        out["api_key_env"] = as_str(data["api_key_env"], join(path, "api_key_env"), allow_none=True)
+    if "timeout_s" in data:
+        out["timeout_s"] = as_float(data["timeout_s"], join(path, "timeout_s"), 1.0, 3600.0)
+    if "max_retries" in data:
+        out["max_retries"] = as_int(data["max_retries"], join(path, "max_retries"), minimum=0)
+    return JudgeSettings(**out)
+
+
+def _parse_device(value: Any, path: str) -> str:
+    device = as_str(value, path)
+    head, _, index = device.partition(":")
+    if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise fail(path, f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return device
+
+
+def _unique_names(datasets: tuple[DatasetSpec, ...]) -> None:
+    seen: set[str] = set()
+    for i, spec in enumerate(datasets):
+        if spec.name in seen:
+            raise fail(f"datasets[{i}].name", f"duplicate dataset name {spec.name!r}; set a distinct 'name'")
+        seen.add(spec.name)
+
+
+def parse_settings(data: Any, source: Path | None = None) -> EvalSettings:
+    """Validate a parsed settings document (list or object) into :class:`EvalSettings`."""
+    base = source.parent if source is not None else Path.cwd()
+    if isinstance(data, list):
+        data = {"settings": data}
+    check_keys(data, "settings file", TOP_KEYS, required=("settings",))
+    runs = as_list(data["settings"], "settings")
+    out: dict[str, Any] = {"runs": tuple(parse_run(r, f"settings[{i}]", base) for i, r in enumerate(runs))}
+    if "datasets" in data:
+        items = as_list(data["datasets"], "datasets")
+        out["datasets"] = tuple(parse_dataset(d, f"datasets[{i}]", base) for i, d in enumerate(items))
+        _unique_names(out["datasets"])
+    if "output_dir" in data:
+        out["output_dir"] = _resolve(as_str(data["output_dir"], "output_dir"), base)
+    elif source is not None:
+        out["output_dir"] = Path("eval_output") / source.stem
+    readers = {
+        "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
+        "truncation": lambda v, p: as_str(v, p, TRUNCATION),
+        "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
+        "batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
+        "seed": lambda v, p: as_int(v, p, minimum=0),
+        "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
+        "dtype": lambda v, p: as_str(v, p, DTYPES),
+        "device": _parse_device,
+        "chat_template": as_bool,
+        "scoring": lambda v, p: as_str(v, p, SCORING_METHODS),
+        "judge": parse_judge,
+    }
+    for key, read in readers.items():
+        if key in data:
+            out[key] = read(data[key], key)
+    settings = EvalSettings(**out, source=source)
+    _check_judge_use(settings)
+    return settings
+
+
+def _check_judge_use(settings: EvalSettings) -> None:
+    if settings.judge is not None:
+        return
+    if settings.scoring == "judge":
+        raise fail("scoring", "'judge' needs a 'judge' block (base_url, model)")
+    for i, spec in enumerate(settings.datasets):
+        if spec.scoring == "judge":
+            raise fail(f"datasets[{i}].scoring", "'judge' needs a top-level 'judge' block (base_url, model)")
+
+
+def load_settings(path: str | Path) -> EvalSettings:
+    """Read and validate a settings JSON file; raises :class:`SettingsError` on any bad field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise SettingsError(f"{path}: cannot read settings file: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SettingsError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    return parse_settings(data, source=path.resolve())
+
+
+def settings_to_dict(settings: EvalSettings) -> dict[str, Any]:
+    """A JSON-ready snapshot of the resolved settings (written next to the results)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, SWAAConfig):
+            return value.to_dict()
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if hasattr(value, "__dataclass_fields__"):
+            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
+        return value
+
+    return plain(settings)
