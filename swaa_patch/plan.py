@@ -48,7 +48,7 @@ class AttentionPlan:
     q_doc: Tensor  # (B, Lq) long
     q_valid: Tensor  # (B, Lq) bool: False for padding queries
     q_answer: Tensor | None  # (B, Lq) bool: answer tokens (training with labels), else None
-    full: KeyLayout  # keys of layers with an unbounded cache (or no cache)
+    full_builder: Callable[[], KeyLayout]  # keys of layers with an unbounded cache (or no cache)
     past_len: int  # tokens seen before this pass
     is_decode: bool
     max_pos: int  # largest query position, to detect windows that cover everything
@@ -59,6 +59,11 @@ class AttentionPlan:
     @property
     def q_len(self) -> int:
         return self.q_pos.shape[1]
+
+    @property
+    def full(self) -> KeyLayout:
+        """Built on first use: a decode step on a fully bounded cache never pays its O(n) cost."""
+        return self.memo(("full_layout",), self.full_builder)
 
     def keys(self, layer_idx: int) -> KeyLayout:
         if self.bounded is not None and layer_idx in self.bounded_layers:
@@ -172,19 +177,23 @@ def build_plan(
         valid = torch.ones(batch_size, k_len, dtype=torch.bool, device=device)
         has_padding = False
 
-    first_real = _first_real(valid)
-    starts = torch.zeros(batch_size, k_len, dtype=torch.bool, device=device)
-    starts[:, 0] = True
-    packed = False
-    if position_ids is not None and past_len == 0:
-        pids = position_ids.to(device).long().expand(batch_size, -1)
-        # Only resets among real tokens are document boundaries, not padding -> real transitions.
-        doc_starts = _document_starts(pids) & valid & ~first_real
-        packed = bool(doc_starts.any())
-        if packed:
-            starts = starts | doc_starts | first_real
-    k_doc = starts.long().cumsum(-1) - 1
-    k_pos = (_segment_rank(valid, starts | first_real) - 1).clamp_min(0)
+    starts, packed = _document_boundaries(valid, position_ids if past_len == 0 else None)
+
+    def full_layout() -> KeyLayout:
+        k_doc = starts.long().cumsum(-1) - 1
+        k_pos = (_segment_rank(valid, starts | _first_real(valid)) - 1).clamp_min(0)
+        return KeyLayout("full", k_pos, k_doc, valid, offset=past_len, simple=not (has_padding or packed))
+
+    layout = None
+    if past_len == 0:
+        layout = full_layout()
+        q_pos, q_doc = layout.pos, layout.doc
+    else:
+        # One token (or chunk) after a cache: its positions follow the count of real tokens so far;
+        # a reduction instead of scans over the whole context, which bounded layers never need.
+        seen = valid[:, :past_len].sum(-1, keepdim=True)
+        q_pos = (seen + valid[:, past_len:].long().cumsum(-1) - 1).clamp_min(0)
+        q_doc = torch.zeros_like(q_pos)
 
     q_answer = None
     if labels is not None and past_len == 0 and config.force_fa_decode:
@@ -194,19 +203,36 @@ def build_plan(
         if not bool(q_answer.any()):
             q_answer = None
 
-    q_pos = k_pos[:, past_len:]
-    full = KeyLayout("full", k_pos, k_doc, valid, offset=past_len, simple=not (has_padding or packed))
-    return AttentionPlan(
+    plan = AttentionPlan(
         config=config,
         q_pos=q_pos,
-        q_doc=k_doc[:, past_len:],
+        q_doc=q_doc,
         q_valid=valid[:, past_len:],
         q_answer=q_answer,
-        full=full,
+        full_builder=full_layout,
         past_len=past_len,
         is_decode=past_len > 0 and q_len == 1,
         max_pos=int(q_pos.max()) if q_pos.numel() else 0,
     )
+    if layout is not None:
+        plan.memo(("full_layout",), lambda: layout)  # already built for the queries
+    return plan
+
+
+def _document_boundaries(valid: Tensor, position_ids: Tensor | None) -> tuple[Tensor, bool]:
+    """Where each row's documents start, and whether any row packs several documents."""
+    batch, length = valid.shape
+    starts = torch.zeros(batch, length, dtype=torch.bool, device=valid.device)
+    starts[:, 0] = True
+    if position_ids is None:
+        return starts, False
+    first_real = _first_real(valid)
+    pids = position_ids.to(valid.device).long().expand(batch, -1)
+    # Only resets among real tokens are document boundaries, not padding -> real transitions.
+    doc_starts = _document_starts(pids) & valid & ~first_real
+    if not bool(doc_starts.any()):
+        return starts, False
+    return starts | doc_starts | first_real, True
 
 
 def _first_real(valid: Tensor) -> Tensor:

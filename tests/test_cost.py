@@ -47,3 +47,24 @@ def test_chunked_masks_stay_small(monkeypatch):
     assert shapes, "the chunked path was not used"
     assert max(q for q, _ in shapes) <= chunk
     assert max(k for _, k in shapes) <= keep + chunk + window - 1
+
+
+def test_decode_on_a_fully_bounded_cache_skips_the_full_context_layout(monkeypatch):
+    """Per-step work must not grow with the context when every layer's cache is bounded."""
+    import swaa_patch.patch as patch
+
+    plans = []
+    real = patch.build_plan
+
+    def recording(*args, **kwargs):
+        plans.append(real(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(patch, "build_plan", recording)
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=2))
+    with torch.no_grad():
+        model.generate(torch.randint(3, 90, (1, 30)), max_new_tokens=5, do_sample=False, pad_token_id=0)
+    decode = [p for p in plans if p.is_decode]
+    assert len(decode) == 4
+    assert all(("full_layout",) not in p._memo for p in decode)
+    assert ("full_layout",) in plans[0]._memo  # the prefill used it
