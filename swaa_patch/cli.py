@@ -59,6 +59,37 @@ class MakeDataArgs:
     format: str = field(default="jsonl", metadata=_help("jsonl or parquet", choices=("jsonl", "parquet")))
 
 
+@dataclass
+class DistillArgs:
+    """Self-distillation: answers of the original full-attention model to long prompts; resumes."""
+
+    settings: str = field(metadata=_help("distill settings JSON (see sft/README.md)", positional=True))
+    output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
+    limit: int | None = field(default=None, metadata=_help("override the settings' prompt limit per dataset"))
+
+
+@dataclass
+class SFTArgs:
+    """LoRA fine-tuning of a SWA-patched model (trl SFTTrainer); resumes the newest checkpoint."""
+
+    settings: str = field(metadata=_help("SFT settings JSON (see sft/README.md)", positional=True))
+    output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
+    max_steps: int | None = field(default=None, metadata=_help("override training.max_steps"))
+    resume: bool | None = field(default=None, metadata=_help("override the settings' resume"))
+
+
+@dataclass
+class MergeArgs:
+    """Merge a LoRA adapter saved by `swaa sft` into its base model (keeps its SWAAConfig)."""
+
+    adapter: str = field(metadata=_help("adapter folder (OUTPUT/final or a checkpoint)", positional=True))
+    output: str = field(metadata=_help("folder for the merged model", positional=True))
+    base: str | None = field(default=None, metadata=_help("base model folder (default: the adapter's)"))
+    dtype: str = field(default="auto", metadata=_help("dtype of the merged weights",
+                                                      choices=("auto", "float32", "float16", "bfloat16")))
+    keep_swaa_config: bool = field(default=True, metadata=_help("store the SWAAConfig in the merged config.json"))
+
+
 def eval_main(args: EvalArgs) -> int:
     from .evaluation.report import write_report
     from .evaluation.runner import run_eval
@@ -103,6 +134,57 @@ def make_data_main(args: MakeDataArgs) -> int:
     return 0
 
 
+def distill_main(args: DistillArgs) -> int:
+    from .evaluation.settings import SettingsError
+    from .training.distill import run_distill
+    from .training.settings import load_distill_settings
+
+    try:
+        settings = load_distill_settings(args.settings)
+    except SettingsError as err:
+        logger.error("invalid settings: %s", err)
+        return 2
+    overrides: dict[str, Any] = {}
+    if args.output_dir is not None:
+        overrides["output_dir"] = Path(args.output_dir)
+    if args.limit is not None:
+        overrides["limit"] = args.limit
+    logger.info("distill dataset: %s", run_distill(dataclasses.replace(settings, **overrides)))
+    return 0
+
+
+def sft_main(args: SFTArgs) -> int:
+    from .evaluation.settings import SettingsError
+    from .training.settings import load_sft_settings
+
+    try:
+        settings = load_sft_settings(args.settings)
+    except SettingsError as err:
+        logger.error("invalid settings: %s", err)
+        return 2
+    overrides: dict[str, Any] = {}
+    if args.output_dir is not None:
+        overrides["output_dir"] = Path(args.output_dir)
+    if args.resume is not None:
+        overrides["resume"] = args.resume
+    if args.max_steps is not None:
+        overrides["training"] = dataclasses.replace(settings.training, max_steps=args.max_steps)
+    from .training.sft import run_sft
+
+    run_sft(dataclasses.replace(settings, **overrides))
+    return 0
+
+
+def merge_main(args: MergeArgs) -> int:
+    import torch
+
+    from .training.adapter import merge_swaa_adapter
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    merge_swaa_adapter(args.adapter, args.output, base=args.base, dtype=dtype, keep_swaa_config=args.keep_swaa_config)
+    return 0
+
+
 @dataclass(frozen=True)
 class Subcommand:
     args: type
@@ -113,6 +195,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "eval": Subcommand(EvalArgs, eval_main),
     "report": Subcommand(ReportArgs, report_main),
     "make-data": Subcommand(MakeDataArgs, make_data_main),
+    "distill": Subcommand(DistillArgs, distill_main),
+    "sft": Subcommand(SFTArgs, sft_main),
+    "merge": Subcommand(MergeArgs, merge_main),
 }
 
 

@@ -1,0 +1,106 @@
+"""(prompt, response) rows -> token ids with the loss on the response only, ready for packing.
+
+Prompts are tokenised exactly as ``swaa eval`` and ``swaa distill`` tokenise them (one user turn
+through the chat template, no extra special tokens), so the student is trained on the very
+prompt ids it will see at inference; the response tokens (the assistant turn, end-of-turn token
+included) are the only ones with labels, prompt tokens carry -100.
+
+Packing: trl 1.16's ``SFTConfig(packing=True, packing_strategy="bfd")`` already does what SWAA
+needs. Its best-fit-decreasing packer keeps documents whole and records their lengths, and its
+padding-free collator concatenates a batch into one row whose ``position_ids`` restart at 0 for
+each document, without an attention mask. SWAA's plan reads exactly that as document
+boundaries (each document gets its own window and sinks and never sees another), so no custom
+collator is needed. Examples longer than ``max_length`` are dropped here rather than truncated
+by the packer, which would cut off the answer at the end of the sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.loaders import read_rows
+from ..evaluation.generation import prompt_ids
+from ..plan import IGNORE_INDEX
+from .settings import DataSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def response_ids(tokenizer: Any, prompt: str, response: str, chat_template: bool) -> list[int]:
+    """Token ids of the answer as it follows the prompt (assistant turn or text + EOS)."""
+    if not chat_template:
+        return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    user = [{"role": "user", "content": prompt}]
+    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(head):
+        raise ValueError(
+            "the chat template does not render the conversation as prompt + answer (e.g. it rewrites earlier "
+            "turns); set data.chat_template to false or use a template without that behaviour"
+        )
+    return tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
+
+
+def encode_example(tokenizer: Any, prompt: str, response: str, chat_template: bool) -> Encoded:
+    """Prompt + response ids; labels are -100 on every prompt token."""
+    head = prompt_ids(tokenizer, prompt, chat_template)
+    tail = response_ids(tokenizer, prompt, response, chat_template)
+    return Encoded(head + tail, [IGNORE_INDEX] * len(head) + tail)
+
+
+def load_rows(paths: Iterable[Path], data: DataSettings) -> list[dict[str, Any]]:
+    """Rows of every training file, in order, with their prompt and response as strings."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        for index, row in enumerate(read_rows(path)):
+            prompt, response = row.get(data.prompt_field), row.get(data.response_field)
+            if prompt is None or response is None:
+                raise ValueError(f"{path}: row {index} lacks {data.prompt_field!r} or {data.response_field!r}")
+            rows.append({"prompt": str(prompt), "response": _as_text(response)})
+    return rows[: data.limit] if data.limit is not None else rows
+
+
+def _as_text(value: Any) -> str:
+    # A list answer (RULER-style reference used as the target) becomes one comma-separated line.
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], data: DataSettings) -> list[Encoded]:
+    """Encode rows, dropping those outside [min_length, max_length] tokens (counted, logged)."""
+    kept: list[Encoded] = []
+    too_long = too_short = 0
+    for row in rows:
+        encoded = encode_example(tokenizer, row["prompt"], row["response"], data.chat_template)
+        if len(encoded.input_ids) > data.max_length:
+            too_long += 1
+        elif len(encoded.input_ids) < data.min_length:
+            too_short += 1
+        else:
+            kept.append(encoded)
+    logger.info("training examples: %d kept, %d longer than %d tokens, %d shorter than %d dropped",
+                len(kept), too_long, data.max_length, too_short, data.min_length)
+    if not kept:
+        raise ValueError(f"no training example fits data.max_length={data.max_length} / min_length={data.min_length}")
+    return kept
+
+
+def build_dataset(encoded: list[Encoded]):
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels``: trl skips its own tokenisation."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+
+
+def load_training_set(tokenizer: Any, paths: Iterable[Path], data: DataSettings):
+    """Read, encode and filter the training files into a ``datasets.Dataset``."""
+    return build_dataset(encode_rows(tokenizer, load_rows(paths, data), data))

@@ -1,0 +1,366 @@
+"""Settings of ``swaa distill`` and ``swaa sft``: JSON in, validated dataclasses out.
+
+Every error names the JSON path of the bad field (``lora.r: must be an integer >= 1, got 0``),
+and everything is checked before a model loads. Relative paths inside a file are relative to
+the file's folder, so a settings file works from any working directory. Defaults live in the
+dataclasses below and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..config import SWAAConfig
+from ..data.loaders import FORMATS, dataset_columns
+from ..evaluation.scoring import SCORING_METHODS
+from ..evaluation.settings import (
+    ATTN_IMPLEMENTATIONS,
+    DTYPES,
+    DatasetSpec,
+    JudgeSettings,
+    _parse_device,
+    _resolve,
+    _unique_names,
+    parse_dataset,
+    parse_judge,
+    parse_model,
+)
+from ..evaluation.validate import (
+    SettingsError,
+    as_bool,
+    as_float,
+    as_int,
+    as_list,
+    as_str,
+    check_keys,
+    fail,
+    join,
+)
+
+Reader = Callable[[Any, str], Any]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
+
+
+# -- distill ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FilterSettings:
+    """Keep a generated answer only if its score against the reference is >= ``min_score``."""
+
+    scoring: str = "auto"  # auto: per row / per task default (as in `swaa eval`)
+    min_score: float = 1.0
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Everything ``swaa distill`` needs."""
+
+    model: str
+    datasets: tuple[DatasetSpec, ...]
+    output_dir: Path = Path("distill_output")
+    max_prompt_tokens: int | None = None  # longer prompts are dropped (the teacher must see all of it)
+    max_new_tokens: int = 512
+    batch_size: int = 1
+    num_generations: int = 1
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    filter: FilterSettings | None = None  # None: keep every answer
+    drop_unfinished: bool = False  # drop answers cut by max_new_tokens (no EOS)
+    limit: int | None = None
+    seed: int = 0
+    attn_implementation: str = "sdpa"
+    dtype: str = "auto"
+    device: str = "auto"
+    chat_template: bool = True
+    judge: JudgeSettings | None = None
+    source: Path | None = field(default=None, compare=False)
+
+
+# -- sft ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoraSettings:
+    """peft LoRA; defaults follow the reference (r 16, alpha 32, dropout 0.1, rsLoRA)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    use_rslora: bool = True
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How (prompt, response) rows become training sequences."""
+
+    max_length: int = 4096  # longer examples are dropped, never truncated (the answer is at the end)
+    min_length: int = 1
+    packing: bool = True  # several documents per row, each with its own positions, window and sinks
+    chat_template: bool = True
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and checkpointing (names as in transformers' TrainingArguments)."""
+
+    learning_rate: float = 1e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    save_steps: int = 100
+    save_total_limit: int | None = 3
+    seed: int = 0
+    gradient_checkpointing: bool = True
+    report_to: str = "none"
+
+
+@dataclass(frozen=True)
+class SFTSettings:
+    """Everything ``swaa sft`` needs."""
+
+    model: str
+    datasets: tuple[Path, ...]
+    swaa_config: SWAAConfig | None
+    output_dir: Path = Path("sft_output")
+    lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    data: DataSettings = DataSettings()
+    training: TrainSettings = TrainSettings()
+    attn_implementation: str = "sdpa"
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    resume: bool = True  # continue from the newest checkpoint in output_dir
+    merge: bool = False  # also write OUTPUT/merged (adapter merged into the base)
+    peak_tflops: float | None = None  # per device, for MFU; None: from the GPU's name
+    source: Path | None = field(default=None, compare=False)
+
+
+# -- shared readers -----------------------------------------------------------------------------
+def read_fields(data: Any, path: str, readers: Mapping[str, Reader], required: tuple[str, ...] = ()) -> dict:
+    """Validate an object whose keys are ``readers``' keys; returns the read values."""
+    check_keys(data, path or "settings file", readers, required=required)
+    return {key: read(data[key], join(path, key)) for key, read in readers.items() if key in data}
+
+
+def _str_list(value: Any, path: str) -> tuple[str, ...]:
+    return tuple(as_str(v, join(path, i)) for i, v in enumerate(as_list(value, path)))
+
+
+def _swaa(value: Any, path: str) -> SWAAConfig | None:
+    try:
+        return None if value is None else SWAAConfig.from_dict(value, path)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+
+
+def _positive(value: Any, path: str) -> float:
+    number = as_float(value, path, 0.0, float("inf"))
+    if number <= 0:
+        raise fail(path, f"must be a number > 0, got {value!r}")
+    return number
+
+
+COMMON_RUNTIME: dict[str, Reader] = {
+    "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
+    "dtype": lambda v, p: as_str(v, p, DTYPES),
+}
+
+
+def _load_json(path: str | Path) -> tuple[Any, Path]:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), path.resolve()
+    except OSError as err:
+        raise SettingsError(f"{path}: cannot read settings file: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SettingsError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+
+
+# -- distill parsing ----------------------------------------------------------------------------
+def parse_filter(value: Any, path: str) -> FilterSettings | None:
+    if value is None:
+        return None
+    readers = {
+        "scoring": lambda v, p: as_str(v, p, SCORING_METHODS),
+        "min_score": lambda v, p: as_float(v, p, 0.0, 1.0),
+    }
+    return FilterSettings(**read_fields(value, path, readers))
+
+
+def parse_distill(data: Any, source: Path | None = None) -> DistillSettings:
+    """Validate a parsed distill settings document into :class:`DistillSettings`."""
+    base = source.parent if source is not None else Path.cwd()
+
+    def datasets(value: Any, path: str) -> tuple[DatasetSpec, ...]:
+        specs = tuple(parse_dataset(d, join(path, i), base) for i, d in enumerate(as_list(value, path)))
+        _unique_names(specs)
+        return specs
+
+    readers: dict[str, Reader] = {
+        "model": lambda v, p: parse_model(v, p, base),
+        "datasets": datasets,
+        "output_dir": lambda v, p: _resolve(as_str(v, p), base),
+        "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
+        "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
+        "batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "num_generations": lambda v, p: as_int(v, p, minimum=1),
+        "temperature": lambda v, p: as_float(v, p, 0.0, 10.0),
+        "top_p": lambda v, p: as_float(v, p, 0.0, 1.0),
+        "filter": parse_filter,
+        "drop_unfinished": as_bool,
+        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
+        "seed": lambda v, p: as_int(v, p, minimum=0),
+        "device": _parse_device,
+        "chat_template": as_bool,
+        "judge": parse_judge,
+        **COMMON_RUNTIME,
+    }
+    out = read_fields(data, "", readers, required=("model", "datasets"))
+    if "output_dir" not in out and source is not None:
+        out["output_dir"] = Path("distill_output") / source.stem
+    settings = DistillSettings(**out, source=source)
+    _check_distill(settings)
+    return settings
+
+
+def _check_distill(settings: DistillSettings) -> None:
+    if settings.num_generations > 1 and settings.temperature == 0.0:
+        raise fail("num_generations", "several generations per prompt need sampling: set temperature > 0")
+    uses_judge = settings.filter is not None and settings.filter.scoring == "judge"
+    uses_judge |= any(spec.scoring == "judge" for spec in settings.datasets)
+    if uses_judge and settings.judge is None:
+        raise fail("filter.scoring", "'judge' needs a top-level 'judge' block (base_url, model)")
+
+
+def load_distill_settings(path: str | Path) -> DistillSettings:
+    """Read and validate a distill settings file; raises :class:`SettingsError` on any bad field."""
+    data, source = _load_json(path)
+    return parse_distill(data, source)
+
+
+# -- sft parsing --------------------------------------------------------------------------------
+def parse_lora(value: Any, path: str) -> LoraSettings | None:
+    if value is None:
+        return None
+    readers = {
+        "r": lambda v, p: as_int(v, p, minimum=1),
+        "alpha": lambda v, p: as_int(v, p, minimum=1),
+        "dropout": lambda v, p: as_float(v, p, 0.0, 0.99),
+        "target_modules": _str_list,
+        "use_rslora": as_bool,
+    }
+    return LoraSettings(**read_fields(value, path, readers))
+
+
+def parse_data(value: Any, path: str) -> DataSettings:
+    readers = {
+        "max_length": lambda v, p: as_int(v, p, minimum=2),
+        "min_length": lambda v, p: as_int(v, p, minimum=1),
+        "packing": as_bool,
+        "chat_template": as_bool,
+        "prompt_field": as_str,
+        "response_field": as_str,
+        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
+    }
+    data = DataSettings(**read_fields(value, path, readers))
+    if data.min_length > data.max_length:
+        raise fail(join(path, "min_length"), f"must be <= max_length ({data.max_length}), got {data.min_length}")
+    return data
+
+
+def parse_training(value: Any, path: str) -> TrainSettings:
+    readers = {
+        "learning_rate": _positive,
+        "num_train_epochs": _positive,
+        "max_steps": lambda v, p: as_int(v, p, minimum=-1),
+        "per_device_train_batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "gradient_accumulation_steps": lambda v, p: as_int(v, p, minimum=1),
+        "warmup_ratio": lambda v, p: as_float(v, p, 0.0, 0.99),
+        "lr_scheduler_type": lambda v, p: as_str(v, p, SCHEDULERS),
+        "weight_decay": lambda v, p: as_float(v, p, 0.0, 1.0),
+        "max_grad_norm": lambda v, p: as_float(v, p, 0.0, 1e6),
+        "logging_steps": lambda v, p: as_int(v, p, minimum=1),
+        "save_steps": lambda v, p: as_int(v, p, minimum=1),
+        "save_total_limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
+        "seed": lambda v, p: as_int(v, p, minimum=0),
+        "gradient_checkpointing": as_bool,
+        "report_to": lambda v, p: as_str(v, p, REPORT_TO),
+    }
+    out = read_fields(value, path, readers)
+    if out.get("max_steps") == 0:
+        raise fail(join(path, "max_steps"), "must be -1 (use num_train_epochs) or >= 1, got 0")
+    return TrainSettings(**out)
+
+
+def parse_sft_dataset(value: Any, path: str, base: Path, data: DataSettings) -> Path:
+    """A local jsonl/parquet/json file whose rows have the prompt and response fields."""
+    file = _resolve(as_str(value, path), base)
+    if file.suffix.lower() not in FORMATS:
+        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
+    try:
+        columns = dataset_columns(file)
+    except (OSError, ValueError) as err:
+        raise fail(path, f"cannot read dataset {file}: {err}") from None
+    missing = [f for f in (data.prompt_field, data.response_field) if f not in columns]
+    if missing:
+        raise fail(path, f"dataset {file} lacks field(s) {missing} (see data.prompt_field / data.response_field)")
+    return file
+
+
+def parse_sft(data: Any, source: Path | None = None) -> SFTSettings:
+    """Validate a parsed SFT settings document into :class:`SFTSettings`."""
+    base = source.parent if source is not None else Path.cwd()
+    readers: dict[str, Reader] = {
+        "model": lambda v, p: parse_model(v, p, base),
+        "datasets": lambda v, p: as_list(v, p),  # checked below, once `data` is known
+        "swaa_config": _swaa,
+        "output_dir": lambda v, p: _resolve(as_str(v, p), base),
+        "lora": parse_lora,
+        "data": parse_data,
+        "training": parse_training,
+        "resume": as_bool,
+        "merge": as_bool,
+        "peak_tflops": lambda v, p: None if v is None else _positive(v, p),
+        **COMMON_RUNTIME,
+    }
+    out = read_fields(data, "", readers, required=("model", "datasets", "swaa_config"))
+    data_settings = out.get("data", DataSettings())
+    out["datasets"] = tuple(
+        parse_sft_dataset(d, join("datasets", i), base, data_settings) for i, d in enumerate(out["datasets"])
+    )
+    if "output_dir" not in out and source is not None:
+        out["output_dir"] = Path("sft_output") / source.stem
+    settings = SFTSettings(**out, source=source)
+    if settings.merge and settings.lora is None:
+        raise fail("merge", "only a LoRA run can be merged (lora is null: the output is already a full model)")
+    return settings
+
+
+def load_sft_settings(path: str | Path) -> SFTSettings:
+    """Read and validate an SFT settings file; raises :class:`SettingsError` on any bad field."""
+    data, source = _load_json(path)
+    return parse_sft(data, source)
+
+
+def settings_snapshot(settings: Any) -> Any:
+    """A JSON-ready copy of resolved settings (written next to the outputs, for the record)."""
+    if isinstance(settings, Path):
+        return str(settings)
+    if isinstance(settings, SWAAConfig):
+        return settings.to_dict()
+    if isinstance(settings, (tuple, list)):
+        return [settings_snapshot(v) for v in settings]
+    if hasattr(settings, "__dataclass_fields__"):
+        return {f.name: settings_snapshot(getattr(settings, f.name)) for f in fields(settings)}
+    return settings

@@ -1,0 +1,241 @@
+"""LoRA SFT of a SWA-patched model with trl's SFTTrainer, peft and accelerate.
+
+The model is patched with SWAA *before* peft wraps it, so every training forward follows the
+rule: prompt tokens use the window (per packed document), answer tokens (labels != -100)
+attend fully on ``force_fa_decode`` layers. Labels reach SWAA's per-forward hook through trl's
+fused-LM-head forward (``model(**inputs, fused_lm_head=True)`` with ``labels`` in the call), which
+tests/test_sft.py checks against the float64 reference.
+
+    OUTPUT/
+      settings.resolved.json   the validated settings
+      checkpoint-N/            trainer checkpoints (+ swaa_config.json); a rerun resumes the newest
+      final/                   adapter_config.json, adapter weights, swaa_config.json, tokenizer
+      merged/                  with "merge": true, the adapter merged into the base
+      train_metrics.json       final metrics and the log history
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+from ..config import SWAAConfig
+from ..evaluation.io import atomic_write_json
+from ..patch import apply_swaa
+from ..testing import is_builtin, resolve_builtin_model
+from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
+from .data import load_training_set
+from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
+from .settings import LoraSettings, SFTSettings, settings_snapshot
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+MERGED_DIR = "merged"
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    final_dir: Path
+    global_step: int
+    resumed_from: str | None
+    metrics: dict[str, Any]
+
+
+# -- pieces -------------------------------------------------------------------------------------
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def training_dtype(settings: SFTSettings) -> torch.dtype:
+    """Weights' dtype. auto: bfloat16 for LoRA on GPU (the base is frozen), float32 otherwise (full
+    fine-tuning keeps float32 master weights; bf16 autocast still runs the matmuls on GPU)."""
+    if settings.dtype == "auto":
+        return torch.bfloat16 if on_gpu() and settings.lora is not None else torch.float32
+    return getattr(torch, settings.dtype)
+
+
+def local_model_path(settings: SFTSettings) -> str:
+    if not is_builtin(settings.model):
+        return settings.model
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        return str(resolve_builtin_model(settings.model, Path(settings.output_dir) / "_builtin"))
+
+
+def load_training_model(path: str, settings: SFTSettings):
+    """The base model, SWA-patched with the settings' config (``None``: stock full attention)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=training_dtype(settings), attn_implementation=settings.attn_implementation
+    )
+    model.config.use_cache = False  # no KV cache in training (and none with gradient checkpointing)
+    return apply_swaa(model, settings.swaa_config)
+
+
+def lora_config(lora: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        use_rslora=lora.use_rslora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(settings: SFTSettings) -> SFTConfig:
+    """trl/transformers arguments from the settings (the one place they are mapped)."""
+    t, d = settings.training, settings.data
+    return SFTConfig(
+        output_dir=str(settings.output_dir),
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        activation_checkpointing=t.gradient_checkpointing,
+        report_to=t.report_to,
+        bf16=on_gpu() and settings.dtype in ("auto", "bfloat16"),  # autocast: bf16 on GPU, fp32 on CPU
+        fp16=on_gpu() and settings.dtype == "float16",
+        use_cpu=not on_gpu(),
+        max_length=d.max_length,
+        packing=d.packing,
+        packing_strategy="bfd",  # keeps documents whole; the collator restarts position_ids per document
+        ddp_find_unused_parameters=False,
+        logging_first_step=True,
+    )
+
+
+# -- trainer ------------------------------------------------------------------------------------
+class SWAASFTTrainer(SFTTrainer):
+    """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs)."""
+
+    def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.swaa = swaa
+        self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
+        self.meter = ThroughputMeter()
+        self._shape: ModelShape | None = None
+
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        if self._shape is None:
+            self._shape = ModelShape.from_model(self.model)
+        flops, tokens = batch_flops(self._shape, self.swaa, inputs)
+        self.meter.add(flops, tokens)
+        return int(flops)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "train_runtime" not in logs:  # a periodic training log: every rank is here
+            totals = torch.tensor([self.meter.flops, float(self.meter.tokens)], device=self.args.device)
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            logs.update(self.meter.report(float(totals[0]), int(totals[1]), self.accelerator.num_processes,
+                                          self.peak_tflops))
+        super().log(logs, start_time)
+
+
+class SWAAConfigCallback(TrainerCallback):
+    """Writes swaa_config.json into every checkpoint, so any checkpoint restores the SWA behaviour."""
+
+    def __init__(self, swaa: SWAAConfig | None):
+        self.swaa = swaa
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            save_swaa_config(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.swaa)
+
+
+class LogLineCallback(TrainerCallback):
+    """One logging line per trainer log (loss, learning rate, throughput), for log files."""
+
+    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" in logs:
+            parts = [f"{k} {logs[k]:.4g}" for k in self.KEYS if k in logs]
+            logger.info("step %d/%d: %s", state.global_step, state.max_steps, ", ".join(parts))
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SWAASFTTrainer:
+    """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests)."""
+    from transformers import AutoTokenizer
+
+    path = local_model_path(settings)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset = load_training_set(tokenizer, settings.datasets, settings.data)
+    model = load_training_model(path, settings)
+    return SWAASFTTrainer(
+        model=model,
+        args=sft_config(settings),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings.lora) if settings.lora is not None else None,
+        callbacks=[SWAAConfigCallback(settings.swaa_config), LogLineCallback(), *callbacks],
+        swaa=settings.swaa_config,
+        peak_tflops=settings.peak_tflops,
+    )
+
+
+def save_final(trainer: SWAASFTTrainer, settings: SFTSettings) -> Path:
+    """The adapter (or full model) with its SWAAConfig and tokenizer in OUTPUT/final."""
+    final = Path(settings.output_dir) / FINAL_DIR
+    if settings.lora is None:
+        trainer.save_model(str(final))  # config.json carries swaa_config (apply_swaa set it)
+        if trainer.accelerator.is_main_process:
+            save_swaa_config(final, settings.swaa_config)
+            trainer.processing_class.save_pretrained(final)
+        return final
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.accelerator.is_main_process:
+        save_swaa_adapter(unwrapped, final, settings.swaa_config, trainer.processing_class)
+    return final
+
+
+def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SFTResult:
+    """Train (resuming the newest checkpoint when ``settings.resume``) and save OUTPUT/final."""
+    output = Path(settings.output_dir)
+    trainer = build_trainer(settings, callbacks)
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(output / "settings.resolved.json", settings_snapshot(settings))
+    resume = last_checkpoint(output) if settings.resume else None
+    if resume:
+        logger.info("resuming from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = save_final(trainer, settings)
+    trainer.accelerator.wait_for_everyone()
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos}
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(output / "train_metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
+        if settings.merge:
+            merge_swaa_adapter(final, output / MERGED_DIR, dtype=training_dtype(settings))
+    trainer.accelerator.wait_for_everyone()
+    logger.info("saved %s after %d steps", final, trainer.state.global_step)
+    return SFTResult(final, trainer.state.global_step, resume, metrics)

@@ -1,0 +1,250 @@
+"""LoRA SFT of a SWA-patched tiny model: loss on answers only, packing, training, adapters, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from reference import RefRule, reference_logits, reference_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from swaa_patch import SWAAConfig, remove_swaa
+from swaa_patch.data.synthetic import generate_task, tokenizer_counter
+from swaa_patch.evaluation.generation import prompt_ids
+from swaa_patch.evaluation.settings import SettingsError
+from swaa_patch.testing import resolve_builtin_model
+from swaa_patch.training.adapter import load_swaa_adapter, merge_swaa_adapter, read_swaa_config
+from swaa_patch.training.data import encode_example
+from swaa_patch.training.settings import load_sft_settings, parse_sft
+from swaa_patch.training.sft import build_trainer, run_sft, save_final
+
+ROOT = Path(__file__).resolve().parents[1]
+SWAA = {"sliding_window_size": 16, "keep_first": 2, "force_fa_decode": True, "non_sliding_layers": []}
+RULE = RefRule(16, 2, True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The built-in tiny model and a small (prompt, response) file of short passkey prompts."""
+    root = tmp_path_factory.mktemp("sft")
+    model_dir = resolve_builtin_model("builtin:tiny-random-qwen3", root / "builtin")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = generate_task("passkey", tokenizer_counter(tokenizer), [128, 160], [0.2, 0.8], 1, seed=0)
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "response": r["answer"]}) + "\n" for r in rows))
+    return model_dir, data, tokenizer
+
+
+def make_settings(tiny, out: Path, swaa=SWAA, **training):
+    model_dir, data, _ = tiny
+    train = {"learning_rate": 5e-3, "max_steps": 30, "per_device_train_batch_size": 2,
+             "gradient_accumulation_steps": 1, "warmup_ratio": 0.0, "logging_steps": 5, "save_steps": 100,
+             "gradient_checkpointing": True, **training}
+    return parse_sft({
+        "model": str(model_dir), "swaa_config": swaa, "datasets": [str(data)], "output_dir": str(out),
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"max_length": 512, "packing": True}, "training": train,
+    })
+
+
+def first_batch(trainer) -> dict:
+    return dict(next(iter(trainer.get_train_dataloader())))
+
+
+def fixed_loss(trainer, batch) -> float:
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, dict(batch)))
+
+
+@torch.no_grad()
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(torch.nn.functional.cross_entropy(logits[0, :-1].double(), labels[0, 1:], ignore_index=-100))
+
+
+def documents(position_ids: torch.Tensor) -> list[slice]:
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist() + [position_ids.shape[1]]
+    return [slice(a, b) for a, b in zip(starts, starts[1:])]
+
+
+# -- settings -----------------------------------------------------------------------------------
+def test_shipped_settings_parse():
+    settings = load_sft_settings(ROOT / "settings" / "sft_tiny.json")
+    assert settings.swaa_config == SWAAConfig(sliding_window_size=64, keep_first=4, force_fa_decode=True)
+    assert settings.data.response_field == "answer" and settings.lora.r == 8
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"lora": {"r": 0}}, "lora.r: must be an integer >= 1, got 0"),
+    ({"training": {"lr": 1}}, "training: unknown key(s) ['lr']"),
+    ({"swaa_config": {"keep_first": -1}}, "swaa_config.keep_first: must be an integer >= 0"),
+    ({"data": {"response_field": "completion"}}, "datasets[0]: dataset"),
+    ({"data": {"min_length": 5000}}, "data.min_length: must be <= max_length"),
+    ({"training": {"max_steps": 0}}, "training.max_steps: must be -1"),
+])
+def test_settings_errors_name_the_json_path(tiny, tmp_path, patch, message):
+    model_dir, data, _ = tiny
+    raw = {"model": str(model_dir), "swaa_config": None, "datasets": [str(data)], "output_dir": str(tmp_path)}
+    raw.update(patch)
+    with pytest.raises(SettingsError) as err:
+        parse_sft(raw)
+    assert message in str(err.value)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def test_prompt_tokens_carry_no_loss(tiny):
+    _, _, tokenizer = tiny
+    encoded = encode_example(tokenizer, "Where is it? Answer:", "in the attic", chat_template=True)
+    head = prompt_ids(tokenizer, "Where is it? Answer:", True)  # what eval and distill feed the model
+    assert encoded.input_ids[: len(head)] == head
+    assert encoded.labels[: len(head)] == [-100] * len(head)
+    assert encoded.labels[len(head) :] == encoded.input_ids[len(head) :]
+    assert tokenizer.decode(encoded.input_ids[len(head) :]).startswith("in the attic<|im_end|>")
+
+
+@pytest.fixture(scope="module")
+def fresh_trainer(tiny, tmp_path_factory):
+    return build_trainer(make_settings(tiny, tmp_path_factory.mktemp("fresh")))
+
+
+def test_packed_batch_masks_every_prompt_token(tiny, fresh_trainer):
+    _, data, tokenizer = tiny
+    batch = first_batch(fresh_trainer)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # padding-free packing
+    docs = documents(batch["position_ids"])
+    assert len(docs) >= 2
+    examples = {}
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        enc = encode_example(tokenizer, row["prompt"], row["response"], True)
+        examples[tuple(enc.input_ids)] = enc.labels
+    for doc in docs:
+        ids = tuple(batch["input_ids"][0, doc].tolist())
+        assert batch["labels"][0, doc].tolist() == examples[ids]  # -100 exactly on the prompt
+
+
+def test_trainer_loss_follows_the_reference_rule_on_packed_documents(tiny, fresh_trainer):
+    """trl's forward path (peft, fused LM head, gradient checkpointing) must hand the labels to SWAA:
+    answer tokens attend fully, prompts use per-document windows, documents never see each other."""
+    model_dir, _, _ = tiny
+    batch = first_batch(fresh_trainer)
+    assert fresh_trainer.args.gradient_checkpointing
+    fresh_trainer.model.train()
+    loss = float(fresh_trainer.compute_loss(fresh_trainer.model, dict(batch)).detach())  # LoRA B = 0: the base
+    ref = reference_model(AutoModelForCausalLM.from_pretrained(model_dir))
+    ids, pids, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    with torch.no_grad():
+        expected = nll(reference_logits(ref, RULE, ids, position_ids=pids, labels=labels), labels)
+        prompt_rule = nll(reference_logits(ref, RULE, ids, position_ids=pids), labels)  # answers on the window
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert abs(prompt_rule - expected) > 1e-3
+
+
+@pytest.mark.parametrize("swaa", [SWAA, None])
+def test_packing_never_lets_a_token_see_another_document(tiny, fresh_trainer, swaa):
+    model_dir, _, _ = tiny
+    batch = first_batch(fresh_trainer)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa")
+    from swaa_patch import apply_swaa
+
+    apply_swaa(model, swaa).eval()
+    ids, pids, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    first, second = documents(pids)[:2]
+    # use_cache=False as in training: stock transformers (swaa None) finds packed documents only without a cache
+    with torch.no_grad():
+        logits = model(input_ids=ids, position_ids=pids, labels=labels, use_cache=False).logits
+        changed = ids.clone()
+        changed[0, first] = torch.randint(10, 2000, (first.stop - first.start,))
+        other = model(input_ids=changed, position_ids=pids, labels=labels, use_cache=False).logits
+        alone = model(input_ids=ids[:, second], position_ids=pids[:, second], labels=labels[:, second],
+                      use_cache=False).logits
+    torch.testing.assert_close(other[0, second], logits[0, second], rtol=0, atol=1e-5)
+    torch.testing.assert_close(alone[0], logits[0, second], rtol=0, atol=1e-4)
+    if swaa is not None:
+        ref = reference_model(model)
+        expected = reference_logits(ref, RULE, ids, position_ids=pids, labels=labels)
+        torch.testing.assert_close(logits.double(), expected, rtol=0, atol=1e-4)
+
+
+# -- training, adapters -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    settings = make_settings(tiny, tmp_path_factory.mktemp("trained"))
+    trainer = build_trainer(settings)
+    batch = first_batch(trainer)
+    before = fixed_loss(trainer, batch)
+    trainer.train()
+    after = fixed_loss(trainer, batch)
+    return settings, trainer, before, after, save_final(trainer, settings)
+
+
+def test_a_few_dozen_steps_lower_the_loss_on_a_fixed_batch(trained):
+    _, trainer, before, after, _ = trained
+    assert trainer.state.global_step == 30
+    assert after < before - 0.5  # nats; the random tiny model's logits start almost uniform
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(h["tflops_per_device"] > 0 and h["tokens_per_s"] > 0 for h in logged)
+
+
+def test_saved_adapter_reloads_to_identical_logits_with_its_swa_behaviour(tiny, trained, tmp_path):
+    model_dir, _, tokenizer = tiny
+    settings, trainer, _, _, final = trained
+    assert read_swaa_config(final) == settings.swaa_config
+    ids = torch.tensor([prompt_ids(tokenizer, "The pass key is 123456. " * 12 + "What is it?", True)])
+    assert ids.shape[1] > 3 * settings.swaa_config.sliding_window_size
+    trainer.model.eval()
+    loaded = load_swaa_adapter(None, final).eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=ids).logits
+        got = loaded(input_ids=ids).logits
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+        merged_dir = merge_swaa_adapter(final, tmp_path / "merged")
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, attn_implementation="sdpa").eval()
+        assert SWAAConfig.coerce(merged.config.swaa_config) == settings.swaa_config
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=0, atol=1e-4)
+        remove_swaa(loaded.base_model.model)
+        assert (loaded(input_ids=ids).logits - expected).abs().max() > 1e-3  # the window matters
+
+
+# -- resume -------------------------------------------------------------------------------------
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise RuntimeError(f"simulated crash before step {self.step + 1}")
+
+
+class Steps(TrainerCallback):
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seen.append(state.global_step)
+
+
+def test_resume_continues_from_the_step_it_stopped_at(tiny, tmp_path):
+    settings = make_settings(tiny, tmp_path / "run", max_steps=6, save_steps=2, logging_steps=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_sft(settings, callbacks=(CrashAt(4),))
+    assert (tmp_path / "run" / "checkpoint-4" / "swaa_config.json").is_file()
+    steps = Steps()
+    result = run_sft(settings, callbacks=(steps,))
+    assert result.resumed_from.endswith("checkpoint-4")
+    assert steps.seen == [5, 6] and result.global_step == 6
+    history = json.loads((tmp_path / "run" / "train_metrics.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert read_swaa_config(result.final_dir) == settings.swaa_config
+
+
+def test_cli_runs_the_shipped_tiny_settings(tmp_path):
+    from swaa_patch.cli import main
+
+    assert main(["sft", str(ROOT / "settings" / "sft_tiny.json"), "--output-dir", str(tmp_path), "--max-steps", "2"]) == 0
+    assert (tmp_path / "final" / "adapter_config.json").is_file()
+    assert (tmp_path / "merged" / "config.json").is_file()
+    assert main(["sft", str(ROOT / "settings" / "sft_tiny.json"), "--output-dir", str(tmp_path / "x"),
+                 "--max-steps", "2", "--no-resume"]) == 0
