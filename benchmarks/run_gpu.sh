@@ -14,6 +14,7 @@ for part in "${parts[@]}"; do
   case "$part" in
     kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
     correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
+    speed) python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

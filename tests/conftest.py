@@ -7,6 +7,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(2)
+# Without a GPU, the Triton kernel tests (test_triton_swa.py) run on Triton's CPU interpreter. The
+# flag must be set before anything imports triton (`import swaa_patch` does, through torch's
+# flex_attention): triton.jit reads it when decorating, triton's own library functions included.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # flex_attention without torch.compile warns on every call on CPU; the tests use it on purpose.
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
 
