@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .demo.train import TrainDemoArgs
+from .demo.train import main as train_demo_main
+
 logger = logging.getLogger("swaa")
 
 
@@ -198,6 +201,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "distill": Subcommand(DistillArgs, distill_main),
     "sft": Subcommand(SFTArgs, sft_main),
     "merge": Subcommand(MergeArgs, merge_main),
+    "train-demo": Subcommand(TrainDemoArgs, train_demo_main),
 }
 
 

@@ -2,12 +2,15 @@
 
 Every reader takes the value and its path (``settings[0].model_list[2]``) and either returns a
 clean Python value or raises :class:`SettingsError` whose message starts with that path.
+Keys starting with ``_`` are notes for people (JSON has no comments) and are ignored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+NOTE_PREFIX = "_"
 
 
 class SettingsError(ValueError):
@@ -23,7 +26,7 @@ def check_keys(data: Any, path: str, allowed: Iterable[str], required: Iterable[
     allowed = tuple(allowed)
     if not isinstance(data, Mapping):
         raise fail(path, f"must be an object, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(allowed))
+    unknown = sorted(k for k in set(data) - set(allowed) if not str(k).startswith(NOTE_PREFIX))
     if unknown:
         raise fail(path, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
     missing = [key for key in required if key not in data]

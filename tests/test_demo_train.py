@@ -1,0 +1,213 @@
+"""The demo model's training script: tokenizer, data stream, loss, checkpoints, resume, settings.
+
+Tiny shapes (hidden 32, 4 layers so settings/demo.json's interleaved row [1, 3] is valid), the
+passkey task only (it fits in 128-token prompts) and a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swaa_patch.demo import data as demo_data
+from swaa_patch.demo.data import (
+    TRAIN_SEED_BASE,
+    VALIDATION_SEED,
+    StreamSpec,
+    TrainBatches,
+    encode,
+    heldout_records,
+)
+from swaa_patch.demo.tokenizer import build_demo_tokenizer
+from swaa_patch.demo.train import (
+    DEFAULT_TASKS,
+    SUMMARY_FILE,
+    TrainDemoArgs,
+    batch_loss,
+    build_model,
+    checkpoint_dir,
+    lr_factor,
+    train,
+)
+from swaa_patch.evaluation.runner import run_eval
+from swaa_patch.evaluation.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SETTINGS = REPO / "settings" / "demo.json"
+
+
+def tiny_args(output_dir: Path, **overrides) -> TrainDemoArgs:
+    args = TrainDemoArgs(
+        output_dir=str(output_dir), hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
+        intermediate_size=64, tasks=["passkey"], batch_size=4, max_steps=30, warmup_steps=5, min_length=128,
+        max_length=192, eval_every=0, eval_lengths=[160], eval_depths=[0.5], eval_samples=1, eval_batch_size=4,
+        max_new_tokens=8, log_every=10, save_every=10, device="cpu", num_workers=0,
+    )
+    return dataclasses.replace(args, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_demo_tokenizer(2048, DEFAULT_TASKS)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return train(tiny_args(tmp_path_factory.mktemp("demo") / "model"))
+
+
+def test_tokenizer_builds_deterministically(tokenizer):
+    again = build_demo_tokenizer(2048, DEFAULT_TASKS)
+    assert again.backend_tokenizer.to_str() == tokenizer.backend_tokenizer.to_str()
+    assert len(tokenizer) == 2048
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    # Digits one by one (a model copies numbers digit by digit); task words are whole tokens.
+    assert tokenizer.tokenize(" 4829")[-4:] == ["4", "8", "2", "9"]
+    assert "Ġmagic" in tokenizer.get_vocab()
+
+
+def test_reply_follows_the_prompt_as_the_chat_template_renders_it(tokenizer):
+    count = demo_data.tokenizer_counter(tokenizer)
+    record = demo_data.make_sample("multikey_niah", 320, 0.3, TRAIN_SEED_BASE, 0, count)
+    encoded = encode(tokenizer, record)
+    conversation = [{"role": "user", "content": record["prompt"]},
+                    {"role": "assistant", "content": demo_data.answer_text(record["answer"], record["scoring"])}]
+    text = tokenizer.apply_chat_template(conversation, tokenize=False)
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert full[: len(encoded.prompt) + len(encoded.reply)] == encoded.prompt + encoded.reply
+    assert tokenizer.decode(encoded.reply[slice(*encoded.value)]) == record["answer"]
+
+
+def test_training_batches_are_a_pure_function_of_the_step(tokenizer):
+    spec = StreamSpec(DEFAULT_TASKS, 320, 480, batch_size=3, seed=0)
+    batches = TrainBatches(tokenizer, spec, num_steps=10)
+    first, again = batches[4], TrainBatches(tokenizer, spec, num_steps=10)[4]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    real = (first["input_ids"] != tokenizer.pad_token_id).sum(1)
+    assert int(real.max()) <= 480 * demo_data.LENGTH_SLACK + 20
+    # Reply targets are real tokens; the answer value lies inside the reply.
+    assert bool((first["targets"][first["answer_mask"]] >= 0).all())
+    assert bool((first["answer_mask"] | ~first["value_mask"]).all())
+    assert not torch.equal(batches[4]["input_ids"][:, :50], batches[5]["input_ids"][:, :50])
+
+
+def test_heldout_seeds_are_disjoint_from_training_seeds(tokenizer, monkeypatch):
+    used = []
+    make_sample = demo_data.make_sample
+
+    def spy(task, length, depth, seed, index, count):
+        used.append(seed)
+        return make_sample(task, length, depth, seed, index, count)
+
+    monkeypatch.setattr(demo_data, "make_sample", spy)
+    TrainBatches(tokenizer, StreamSpec(DEFAULT_TASKS, 320, 400, batch_size=2, seed=3), num_steps=3)[2]
+    assert used and min(used) >= TRAIN_SEED_BASE
+
+    settings = json.loads(DEMO_SETTINGS.read_text())
+    heldout = [settings.get("seed", 0)] + [d.get("seed", settings.get("seed", 0)) for d in settings["datasets"]]
+    assert max(heldout) < TRAIN_SEED_BASE and VALIDATION_SEED < TRAIN_SEED_BASE
+    with pytest.raises(ValueError, match="held-out seeds"):
+        heldout_records(tokenizer, ["passkey"], [320], [0.5], 1, seed=TRAIN_SEED_BASE)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    factors = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_short_run_lowers_the_loss_and_writes_a_loadable_model(trained):
+    args = tiny_args(trained)
+    model = AutoModelForCausalLM.from_pretrained(trained)
+    loaded = AutoTokenizer.from_pretrained(trained)
+    rebuilt = build_demo_tokenizer(args.vocab_size, args.tasks)
+    assert loaded.backend_tokenizer.to_str() == rebuilt.backend_tokenizer.to_str()
+    batch = TrainBatches(loaded, StreamSpec(("passkey",), 128, 192, batch_size=4, seed=99), 1)[0]
+    with torch.no_grad():
+        _, before, _ = batch_loss(build_model(args, loaded), batch, 0.0)  # the seeded initial weights
+        _, after, _ = batch_loss(model, batch, 0.0)
+    assert after < before - 0.5, (before, after)
+
+    summary = json.loads((trained / SUMMARY_FILE).read_text())
+    assert summary["steps"] == 30 and not summary["stopped_by_budget"]
+    assert set(summary["final_eval"]["accuracy"]) == {"passkey"}
+    assert not checkpoint_dir(trained).exists()  # removed once the final folder is in place
+    prompt = loaded("Question: What is the pass key?", return_tensors="pt")
+    assert model.generate(**prompt, max_new_tokens=3, do_sample=False).shape[1] >= prompt["input_ids"].shape[1]
+
+
+def test_finished_output_is_not_retrained(trained):
+    stamp = (trained / "model.safetensors").stat().st_mtime_ns
+    assert train(tiny_args(trained)) == trained
+    assert (trained / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
+    steps = dict(max_steps=12, save_every=4, batch_size=2)
+    whole = train(tiny_args(tmp_path / "whole", **steps))
+
+    def kill_at_6(state):
+        if state.step == 6:
+            raise Killed
+
+    args = tiny_args(tmp_path / "resumed", **steps)
+    with pytest.raises(Killed):
+        train(args, on_step=kill_at_6)
+    assert not Path(args.output_dir).exists() and (checkpoint_dir(Path(args.output_dir)) / "state.pt").is_file()
+    with pytest.raises(ValueError, match="another recipe"):
+        train(dataclasses.replace(args, learning_rate=5e-4))
+
+    resumed = train(args)
+    a = AutoModelForCausalLM.from_pretrained(whole).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_shortens_the_schedule(tmp_path):
+    output = train(tiny_args(tmp_path / "budget", max_steps=500, time_budget_s=2.0, batch_size=1))
+    summary = json.loads((output / SUMMARY_FILE).read_text())
+    # Sized after timing steps 5-55, or (on a very busy machine) cut by the hard stop before that.
+    assert summary["steps"] < 500
+    assert summary["max_steps"] < 500 or summary["stopped_by_budget"]
+
+
+def test_demo_settings_validate_and_run_against_a_trained_model(trained, tmp_path):
+    data = json.loads(DEMO_SETTINGS.read_text())
+    assert all(run["model_list"] == ["../demo/model"] for run in data["settings"])
+    assert "_pending_sft_row" in data  # filled by the session that trains the SFT adapter
+    for run in data["settings"]:
+        run["model_list"] = [str(trained)]
+    data["output_dir"] = str(tmp_path / "eval")
+    copy = tmp_path / "demo.json"
+    copy.write_text(json.dumps(data))
+
+    settings = load_settings(copy)
+    configs = [run.swaa_config for run in settings.runs]
+    assert configs[0] is None and len(configs) == 5
+    assert [(c.keep_first, c.force_fa_decode, tuple(c.non_sliding_layers)) for c in configs[1:]] == [
+        (0, False, ()), (4, False, ()), (4, True, ()), (4, True, (1, 3))]
+    metrics = run_eval(dataclasses.replace(settings, limit=1, max_new_tokens=4))
+    assert len(metrics) == len(configs) * len(settings.datasets)
+
+
+def test_settings_notes_are_ignored_and_unknown_keys_still_fail(trained, tmp_path):
+    from swaa_patch.evaluation.settings import parse_settings
+    from swaa_patch.evaluation.validate import SettingsError
+
+    run = {"swaa_config": None, "model_list": [str(trained)], "_why": "a note"}
+    assert len(parse_settings({"settings": [run], "_about": "a note"}).runs) == 1
+    with pytest.raises(SettingsError, match=r"settings\[0\]: unknown key\(s\) \['why'\]"):
+        parse_settings({"settings": [{**run, "why": "not a note"}]})
