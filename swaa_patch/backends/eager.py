@@ -18,7 +18,15 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
 
 
-def eager_kernel(scaling: float, softcap: float | None, dropout: float, training: bool):
+def eager_kernel(scaling: float, softcap: float | None, dropout: float, training: bool, plan: AttentionPlan):
+    def causal_bias(n_q: int, n_k: int, dtype, device) -> Tensor:
+        # additive, built once per forward and shared by all layers, as transformers' eager path does
+        def build() -> Tensor:
+            allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)
+            return torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+        return plan.memo(("eager_causal_bias", n_q, n_k, dtype), build)
+
     def kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool):
         groups = q.shape[1] // k.shape[1]
         k, v = repeat_kv(k, groups), repeat_kv(v, groups)
@@ -26,9 +34,8 @@ def eager_kernel(scaling: float, softcap: float | None, dropout: float, training
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         if is_causal:
-            n_q, n_k = q.shape[2], k.shape[2]
-            mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
-        if mask is not None:
+            scores = scores + causal_bias(q.shape[2], k.shape[2], scores.dtype, q.device)
+        elif mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         weights = nn.functional.dropout(weights, p=dropout, training=training)
@@ -48,6 +55,6 @@ def eager_swaa_attention(
     dropout: float = 0.0,
     softcap: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    kernel = eager_kernel(scaling, softcap, dropout, module.training)
+    kernel = eager_kernel(scaling, softcap, dropout, module.training, plan)
     out, weights = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
     return out.transpose(1, 2).contiguous(), weights
