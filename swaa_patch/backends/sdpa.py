@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from transformers.integrations.sdpa_attention import use_gqa_in_sdpa
 
 from ..plan import AttentionPlan
 from .chunked import chunked_attention
+from .eager import repeat_kv
 
 
 def sdpa_kernel(scaling: float, dropout: float):
     def kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool):
+        grouped = q.shape[1] != k.shape[1]
+        if grouped and not use_gqa_in_sdpa(mask, k, v):
+            # transformers' own dispatch rule: with a mask, native GQA would fall back to the math
+            # kernel, so repeat the (chunk-sized) keys instead
+            groups = q.shape[1] // k.shape[1]
+            k, v, grouped = repeat_kv(k, groups), repeat_kv(v, groups), False
         out = torch.nn.functional.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=dropout,
-            is_causal=is_causal,
-            scale=scaling,
-            enable_gqa=q.shape[1] != k.shape[1],
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scaling, enable_gqa=grouped
         )
         return out, None
 
