@@ -1,54 +1,106 @@
-"""Before/after accuracy table of sft/run_gpu_demo.sh (markdown, written atomically)."""
+"""Before/after table of the demo's LoRA SFT (``demo/adapt.sh``), markdown, written atomically.
+
+Reads one ``swaa eval settings/demo.json`` output: for every shipped adapter row, "before" is the
+base model evaluated with the same SWAAConfig and "after" the adapter; full attention is the
+ceiling. Adds the distillation summary and each adapter's training metrics (steps, loss, speed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
 
-
-def rows(metrics: Path, stage: str) -> list[str]:
-    def depths(m: dict) -> str:
-        return ", ".join(f"{d}: {a:.2f}" for d, a in (m.get("accuracy_by_depth") or {}).items())
-
-    return [f"| {stage} | {m['model_name']} | {m['config_name']} | {m['dataset']} | {m['num_samples']} "
-            f"| {m['accuracy']:.3f} | {depths(m)} |" for m in read_jsonl(metrics)]
+CONFIG_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
 
 
-def render(before: Path, after: Path, distill: Path, sft: Path, scale: str) -> str:
-    summary = json.loads(distill.read_text()) if distill.is_file() else {}
-    train = json.loads(sft.read_text())["metrics"] if sft.is_file() else {}
+def config_key(metric: dict[str, Any]) -> tuple:
+    return tuple(json.dumps(metric[k]) for k in CONFIG_KEYS)
+
+
+def accuracy_by_run(metrics: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    runs: dict[str, dict[str, float]] = {}
+    for m in metrics:
+        runs.setdefault(m["run_name"], {})[m["dataset"]] = m["accuracy"]
+    return runs
+
+
+def training_line(adapter: Path) -> str:
+    data = json.loads((adapter / "train_metrics.json").read_text(encoding="utf-8"))
+    logged = [h for h in data.get("log_history", []) if "loss" in h]
+    first, last = (logged[0], logged[-1]) if logged else ({}, {})
+    speed = max((h.get("tokens_per_s", 0.0) for h in logged), default=0.0)
+    m = data["metrics"]
+    return (f"- `{adapter.name}`: {m.get('global_step')} steps, {m.get('train_runtime')} s, loss "
+            f"{first.get('loss', float('nan')):.4f} (first log) -> {last.get('loss', float('nan')):.4f} (last log), "
+            f"up to {speed:.0f} tokens/s")
+
+
+def render(metrics_path: Path, distill: Path, adapters: list[Path]) -> str:
+    metrics = read_jsonl(metrics_path)
+    runs = accuracy_by_run(metrics)
+    datasets = sorted({m["dataset"] for m in metrics})
+    adapter_names = {a.name for a in adapters}
+    by_config: dict[tuple, str] = {}
+    after_rows: list[tuple[str, dict[str, Any]]] = []
+    for m in metrics:
+        if m["model_name"] in adapter_names:
+            after_rows.append((m["run_name"], m))
+        elif m["sliding_window_size"] is not None:
+            by_config.setdefault(config_key(m), m["run_name"])
+    full = next((m["run_name"] for m in metrics if m["sliding_window_size"] is None), None)
+
+    def row(label: str, run: str) -> str:
+        acc = runs[run]
+        values = [f"{acc[d]:.3f}" if d in acc else "-" for d in datasets]
+        mean = sum(acc.values()) / len(acc)
+        return f"| {label} | `{run}` | " + " | ".join(values) + f" | {mean:.3f} |"
+
+    samples = {m["dataset"]: m["num_samples"] for m in metrics}
     lines = [
-        f"# Self-distillation + LoRA SFT demo ({scale}, {time.strftime('%Y-%m-%d')})",
+        f"# Self-distillation + LoRA SFT on the demo model ({time.strftime('%Y-%m-%d')})",
         "",
-        "Produced by `bash sft/run_gpu_demo.sh`: a small Qwen3-shaped model trained by the project on the",
-        "passkey task with full attention, then evaluated with full attention and with SWA (before), and",
-        "with SWA plus a LoRA adapter trained by `swaa sft` on its own full-attention answers (after).",
+        "Produced by `OUT=DIR bash demo/adapt.sh`: the shipped full-attention demo model (demo/model) answers",
+        "fresh prompts, a LoRA adapter is trained per SWA recipe on those answers with the SWA-patched model,",
+        "and `swaa eval settings/demo.json` scores every row on the held-out tasks (task seed 0; samples: "
+        + ", ".join(f"{d} {n}" for d, n in sorted(samples.items())) + ").",
+        f"Host: {platform.node() or 'unknown'}; metrics file: `{metrics_path.name}`.",
         "",
-        "| stage | model | config | dataset | n | accuracy | accuracy by evidence depth |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *rows(before, "before"),
-        *rows(after, "after (SWA + LoRA)"),
-        "",
-        f"Distillation: `{json.dumps(summary.get('datasets', {}))}`",
-        "",
-        f"SFT: steps {train.get('global_step')}, train loss {train.get('train_loss')}, "
-        f"runtime {train.get('train_runtime')} s, total FLOPs (window-aware) {train.get('total_flos')}",
-        "",
+        "| stage | run | " + " | ".join(datasets) + " | mean |",
+        "| --- | --- | " + " | ".join("---" for _ in datasets) + " | --- |",
     ]
+    if full:
+        lines.append(row("full attention (ceiling)", full))
+    seen: set[str] = set()
+    for run, m in after_rows:
+        if run in seen:
+            continue
+        seen.add(run)
+        before = by_config.get(config_key(m))
+        if before:
+            lines.append(row("before: SWA recipe, no SFT", before))
+        lines.append(row("after: same recipe + LoRA SFT", run))
+    summary = json.loads(distill.read_text(encoding="utf-8")) if distill.is_file() else {}
+    lines += ["", "Distillation (teacher = full attention, correct answers kept):", ""]
+    lines += [f"- {name}: kept {d['kept']} of {d['prompts']} (teacher accuracy {d['teacher_accuracy']:.3f})"
+              for name, d in summary.get("datasets", {}).items()]
+    lines += ["", "LoRA SFT:", "", *(training_line(a) for a in adapters), ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("before", "after", "distill", "sft", "out"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    parser.add_argument("--scale", default="gpu")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics.jsonl of `swaa eval settings/demo.json`")
+    parser.add_argument("--distill", type=Path, required=True, help="summary.json of `swaa distill`")
+    parser.add_argument("--adapters", type=Path, nargs="+", required=True, help="shipped adapter folders")
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    atomic_write_text(args.out, render(args.before, args.after, args.distill, args.sft, args.scale))
+    atomic_write_text(args.out, render(args.metrics, args.distill, args.adapters))
 
 
 if __name__ == "__main__":

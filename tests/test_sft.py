@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,9 @@ import torch
 from reference import RefRule, reference_logits, reference_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from swaa_patch import SWAAConfig, remove_swaa
+from swaa_patch import SWAAConfig, apply_swaa, remove_swaa
 from swaa_patch.data.synthetic import generate_task, tokenizer_counter
-from swaa_patch.evaluation.generation import prompt_ids
+from swaa_patch.evaluation.generation import load_model, prompt_ids
 from swaa_patch.evaluation.settings import SettingsError
 from swaa_patch.testing import resolve_builtin_model
 from swaa_patch.training.adapter import load_swaa_adapter, merge_swaa_adapter, read_swaa_config
@@ -206,6 +207,31 @@ def test_saved_adapter_reloads_to_identical_logits_with_its_swa_behaviour(tiny, 
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=0, atol=1e-4)
         remove_swaa(loaded.base_model.model)
         assert (loaded(input_ids=ids).logits - expected).abs().max() > 1e-3  # the window matters
+
+
+def test_adapter_shipped_beside_its_base_loads_from_any_directory(tiny, trained, tmp_path, monkeypatch):
+    """A relative ``base_model_name_or_path`` is read relative to the adapter folder (demo/)."""
+    model_dir, _, tokenizer = tiny
+    _, trainer, _, _, final = trained
+    shipped = tmp_path / "shipped"
+    shutil.copytree(model_dir, shipped / "model")
+    shutil.copytree(final, shipped / "adapter")
+    config_path = shipped / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "../model"
+    config_path.write_text(json.dumps(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ids = torch.tensor([prompt_ids(tokenizer, "The pass key is 123456. " * 12 + "What is it?", True)])
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=ids).logits
+        loaded = load_swaa_adapter(None, shipped / "adapter").eval()
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected, rtol=0, atol=1e-6)
+        merged = load_model(str(shipped / "adapter"), "float32", "sdpa", "cpu")  # how `swaa eval` loads it
+        apply_swaa(merged, read_swaa_config(shipped / "adapter"))
+        torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=0, atol=1e-4)
 
 
 # -- resume -------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,9 +42,10 @@ def load_tokenizer(model_path: str):
 
 
 def _adapter_base(folder: Path) -> str:
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
+    from ..training.adapter import adapter_base_path
+
+    base = adapter_base_path(folder)
+    if not Path(base).is_dir():
         raise FileNotFoundError(f"{folder}: LoRA base model {base!r} is not a local folder")
     return base
 

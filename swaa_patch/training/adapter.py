@@ -50,10 +50,19 @@ def save_swaa_adapter(model: Any, folder: str | os.PathLike, swaa: SWAAConfig | 
 
 
 def adapter_base_path(adapter_dir: str | os.PathLike) -> str:
+    """The base model folder an adapter names (``base_model_name_or_path``).
+
+    A relative path is read relative to the adapter folder first (so an adapter shipped next to
+    its base, e.g. ``"../model"``, loads from any working directory), then to the working
+    directory; a name that is neither is returned as is (a hub id, for users with a hub).
+    """
     config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{adapter_dir}: adapter_config.json names no base model; pass the base explicitly")
+    beside = Path(adapter_dir) / base
+    if not Path(base).is_absolute() and beside.is_dir():
+        return str(beside.resolve())
     return base
 
 
