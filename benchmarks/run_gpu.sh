@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness]   (default: all)
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed]
+# (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ for part in "${parts[@]}"; do
     kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
     correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
     speed) python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
+    model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

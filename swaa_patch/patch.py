@@ -28,6 +28,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 from .backends import BACKENDS
+from .backends.triton_prefill import triton_prefill_setting
 from .cache import SWAACache, prepare_cache
 from .config import SWAAConfig
 from .models import family_of
@@ -150,6 +151,7 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         position_ids=bound.get("position_ids"),
         past_len=past.get_seq_length() if past is not None else 0,
         labels=bound.get("labels"),
+        triton_prefill=triton_prefill_setting(),
     )
     if isinstance(past, SWAACache):
         stored_pos, stored_valid = past.begin_forward(plan.q_pos, plan.q_valid)

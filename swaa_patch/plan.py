@@ -54,6 +54,8 @@ class AttentionPlan:
     max_pos: int  # largest query position, to detect windows that cover everything
     bounded: KeyLayout | None = None  # keys of layers with a sink+window cache
     bounded_layers: frozenset[int] = frozenset()
+    # execution detail, not semantics: "auto" / "off" / "force" (see backends/triton_prefill.py)
+    triton_prefill: str = "off"
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -155,8 +157,10 @@ def build_plan(
     position_ids: Tensor | None = None,
     past_len: int = 0,
     labels: Tensor | None = None,
+    triton_prefill: str = "off",
 ) -> AttentionPlan:
-    """Compute the plan for one forward pass from its inputs."""
+    """Compute the plan for one forward pass from its inputs. ``triton_prefill`` says whether
+    eligible prefill calls may run the Triton kernel (``backends/triton_prefill.py``)."""
     k_len = past_len + q_len
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or attention_mask.ndim != 2:
@@ -213,6 +217,7 @@ def build_plan(
         past_len=past_len,
         is_decode=past_len > 0 and q_len == 1,
         max_pos=int(q_pos.max()) if q_pos.numel() else 0,
+        triton_prefill=triton_prefill,
     )
     if layout is not None:
         plan.memo(("full_layout",), lambda: layout)  # already built for the queries

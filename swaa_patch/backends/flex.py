@@ -10,7 +10,8 @@ guard building. On CPU both run eagerly, which the tests use.
 Decode steps (one query per sequence) take the gathered-keys SDPA kernel of ``chunked.py`` (eager
 when logits are softcapped)
 instead: block sparsity buys nothing for a single query row, and a static flex kernel would
-recompile at every new cache length. Same rule, same plan.
+recompile at every new cache length. Same rule, same plan. Sliding layers of a plain inference
+prefill take the Triton kernel (``triton_prefill.py``) and need no BlockMask at all.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .. import rule
 from ..plan import AttentionPlan, KeyLayout
 from .eager import eager_swaa_attention
 from .sdpa import sdpa_swaa_attention
+from .triton_prefill import triton_prefill_attention
 
 # Masks with more (query, key) pairs than this are built by a compiled create_block_mask.
 COMPILE_MASK_ABOVE = 1 << 24
@@ -119,6 +121,9 @@ def flex_swaa_attention(
     if query.shape[2] == 1:
         decode = sdpa_swaa_attention if softcap is None else eager_swaa_attention  # sdpa cannot softcap
         return decode(module, query, key, value, plan, scaling=scaling, softcap=softcap)[0], None
+    fast = triton_prefill_attention(module, query, key, value, plan, scaling=scaling, softcap=softcap)
+    if fast is not None:
+        return fast, None
     window = plan.layer_window(module.layer_idx)
     q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
     device = query.device

@@ -1,5 +1,6 @@
 """SDPA backend: torch's scaled_dot_product_attention per query chunk with a boolean mask from
-the rule; plain causal layers go mask-free so torch can pick its fused kernels."""
+the rule; plain causal layers go mask-free so torch can pick its fused kernels. Sliding layers of
+a plain inference prefill take the Triton kernel instead (``triton_prefill.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers.integrations.sdpa_attention import use_gqa_in_sdpa
 from ..plan import AttentionPlan
 from .chunked import chunked_attention
 from .eager import repeat_kv
+from .triton_prefill import triton_prefill_attention
 
 
 def sdpa_kernel(scaling: float, dropout: float):
@@ -45,6 +47,10 @@ def sdpa_swaa_attention(
             "`sdpa` attention does not support `softcap` (attn_logit_softcapping); load the model with "
             "attn_implementation='eager' or 'flex_attention'"
         )
-    kernel = sdpa_kernel(scaling, dropout if module.training else 0.0)
+    dropout = dropout if module.training else 0.0
+    fast = triton_prefill_attention(module, query, key, value, plan, scaling=scaling, dropout=dropout)
+    if fast is not None:
+        return fast, None
+    kernel = sdpa_kernel(scaling, dropout)
     out, _ = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
     return out.transpose(1, 2).contiguous(), None

@@ -4,8 +4,8 @@
 prefill layout: one unpadded sequence per batch row, query ``t`` is key ``offset + t`` (keys may
 extend a cache), and key j is visible to query i iff ``j <= i`` and (``i - j < W`` or
 ``j < keep_first``) -- the rule of ``swaa_patch.rule`` with position == index. ``window=None`` is
-full causal attention. Not wired into the model backends yet (padding, packed documents and
-answer tokens go through the other backends).
+full causal attention. The model backends call it through ``triton_prefill.py`` for plain prefill
+(padding, packed documents, answer tokens and anything needing gradients go through the others).
 
 Kernel design (``_triton_swa_kernel.py``), FlashAttention-2 style:
 
@@ -79,6 +79,10 @@ AUTOTUNE_CONFIGS: tuple[KernelConfig, ...] = (
     KernelConfig(128, 128, 8, 3),
     KernelConfig(128, 32, 4, 4),
 )
+# Without a GPU (Triton's CPU interpreter) nothing can be timed, so there is no autotuning. The
+# interpreter's cost is per program and per KV block, so blocks of 32 suit the tiny shapes it is
+# used for (block boundaries are exercised by tests/test_triton_swa.py's explicit configs).
+INTERPRETER_CONFIG = KernelConfig(32, 32, 1, 1)
 
 
 @lru_cache(maxsize=1)
@@ -147,16 +151,26 @@ def swa_sink_attention(
     offset: int = 0,
     *,
     config: KernelConfig | None = None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window + sink attention; returns ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) float32.
 
     q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hq a multiple of Hkv (GQA), any strides. Query t
     is key ``offset + t``. ``window=None`` is full causal attention. ``config`` fixes the launch
-    parameters (else they are autotuned from ``AUTOTUNE_CONFIGS``)."""
+    parameters (else they are autotuned from ``AUTOTUNE_CONFIGS`` on CUDA, ``INTERPRETER_CONFIG``
+    on the CPU interpreter). ``out``, if given, is written in place (any strides, e.g. a
+    (B, Lq, Hq, D) buffer transposed, which saves the model a layout copy)."""
     _check_inputs(q, k, v, window, keep_first, offset)
     batch, heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.device != q.device:
+        raise ValueError(
+            f"out must match q's shape, dtype and device; got {tuple(out.shape)} {out.dtype} {out.device}"
+        )
+    if config is None and q.device.type != "cuda":
+        config = INTERPRETER_CONFIG
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse

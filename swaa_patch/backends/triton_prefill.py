@@ -1,0 +1,186 @@
+"""Triton fast path for inference prefill: sliding layers of plain prompts run the Triton kernel.
+
+The sdpa and flex backends ask :func:`triton_prefill_attention` first; it returns None (and the
+backend goes on exactly as before) unless the call is one the forward-only kernel of
+``triton_swa.py`` computes under the same rule:
+
+- the setting allows it (below) and, in ``"auto"``, the tensors are CUDA bf16/fp16;
+- nothing needs a gradient (q, k, v do not require grad: the kernel has no backward) and no
+  attention dropout applies;
+- more than one query (decode steps keep their gathered-keys path) on a *sliding* layer
+  (full-attention layers keep SDPA's / flex's causal kernels, which are faster than ours);
+- no answer-token rows (training labels under force_fa_decode);
+- the key layout is index-aligned: after dropping leading empty key slots (the unfilled sink
+  slots of a fresh bounded cache, or left padding of *cached* keys shared by every row), every key
+  is a real token of the queries' single document, key positions are key indices except a constant
+  jump after the ``keep_first`` sink slots (a bounded cache's window buffer), and query t is key
+  ``offset + t``. Then the kernel's index rule (``j <= i`` and ``i - j < W`` or ``j < keep_first``)
+  is the rule of ``swaa_patch.rule``. Padding queries, packed documents and partly filled bounded
+  caches fail this check.
+
+The layout check runs once per forward and key layout (memoised on the plan, one host sync).
+Calls are counted in :data:`PATH_COUNTS` by outcome (``"triton"`` or the reason for falling back),
+so tests and benchmarks can tell which path ran.
+
+Setting: ``"auto"`` (default), ``"off"``, or ``"force"`` (also CPU tensors through Triton's
+interpreter and float32: for tests). The environment variable ``SWAA_TRITON_PREFILL`` sets the
+process default; :func:`set_triton_prefill` / :func:`triton_prefill` change it. The patch reads it
+once per forward into ``AttentionPlan.triton_prefill``, so backends see it as plan data; a plan
+built by hand defaults to ``"off"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from ..plan import AttentionPlan, KeyLayout
+from .triton_swa import SUPPORTED_HEAD_DIMS, swa_sink_attention
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "off", "force")
+ENV_VAR = "SWAA_TRITON_PREFILL"
+AUTO_DTYPES = (torch.bfloat16, torch.float16)
+TAKEN = "triton"
+
+# outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
+PATH_COUNTS: Counter[str] = Counter()
+
+
+def _check_mode(mode: str, source: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"{source}: must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+_setting = _check_mode(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+
+
+def triton_prefill_setting() -> str:
+    """The current setting, read by the patch once per forward."""
+    return _setting
+
+
+def set_triton_prefill(mode: str) -> str:
+    """Set the Triton prefill path to ``"auto"``, ``"off"`` or ``"force"``; returns the previous setting."""
+    global _setting
+    previous, _setting = _setting, _check_mode(mode, "triton_prefill")
+    return previous
+
+
+@contextmanager
+def triton_prefill(mode: str) -> Iterator[None]:
+    """Run the forwards inside the block with the Triton prefill path set to ``mode``."""
+    previous = set_triton_prefill(mode)
+    try:
+        yield
+    finally:
+        set_triton_prefill(previous)
+
+
+@lru_cache(maxsize=1)
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def aligned_layout(plan: AttentionPlan, keys: KeyLayout) -> tuple[int, str | None]:
+    """``(skip, None)`` when the keys from index ``skip`` on are index-aligned (see the module
+    docstring), else ``(0, reason)``."""
+    valid, pos, doc = keys.valid, keys.pos, keys.doc
+    length = valid.shape[1]
+    real = valid.sum(-1)
+    skip = length - real[:1]  # rows must agree; checked below with everything else, one sync
+    idx = torch.arange(length, device=valid.device)
+    kept = idx[None, :] >= skip[:, None]
+    suffix = (valid == kept).all() & (real == real[:1]).all() & (skip[0] <= keys.offset)
+    doc_ref = doc[:, -1:]
+    one_doc = (~kept | (doc == doc_ref)).all() & (plan.q_doc == doc_ref).all()
+    rank = idx[None, :] - skip[:, None]  # index after dropping the skipped slots
+    delta = pos[:, -1:] - rank[:, -1:]
+    keep_first = plan.config.keep_first
+    expected = torch.where(rank < keep_first, rank, rank + delta)
+    in_order = (~kept | (pos == expected)).all() & (delta >= 0).all()
+    in_order &= (plan.q_pos == pos[:, keys.offset :]).all()
+    flags = torch.stack([suffix.long(), one_doc.long(), in_order.long(), skip[0]]).tolist()
+    if not flags[0]:
+        return 0, "padding or empty slots"
+    if not flags[1]:
+        return 0, "packed documents"
+    if not flags[2]:
+        return 0, "positions"
+    return int(flags[3]), None
+
+
+def _reason(
+    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan, dropout: float
+) -> str | None:
+    """Why this call must not take the kernel, cheapest checks first; None when it may."""
+    if query.requires_grad or key.requires_grad or value.requires_grad:
+        return "grad"
+    if dropout and module.training:
+        return "dropout"
+    if query.shape[2] == 1:
+        return "decode"
+    if plan.layer_window(module.layer_idx) is None:
+        return "full-attention layer"
+    if plan.layer_answer_mask(module.layer_idx) is not None:
+        return "answer tokens"
+    if plan.triton_prefill == "auto":
+        if query.device.type != "cuda":
+            return "device"
+        if query.dtype not in AUTO_DTYPES:
+            return "dtype"
+    if query.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return "head_dim"
+    if not _triton_available():
+        return "no triton"
+    keys = plan.keys(module.layer_idx)
+    return plan.memo(("triton_layout", keys.name), lambda: aligned_layout(plan, keys))[1]
+
+
+def triton_prefill_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    plan: AttentionPlan,
+    *,
+    scaling: float,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+) -> Tensor | None:
+    """The layer's attention output in transformers' (B, Lq, H, D) layout through the Triton kernel,
+    or None when the call is not eligible (the caller then runs its own path)."""
+    if plan.triton_prefill == "off":
+        return None
+    reason = _reason(module, query, key, value, plan, dropout)
+    PATH_COUNTS[reason or TAKEN] += 1
+    if reason is not None:
+        if PATH_COUNTS[reason] == 1:
+            logger.debug("SWAA Triton prefill: falling back (%s) on layer %d", reason, module.layer_idx)
+        return None
+    keys = plan.keys(module.layer_idx)
+    skip, _ = plan.memo(("triton_layout", keys.name), lambda: aligned_layout(plan, keys))
+    batch, heads, q_len, dim = query.shape
+    out = query.new_empty(batch, q_len, heads, dim)
+    swa_sink_attention(
+        query,
+        key[:, :, skip:],
+        value[:, :, skip:],
+        plan.layer_window(module.layer_idx),
+        plan.config.keep_first,
+        scaling,
+        softcap,
+        keys.offset - skip,
+        out=out.transpose(1, 2),
+    )
+    return out
