@@ -41,6 +41,18 @@ def training_line(adapter: Path) -> str:
             f"up to {speed:.0f} tokens/s")
 
 
+def environment() -> str:
+    """Device and library versions of the machine that writes the report (the one that ran it)."""
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
+    return (f"Device: {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"peft {peft.__version__}, trl {trl.__version__}, Python {platform.python_version()}.")
+
+
 def render(metrics_path: Path, distill: Path, adapters: list[Path]) -> str:
     metrics = read_jsonl(metrics_path)
     runs = accuracy_by_run(metrics)
@@ -69,7 +81,7 @@ def render(metrics_path: Path, distill: Path, adapters: list[Path]) -> str:
         "fresh prompts, a LoRA adapter is trained per SWA recipe on those answers with the SWA-patched model,",
         "and `swaa eval settings/demo.json` scores every row on the held-out tasks (task seed 0; samples: "
         + ", ".join(f"{d} {n}" for d, n in sorted(samples.items())) + ").",
-        f"Host: {platform.node() or 'unknown'}; metrics file: `{metrics_path.name}`.",
+        environment(),
         "",
         "| stage | run | " + " | ".join(datasets) + " | mean |",
         "| --- | --- | " + " | ".join("---" for _ in datasets) + " | --- |",

@@ -35,11 +35,8 @@ from swaa_patch.demo.train import (
     lr_factor,
     train,
 )
-from swaa_patch.evaluation.runner import run_eval
-from swaa_patch.evaluation.settings import load_settings
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_SETTINGS = REPO / "settings" / "demo.json"
+DEMO_SETTINGS = Path(__file__).resolve().parents[1] / "settings" / "demo.json"
 
 
 def tiny_args(output_dir: Path, **overrides) -> TrainDemoArgs:
@@ -182,25 +179,6 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     # Sized after timing steps 5-55, or (on a very busy machine) cut by the hard stop before that.
     assert summary["steps"] < 500
     assert summary["max_steps"] < 500 or summary["stopped_by_budget"]
-
-
-def test_demo_settings_validate_and_run_against_a_trained_model(trained, tmp_path):
-    data = json.loads(DEMO_SETTINGS.read_text())
-    assert all(run["model_list"] == ["../demo/model"] for run in data["settings"])
-    assert "_pending_sft_row" in data  # filled by the session that trains the SFT adapter
-    for run in data["settings"]:
-        run["model_list"] = [str(trained)]
-    data["output_dir"] = str(tmp_path / "eval")
-    copy = tmp_path / "demo.json"
-    copy.write_text(json.dumps(data))
-
-    settings = load_settings(copy)
-    configs = [run.swaa_config for run in settings.runs]
-    assert configs[0] is None and len(configs) == 5
-    assert [(c.keep_first, c.force_fa_decode, tuple(c.non_sliding_layers)) for c in configs[1:]] == [
-        (0, False, ()), (4, False, ()), (4, True, ()), (4, True, (1, 3))]
-    metrics = run_eval(dataclasses.replace(settings, limit=1, max_new_tokens=4))
-    assert len(metrics) == len(configs) * len(settings.datasets)
 
 
 def test_settings_notes_are_ignored_and_unknown_keys_still_fail(trained, tmp_path):

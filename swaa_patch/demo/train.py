@@ -58,7 +58,7 @@ class TrainDemoArgs:
     intermediate_size: int = field(default=768, metadata=_help("MLP width"))
     rope_theta: float = field(default=10000.0, metadata=_help("RoPE base"))
     batch_size: int = field(default=32, metadata=_help("sequences per step (all of one length)"))
-    max_steps: int = field(default=4000, metadata=_help("optimiser steps (the cosine schedule's length)"))
+    max_steps: int = field(default=3300, metadata=_help("optimiser steps (the cosine schedule's length)"))
     time_budget_s: float | None = field(
         default=None, metadata=_help("shorten max_steps to fit this many seconds (timed on the first steps)")
     )

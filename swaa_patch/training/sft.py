@@ -16,6 +16,7 @@ tests/test_sft.py checks against the float64 reference.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +96,18 @@ def lora_config(lora: LoraSettings):
     )
 
 
+def checkpointing_argument() -> str:
+    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name
+    is a deprecated alias there, and the only name before): use whichever this version defines."""
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def sft_config(settings: SFTSettings) -> SFTConfig:
     """trl/transformers arguments from the settings (the one place they are mapped)."""
     t, d = settings.training, settings.data
     return SFTConfig(
+        **{checkpointing_argument(): t.gradient_checkpointing},
         output_dir=str(settings.output_dir),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -114,7 +123,6 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         seed=t.seed,
-        activation_checkpointing=t.gradient_checkpointing,
         report_to=t.report_to,
         bf16=on_gpu() and settings.dtype in ("auto", "bfloat16"),  # autocast: bf16 on GPU, fp32 on CPU
         fp16=on_gpu() and settings.dtype == "float16",
