@@ -23,17 +23,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill, default_prefill_chunk, remove_swaa
 
-SHAPE = dict(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=262144,
-    tie_word_embeddings=True,
-)
+from shapes import QWEN3_4B  # benchmarks/shapes.py (a script's folder is on sys.path)
+
+SHAPE = QWEN3_4B
 
 
 def cache_bytes(cache) -> int:

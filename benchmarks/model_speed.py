@@ -52,21 +52,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends.triton_prefill import PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
 
+from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
+
 log = logging.getLogger("model_speed")
 
-# Qwen3-4B (config.json of Qwen/Qwen3-4B); rope_theta and max_position_embeddings do not change cost.
-QWEN3_4B = dict(
-    vocab_size=151936,
-    hidden_size=2560,
-    intermediate_size=9728,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    max_position_embeddings=262144,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=True,
-)
 TINY = dict(QWEN3_4B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096)  # fmt: skip
 
