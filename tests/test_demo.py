@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from swaa_patch.demo.data import TRAIN_SEED_BASE, VALIDATION_SEED
+from swaa_patch.evaluation.generation import load_model
 from swaa_patch.evaluation.runner import run_eval
 from swaa_patch.evaluation.settings import load_settings
 from swaa_patch.training.adapter import adapter_base_path, read_swaa_config
@@ -45,6 +47,12 @@ def test_shipped_model_and_adapters_are_complete_and_small():
         assert read_swaa_config(adapter) is not None
     size = sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file())
     assert size < 20 * 2**20, f"demo/ is {size / 2**20:.1f} MiB (budget 20 MiB)"
+
+
+def test_adapter_rows_name_peft_when_it_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
+    with pytest.raises(ImportError, match=r"sft-fad is a LoRA adapter: loading it needs peft"):
+        load_model(str(DEMO / "sft-fad"), "float32", "sdpa", "cpu")
 
 
 def test_demo_rows_use_each_adapter_with_the_config_it_was_trained_with():

@@ -66,8 +66,11 @@ def load_model(model_path: str, dtype: str, attn_implementation: str, device: st
     folder = Path(model_path)
     kwargs = {"dtype": resolve_dtype(dtype, device), "attn_implementation": attn_implementation}
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        from peft import PeftModel
-
+        try:
+            from peft import PeftModel
+        except ImportError as err:
+            raise ImportError(f"{folder} is a LoRA adapter: loading it needs peft "
+                              "(pip install 'swaa[eval]' or pip install peft)") from err
         base = AutoModelForCausalLM.from_pretrained(_adapter_base(folder), **kwargs)
         model = PeftModel.from_pretrained(base, folder).merge_and_unload()
     else:
