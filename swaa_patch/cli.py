@@ -93,22 +93,29 @@ class MergeArgs:
     keep_swaa_config: bool = field(default=True, metadata=_help("store the SWAAConfig in the merged config.json"))
 
 
+def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
+    """``loader(args.settings)`` with the command line's overrides applied (None: not given), or
+    None after logging why the settings file is invalid (the command then exits with 2)."""
+    from .evaluation.settings import SettingsError
+
+    try:
+        settings = loader(args.settings)
+    except SettingsError as err:
+        logger.error("invalid settings: %s", err)
+        return None
+    if overrides.get("output_dir") is not None:
+        overrides["output_dir"] = Path(overrides["output_dir"])
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
 def eval_main(args: EvalArgs) -> int:
     from .evaluation.report import write_report
     from .evaluation.runner import run_eval
-    from .evaluation.settings import SettingsError, load_settings
+    from .evaluation.settings import load_settings
 
-    try:
-        settings = load_settings(args.settings)
-    except SettingsError as err:
-        logger.error("invalid settings: %s", err)
+    settings = load_with_overrides(load_settings, args, output_dir=args.output_dir, limit=args.limit)
+    if settings is None:
         return 2
-    overrides: dict[str, Any] = {}
-    if args.output_dir is not None:
-        overrides["output_dir"] = Path(args.output_dir)
-    if args.limit is not None:
-        overrides["limit"] = args.limit
-    settings = dataclasses.replace(settings, **overrides)
     run_eval(settings)
     if args.report and _is_main_process():
         write_report(settings.output_dir)
@@ -138,43 +145,28 @@ def make_data_main(args: MakeDataArgs) -> int:
 
 
 def distill_main(args: DistillArgs) -> int:
-    from .evaluation.settings import SettingsError
     from .training.distill import run_distill
     from .training.settings import load_distill_settings
 
-    try:
-        settings = load_distill_settings(args.settings)
-    except SettingsError as err:
-        logger.error("invalid settings: %s", err)
+    settings = load_with_overrides(load_distill_settings, args, output_dir=args.output_dir, limit=args.limit)
+    if settings is None:
         return 2
-    overrides: dict[str, Any] = {}
-    if args.output_dir is not None:
-        overrides["output_dir"] = Path(args.output_dir)
-    if args.limit is not None:
-        overrides["limit"] = args.limit
-    logger.info("distill dataset: %s", run_distill(dataclasses.replace(settings, **overrides)))
+    logger.info("distill dataset: %s", run_distill(settings))
     return 0
 
 
 def sft_main(args: SFTArgs) -> int:
-    from .evaluation.settings import SettingsError
     from .training.settings import load_sft_settings
 
-    try:
-        settings = load_sft_settings(args.settings)
-    except SettingsError as err:
-        logger.error("invalid settings: %s", err)
+    settings = load_with_overrides(load_sft_settings, args, output_dir=args.output_dir, resume=args.resume)
+    if settings is None:
         return 2
-    overrides: dict[str, Any] = {}
-    if args.output_dir is not None:
-        overrides["output_dir"] = Path(args.output_dir)
-    if args.resume is not None:
-        overrides["resume"] = args.resume
     if args.max_steps is not None:
-        overrides["training"] = dataclasses.replace(settings.training, max_steps=args.max_steps)
+        settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training,
+                                                                             max_steps=args.max_steps))
     from .training.sft import run_sft
 
-    run_sft(dataclasses.replace(settings, **overrides))
+    run_sft(settings)
     return 0
 
 

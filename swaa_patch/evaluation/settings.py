@@ -290,18 +290,14 @@ def load_settings(path: str | Path) -> EvalSettings:
     return parse_settings(data, source=path.resolve())
 
 
-def settings_to_dict(settings: EvalSettings) -> dict[str, Any]:
-    """A JSON-ready snapshot of the resolved settings (written next to the results)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, SWAAConfig):
-            return value.to_dict()
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if hasattr(value, "__dataclass_fields__"):
-            return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
-        return value
-
-    return plain(settings)
+def settings_to_dict(settings: Any) -> Any:
+    """A JSON-ready snapshot of resolved settings (eval, distill or SFT), written next to the outputs."""
+    if isinstance(settings, Path):
+        return str(settings)
+    if isinstance(settings, SWAAConfig):
+        return settings.to_dict()
+    if isinstance(settings, (tuple, list)):
+        return [settings_to_dict(v) for v in settings]
+    if hasattr(settings, "__dataclass_fields__"):
+        return {f.name: settings_to_dict(getattr(settings, f.name)) for f in fields(settings)}
+    return settings

@@ -34,9 +34,9 @@ from ..evaluation.judge import Judge, make_judge
 from ..evaluation.layout import short_hash
 from ..evaluation.runner import KEEP_FIELDS, model_display_name
 from ..evaluation.scoring import JUDGE, SCORERS, resolve_method
-from ..evaluation.settings import DatasetSpec
+from ..evaluation.settings import DatasetSpec, settings_to_dict
 from ..testing import is_builtin, resolve_builtin_model
-from .settings import DistillSettings, settings_snapshot
+from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class DistillRun:
     def run(self) -> Path:
         self.check_meta()
         if self.state.is_main_process:
-            atomic_write_json(self.layout.settings, settings_snapshot(self.settings))
+            atomic_write_json(self.layout.settings, settings_to_dict(self.settings))
         model_path = self.local_model_path()
         self.tokenizer = load_tokenizer(model_path)
         self.model_path = model_path

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -351,16 +351,3 @@ def load_sft_settings(path: str | Path) -> SFTSettings:
     """Read and validate an SFT settings file; raises :class:`SettingsError` on any bad field."""
     data, source = _load_json(path)
     return parse_sft(data, source)
-
-
-def settings_snapshot(settings: Any) -> Any:
-    """A JSON-ready copy of resolved settings (written next to the outputs, for the record)."""
-    if isinstance(settings, Path):
-        return str(settings)
-    if isinstance(settings, SWAAConfig):
-        return settings.to_dict()
-    if isinstance(settings, (tuple, list)):
-        return [settings_snapshot(v) for v in settings]
-    if hasattr(settings, "__dataclass_fields__"):
-        return {f.name: settings_snapshot(getattr(settings, f.name)) for f in fields(settings)}
-    return settings

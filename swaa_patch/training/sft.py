@@ -28,12 +28,13 @@ from trl import SFTConfig, SFTTrainer
 
 from ..config import SWAAConfig
 from ..evaluation.io import atomic_write_json
+from ..evaluation.settings import settings_to_dict
 from ..patch import apply_swaa
 from ..testing import is_builtin, resolve_builtin_model
 from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
-from .settings import LoraSettings, SFTSettings, settings_snapshot
+from .settings import LoraSettings, SFTSettings
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) 
     output = Path(settings.output_dir)
     trainer = build_trainer(settings, callbacks)
     if trainer.accelerator.is_main_process:
-        atomic_write_json(output / "settings.resolved.json", settings_snapshot(settings))
+        atomic_write_json(output / "settings.resolved.json", settings_to_dict(settings))
     resume = last_checkpoint(output) if settings.resume else None
     if resume:
         logger.info("resuming from %s", resume)
