@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from swaa_patch import SWAAConfig  # noqa: E402
 from swaa_patch.backends.flex import build_block_mask, flex_swaa_attention  # noqa: E402
 from swaa_patch.backends.triton_swa import chosen_config, swa_sink_attention  # noqa: E402
+from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 log = logging.getLogger("attention_speed")
@@ -321,14 +322,6 @@ def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
     return "\n".join(lines + [format_row(r, rows) for r in rows]) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(args: SpeedArgs) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("attention_speed.py needs a CUDA device")
@@ -337,9 +330,9 @@ def main(args: SpeedArgs) -> int:
         size_rows, size_compiles = run_size(args, n)
         rows += size_rows
         compiles.append(size_compiles)
-        write_atomic(args.out, report(args, rows, compiles))  # partial results survive a kill
+        atomic_write_text(args.out, report(args, rows, compiles))  # partial results survive a kill
     text = report(args, rows, compiles)
-    write_atomic(args.out, text)
+    atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0 if all(r.ok for r in rows) else 1
 

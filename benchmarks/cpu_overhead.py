@@ -19,6 +19,7 @@ import transformers
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, remove_swaa
+from swaa_patch.evaluation.io import atomic_write_text
 
 SHAPE = dict(
     vocab_size=8192,
@@ -91,9 +92,7 @@ def write(path, rows, repeats) -> None:
     ]
     lines += [f"| {a} | {n} | {s:.1f} | {p:.1f} | {r:.3f} | {e:.1e} |" for a, n, s, p, r, e in rows]
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write_text(path, text)
     print(text)
 
 

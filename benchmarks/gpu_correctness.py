@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa  # noqa: E402
 from swaa_patch.backends import BACKENDS  # noqa: E402
+from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 
@@ -140,9 +141,7 @@ def main() -> None:
         "| --- | --- | --- | --- |",
     ]
     text = "\n".join(header + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
+    atomic_write_text(args.out, text)
     print(text)
 
 

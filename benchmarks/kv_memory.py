@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import os
 import time
 
 import torch
@@ -22,6 +21,7 @@ import transformers
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill, default_prefill_chunk, remove_swaa
+from swaa_patch.evaluation.io import atomic_write_text
 
 from shapes import QWEN3_4B  # benchmarks/shapes.py (a script's folder is on sys.path)
 
@@ -183,9 +183,7 @@ def write(path, rows, check, lengths, steps) -> None:
         f"decode speed SWAA / stock at {hi}: {swaa[hi][3] / stock[hi][3]:.2f}x",
     ]
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write_text(path, text)
     print(text)
 
 

@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends.triton_prefill import PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
+from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
 
@@ -435,14 +436,6 @@ def report(bench: Bench, rows: list[Row], fp32: str) -> str:
     return "\n".join(lines + [format_row(bench, r, rows) for r in rows]) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(args: ModelSpeedArgs) -> int:
     if args.tiny:
         args = tiny_args(args)
@@ -474,14 +467,14 @@ def main(args: ModelSpeedArgs) -> int:
             row = Row(n, variant, note=reason) if reason else run_variant(bench, variant, n, ids, index == 0)
             rows.append(row)
             log.info("%s", format_row(bench, row, rows))
-            write_atomic(args.out, report(bench, rows, fp32))  # partial results survive a kill
+            atomic_write_text(args.out, report(bench, rows, fp32))  # partial results survive a kill
         cross_check(bench, rows)
         bench.outputs.clear()
     bench.models.clear()
     gc.collect()
     fp32, fp32_ok = float_check(bench)
     text = report(bench, rows, fp32)
-    write_atomic(args.out, text)
+    atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0 if fp32_ok and all(r.ok for r in rows) else 1
 
