@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.io import current_umask
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASKS = ("passkey", "multikey_niah", "kv_lookup")
@@ -220,15 +222,9 @@ def write_tokenizer_once(folder: Path, tokenizer: Any) -> None:
     replace_dir(staging, folder)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def replace_dir(staging: Path, target: Path) -> None:
     """Move a complete ``staging`` folder to ``target``, replacing an old one."""
-    mask = _umask()  # mkdtemp / mkstemp make private (0700 / 0600) entries; publish them normally
+    mask = current_umask()  # mkdtemp / mkstemp make private (0700 / 0600) entries; publish them normally
     staging.chmod(0o777 & ~mask)
     for path in staging.iterdir():
         path.chmod(0o666 & ~mask)

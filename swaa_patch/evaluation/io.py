@@ -18,14 +18,15 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
 # mkstemp creates 0600 files; results should get the usual permissions of a new file.
-_FILE_MODE = 0o666 & ~_current_umask()
+_FILE_MODE = 0o666 & ~current_umask()
 
 
 def _dumps(record: Any) -> str:
