@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
+from swaa_patch.evaluation.report import environment_lines
 
 CONFIG_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
 
@@ -41,16 +41,12 @@ def training_line(adapter: Path) -> str:
             f"up to {speed:.0f} tokens/s")
 
 
-def environment() -> str:
-    """Device and library versions of the machine that writes the report (the one that ran it)."""
+def training_libraries() -> str:
+    """peft / trl of this process (demo/adapt.sh writes the report right after training)."""
     import peft
-    import torch
-    import transformers
     import trl
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else (platform.processor() or "cpu")
-    return (f"Device: {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
-            f"peft {peft.__version__}, trl {trl.__version__}, Python {platform.python_version()}.")
+    return f"peft {peft.__version__}, trl {trl.__version__}"
 
 
 def render(metrics_path: Path, distill: Path, adapters: list[Path]) -> str:
@@ -81,7 +77,9 @@ def render(metrics_path: Path, distill: Path, adapters: list[Path]) -> str:
         "fresh prompts, a LoRA adapter is trained per SWA recipe on those answers with the SWA-patched model,",
         "and `swaa eval settings/demo.json` scores every row on the held-out tasks (task seed 0; samples: "
         + ", ".join(f"{d} {n}" for d, n in sorted(samples.items())) + ").",
-        environment(),
+        f"Training libraries: {training_libraries()}. Evaluated on:",
+        "",
+        environment_lines(metrics),
         "",
         "| stage | run | " + " | ".join(datasets) + " | mean |",
         "| --- | --- | " + " | ".join("---" for _ in datasets) + " | --- |",

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from swaa_patch.cli import main as cli_main
 from swaa_patch.evaluation import runner as runner_module
@@ -111,6 +112,7 @@ def test_metrics_record_is_flat_and_readable(tmp_path, tiny_model):
     assert swa["run_name"] == "tiny-qwen3__swa32_sink2_fad"
     assert (swa["sliding_window_size"], swa["keep_first"], swa["force_fa_decode"]) == (32, 2, True)
     assert set(swa["accuracy_by_context_length"]) <= {"128", "192"} and 0.0 <= swa["accuracy"] <= 1.0
+    assert swa["environment"].startswith("CPU (") and f"torch {torch.__version__}," in swa["environment"]
     parquet = Layout(tmp_path / "out").parquet(swa["run_name"], "passkey")
     import pyarrow.parquet as pq
 
@@ -182,6 +184,7 @@ def test_report_writes_table_and_plots(tmp_path, tiny_model):
     report = write_report(tmp_path / "out")
     text = report.read_text()
     assert "| run | passkey | mean |" in text and "tiny-qwen3__swa32_sink2_fad" in text
+    assert "Computed on:\n\n- CPU (" in text and f"torch {torch.__version__}" in text and ": 2 blocks" in text
     plots = {p.name for p in (tmp_path / "out" / "plots").glob("*.png")}
     assert {
         "accuracy_by_config.png",

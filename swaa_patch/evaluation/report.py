@@ -61,6 +61,15 @@ def config_table(metrics: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def environment_lines(metrics: list[dict[str, Any]]) -> str:
+    """Markdown bullets: each machine that computed blocks (from the metrics records), with the date."""
+    blocks: dict[str, list[str]] = {}
+    for m in metrics:
+        blocks.setdefault(m.get("environment", "not recorded (older metrics)"), []).append(m["finished_at"])
+    return "\n".join(f"- {env}: {len(dates)} blocks, finished {min(dates)} to {max(dates)}"
+                     for env, dates in blocks.items())
+
+
 def _save(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -182,6 +191,7 @@ def write_report(output_dir: str | Path) -> Path:
     images = "\n\n".join(f"![{p.stem}](plots/{p.name})" for p in plots if p is not None)
     text = (
         f"# SWAA evaluation report\n\nSource: `{layout.metrics}` ({len(metrics)} blocks).\n\n"
+        f"Computed on:\n\n{environment_lines(metrics)}\n\n"
         f"## Accuracy\n\n{accuracy_table(metrics)}\n\n## Configurations\n\n{config_table(metrics)}\n\n"
         f"## Plots\n\n{images}\n"
     )

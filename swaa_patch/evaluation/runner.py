@@ -117,6 +117,22 @@ def generation_meta(settings: EvalSettings) -> dict[str, Any]:
     return {k: getattr(settings, k) for k in keys}
 
 
+def environment(device: str) -> str:
+    """Where a block was computed (device, library versions): kept in its metrics record, so a
+    report names the hardware behind every number, also when blocks come from several machines."""
+    import platform
+
+    import torch
+    import transformers
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return (f"{name}; torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"Python {platform.python_version()}")
+
+
 class ModelSlot:
     """Loads a model's tokenizer, then the model itself, only when some block needs them."""
 
@@ -338,6 +354,7 @@ class EvalRun:
             **block_metrics(responses),
             "selection_key": sel_key,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "environment": environment(self.device),
         }
         write_parquet(self.layout.parquet(block.run_name, block.dataset.name), responses)
         upsert_metrics(self.layout.metrics, metrics)
