@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -186,6 +188,20 @@ def test_auto_setting_leaves_cpu_float32_alone(counts):
     with triton_prefill("auto"), torch.no_grad():
         model(input_ids=_ids(), use_cache=False)
     assert counts == {"device": SLIDING, "full-attention layer": 1}
+
+
+def test_process_default_is_auto_unless_the_environment_says_otherwise():
+    """The path is on by default (CUDA 16-bit calls only); SWAA_TRITON_PREFILL overrides it."""
+    code = "from swaa_patch.backends.triton_prefill import triton_prefill_setting as s; print(s())"
+    env = {k: v for k, v in os.environ.items() if k != "SWAA_TRITON_PREFILL"}
+    for value, expected in ((None, "auto"), ("off", "off")):
+        if value is not None:
+            env["SWAA_TRITON_PREFILL"] = value
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected
 
 
 def test_setting_is_validated_and_restored():

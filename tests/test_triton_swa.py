@@ -25,7 +25,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton SWA ke
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from swaa_patch.backends.triton_swa import KernelConfig, swa_sink_attention  # noqa: E402
+from swaa_patch.backends.triton_swa import KernelConfig, row_view, swa_sink_attention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -70,9 +70,11 @@ def random_qkv(batch, heads, kv_heads, q_len, k_len, dim, dtype=torch.float32, s
     return q, k, v
 
 
-def check(q, k, v, window, keep_first, softcap=None, offset=0, config=TINY, tol=FP32_TOL):
+def check(q, k, v, window, keep_first, softcap=None, offset=0, config=TINY, tol=FP32_TOL, tma=False):
     scaling = q.shape[-1] ** -0.5
-    out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling, softcap, offset, config=config)
+    out, lse = swa_sink_attention(
+        q, k, v, window, keep_first, scaling, softcap, offset, config=config, tma=tma
+    )
     ref, ref_lse = dense_reference(q, k, v, window, keep_first, scaling, softcap, offset)
     assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == q.shape[:3]
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
@@ -108,6 +110,61 @@ def test_matches_dense_reference(case):
     if softcap is not None:
         q = q * 3  # scores large enough for the cap to bend them
     check(q, k, v, window, keep_first, softcap, offset, config)
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_tma_path_matches_dense_reference(case):
+    """The same cases with Q/K/V read through TMA descriptors (the interpreter emulates them)."""
+    batch, heads, kv_heads, q_len, k_len, offset, dim, window, keep_first, softcap, config = case
+    q, k, v = random_qkv(batch, heads, kv_heads, q_len, k_len, dim, seed=q_len * 131 + k_len)
+    if softcap is not None:
+        q = q * 3
+    check(q, k, v, window, keep_first, softcap, offset, config, tma=True)
+
+
+def test_tma_rows_past_a_sequence_never_leak():
+    """In a row view, the rows after one sequence's last key are the next batch row's keys (or,
+    contiguous, the next head's). Make those huge: a masked block that let them in would show."""
+    q, k, v = random_qkv(2, 4, 2, 37, 37, 16, seed=11)
+    k[1] *= 100.0
+    v[1] *= 1000.0
+    for layout in ("contiguous", "transposed"):
+        if layout == "transposed":  # transformers' (B, L, H, D) transposed: heads side by side in a row
+            q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+        check(q, k, v, 9, 3, tma=True)
+        check(q, k, v, None, 0, tma=True)
+
+
+def test_row_view_addresses_every_element():
+    """row_view's formula finds every element of the layouts transformers produces."""
+    layouts = {
+        "contiguous": torch.randn(2, 3, 5, 16),
+        "transposed": torch.randn(2, 5, 3, 16).transpose(1, 2),
+        "one batch, sliced keys": torch.randn(1, 9, 3, 16).transpose(1, 2)[:, :, 2:],
+    }
+    for name, t in layouts.items():
+        view = row_view(t)
+        assert view is not None, name
+        flat = t.as_strided((view.rows, view.row_len), (view.row_len, 1))
+        for b, h, pos in [(0, 0, 0), (1, 2, 4), (0, 2, 1), (t.shape[0] - 1, 1, t.shape[2] - 1)]:
+            if b >= t.shape[0]:
+                continue
+            row = b * view.row_b + h * view.row_h + pos
+            col = b * view.col_b + h * view.col_h
+            assert torch.equal(flat[row, col : col + 16], t[b, h, pos]), (name, b, h, pos)
+
+
+def test_tma_refuses_or_skips_layouts_without_a_row_view():
+    """Batched keys sliced out of a longer buffer have gaps (rows that belong to no sequence, maybe
+    uninitialised): no row view. tma=True says so; the default quietly uses pointer loads."""
+    q, k, v = random_qkv(2, 2, 1, 12, 12, 16)
+    k_buf, v_buf = (torch.randn(2, 1, 20, 16, device=DEVICE) for _ in range(2))
+    k_buf[:, :, :12], v_buf[:, :, :12] = k, v
+    k_gap, v_gap = k_buf[:, :, :12], v_buf[:, :, :12]
+    assert row_view(k_gap) is None and row_view(k[:, :, :, :8]) is None
+    with pytest.raises(ValueError, match="tma=True"):
+        swa_sink_attention(q, k_gap, v_gap, 4, 1, 0.25, config=TINY, tma=True)
+    check(q, k_gap, v_gap, 4, 1, tma=None)
 
 
 def test_default_launch_config():

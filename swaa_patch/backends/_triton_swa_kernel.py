@@ -2,18 +2,29 @@
 
 Imported only by ``triton_swa.load_kernels`` so that ``import swaa_patch`` never imports triton, and
 so that ``TRITON_INTERPRET=1`` (read by ``triton.jit`` at decoration time) can be set by the caller
-first. Written for triton >= 3.6: plain pointer loads, ``tl.dot`` with ``input_precision``, no
-tensor descriptors.
+first. Written for triton >= 3.6.
 
 The index arithmetic here is the rule of ``swaa_patch.rule`` for one unpadded sequence per row
 (position == key index, like ``flex.simple_mask_mod``): key j is visible to query i iff
 ``j <= i`` and (``i - j < window`` or ``j < keep_first``).
+
+Two ways to read Q/K/V, chosen by the ``USE_TMA`` flag: plain pointer loads (any strides,
+bounds-checked), or Hopper TMA through 2-D tensor descriptors over a row view of each tensor
+(``triton_swa.row_view``): the keys of one (batch, head) are consecutive rows starting at
+``b * row_b + h * row_h``, at column ``h * col_h`` (column ``b * col_b`` is folded into the same
+offset). Rows past a sequence's end read a neighbour's rows (real data of the same tensor) or zeros
+past the tensor's end; the rule's ``j < seq_k`` term keeps them out of every softmax.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+# Finite "minus infinity" of masked scores (log2 units): exp2(NEG - m) == 0 for any real max m, and a
+# row whose first visited block is fully masked gets a max of ~NEG whose garbage the first visible
+# key wipes out (alpha = exp2(NEG - m_real) == 0). No inf - inf, so no NaN and no extra selects.
+NEG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -25,14 +36,34 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_kv(src, row0, col, start_n, cols, seq_k, stride_n, stride_d, offs_d,
+             MASKED: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
+    """The (BLOCK_N, HEAD_DIM) tile of K or V of key indices ``cols = start_n + arange(BLOCK_N)``:
+    a descriptor load at row ``row0 + start_n`` (TMA) or a pointer load from ``src``."""
+    if USE_TMA:
+        tile = src.load([row0 + start_n, col])
+    else:
+        ptrs = src + cols[:, None] * stride_n + offs_d[None, :] * stride_d
+        if MASKED:
+            tile = tl.load(ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        else:
+            tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
 def _attend(
     acc,
     l_i,
     m_i,
     q,
     q_pos,
-    k_base,
-    v_base,
+    k_src,
+    v_src,
+    k_row0,
+    k_col,
+    v_row0,
+    v_col,
     stride_kn,
     stride_kd,
     stride_vn,
@@ -50,41 +81,42 @@ def _attend(
     MASKED: tl.constexpr,
     SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    WARP_SPEC: tl.constexpr,
 ):
     """Online-softmax update over the KV blocks starting at ``start, start + BLOCK_N, ... < end``.
 
-    Scores are kept in log2 units (prescaled by log2(e)), so the exponentials are ``exp2``.
-    ``MASKED`` blocks apply the element rule and bounds-check their loads; unmasked blocks are
-    fully visible to every query of the program by construction of the caller's ranges."""
-    for start_n in range(start, end, BLOCK_N):
+    Scores are kept in log2 units (prescaled by log2(e)), so the exponentials are ``exp2``; the
+    unmasked path folds the scale into the max and one multiply-add (FlashAttention-2's trick).
+    ``MASKED`` blocks apply the element rule; unmasked blocks are fully visible to every query of
+    the program by construction of the caller's ranges."""
+    for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k_ptrs = k_base + cols[:, None] * stride_kn + offs_d[None, :] * stride_kd  # (BLOCK_N, D)
-        v_ptrs = v_base + cols[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
-            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k = _load_kv(
+            k_src, k_row0, k_col, start_n, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
+        )
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if SOFTCAP:
             s = _tanh(s * score_scale) * post_scale
+            scale = 1.0
         else:
-            s = s * score_scale
+            scale = score_scale
         if MASKED:
             dist = q_pos[:, None] - cols[None, :]
             visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq_k)
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(visible, s * scale, NEG)
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            # a row that has seen no visible key yet keeps m = -inf; subtract 0 instead (no NaN)
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_new[:, None])
         else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_ref = m_new
-        alpha = tl.exp2(m_i - m_ref)
-        p = tl.exp2(s - m_ref[:, None])
+            m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+            p = tl.exp2(s * scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
+        v = _load_kv(
+            v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
+        )
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -113,6 +145,18 @@ def swa_sink_fwd(
     stride_oh,
     stride_om,
     stride_od,
+    q_row_b,
+    q_row_h,
+    q_col_b,
+    q_col_h,
+    k_row_b,
+    k_row_h,
+    k_col_b,
+    k_col_h,
+    v_row_b,
+    v_row_h,
+    v_col_b,
+    v_col_h,
     n_kv_heads,
     groups,
     seq_q,
@@ -125,13 +169,17 @@ def swa_sink_fwd(
     HEAD_DIM: tl.constexpr,
     SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    WARP_SPEC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """One program = BLOCK_M queries of one q head. Grid: (q blocks * groups, batch * kv heads).
 
     The q heads sharing a kv head are adjacent programs (they read the same K/V tiles from L2), and
-    q blocks run last-first (the longest rows first when the window covers everything)."""
+    q blocks run last-first (the longest rows first when the window covers everything).
+    With ``USE_TMA``, Q/K/V are 2-D tensor descriptors and ``*_row_b, *_row_h, *_col_b, *_col_h``
+    their row views (see the module docstring); without it those are unused."""
     pid = tl.program_id(0)
     bh_kv = tl.program_id(1)
     n_q_blocks = (seq_q + BLOCK_M - 1) // BLOCK_M
@@ -148,12 +196,27 @@ def swa_sink_fwd(
     # rows past the end replay the last query (never stored): no row is left without keys
     q_pos = offset + tl.minimum(offs_m, seq_q - 1)
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-    q = tl.load(
-        q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=row_ok[:, None], other=0.0
-    )
+    if USE_TMA:
+        q = Q.load([b * q_row_b + h_q * q_row_h + block * BLOCK_M, b * q_col_b + h_q * q_col_h])
+        k_row0 = b * k_row_b + h_kv * k_row_h
+        k_col = b * k_col_b + h_kv * k_col_h
+        v_row0 = b * v_row_b + h_kv * v_row_h
+        v_col = b * v_col_b + h_kv * v_col_h
+        k_src = K
+        v_src = V
+    else:
+        q_base = Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh
+        q = tl.load(
+            q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+            mask=row_ok[:, None],
+            other=0.0,
+        )
+        k_src = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+        v_src = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+        k_row0 = 0
+        k_col = 0
+        v_row0 = 0
+        v_col = 0
 
     # KV ranges of this q block (key positions == key indices), all block-aligned to BLOCK_N:
     #   sinks   [0, sink_end)          keys < keep_first that lie before the window's first block
@@ -174,26 +237,26 @@ def swa_sink_fwd(
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
     # fmt: off
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base,
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, 0, sink_full_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base,
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, sink_full_end, sink_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base,
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, win_start, mid_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base,
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, mid_start, hi_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION)
-    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_base, v_base,
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, WARP_SPEC)
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, hi_start, q_last + 1,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
     # fmt: on
 
     out = acc / l_i[:, None]

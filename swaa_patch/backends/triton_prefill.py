@@ -22,11 +22,11 @@ The layout check runs once per forward and key layout (memoised on the plan, one
 Calls are counted in :data:`PATH_COUNTS` by outcome (``"triton"`` or the reason for falling back),
 so tests and benchmarks can tell which path ran.
 
-Setting: ``"off"`` (default), ``"auto"`` (CUDA bf16/fp16 calls that qualify), or ``"force"`` (also
-CPU tensors through Triton's interpreter and float32: for tests). Off by default until a GPU run
-of ``benchmarks/model_speed.py`` has checked the path at model level on real hardware (so far it
-is checked against the float64 reference through the CPU interpreter, and the kernel alone on
-an H100): opt in with ``SWAA_TRITON_PREFILL=auto``. The environment variable ``SWAA_TRITON_PREFILL`` sets the
+Setting: ``"auto"`` (default: CUDA bf16/fp16 calls that qualify), ``"off"``, or ``"force"`` (also
+CPU tensors through Triton's interpreter and float32: for tests). The default became ``"auto"``
+once ``benchmarks/model_speed.py`` had checked the path at model level on an H100 (every layer took
+it, logits and hidden states agree with the sdpa path, no recompilation; see
+``benchmarks/results/model_speed.md``). The environment variable ``SWAA_TRITON_PREFILL`` sets the
 process default; :func:`set_triton_prefill` / :func:`triton_prefill` change it. The patch reads it
 once per forward into ``AttentionPlan.triton_prefill``, so backends see it as plan data; a plan
 built by hand defaults to ``"off"``.
@@ -65,7 +65,7 @@ def _check_mode(mode: str, source: str) -> str:
     return mode
 
 
-_setting = _check_mode(os.environ.get(ENV_VAR, "off"), ENV_VAR)
+_setting = _check_mode(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
 
 
 def triton_prefill_setting() -> str:

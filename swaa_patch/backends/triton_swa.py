@@ -20,12 +20,17 @@ Kernel design (``_triton_swa_kernel.py``), FlashAttention-2 style:
   BLOCK_M=128, BLOCK_N=64 a q block visits 2 sink + 34 window blocks, 5 of them masked: 2304 keys
   per query for 2148 visible ones (93% useful work).
 - online softmax with fp32 accumulators; scores prescaled by ``scaling * log2(e)`` so the
-  exponentials are ``exp2``; the log-sum-exp (natural log) is returned per query for merging with
-  other partial results and for a backward pass. Float32 inputs use IEEE dots (exact), bf16/fp16
-  the tensor cores.
+  exponentials are ``exp2``, the scale folded into the max and one multiply-add on unmasked blocks;
+  masked scores get a finite -1e30 (no -inf checks, no NaN); the log-sum-exp (natural log) is
+  returned per query for merging with other partial results and for a backward pass. Float32
+  inputs use IEEE dots (exact), bf16/fp16 the tensor cores.
+- Q/K/V loads: Hopper TMA descriptors when each tensor has a ``row_view`` (dense, unit head_dim
+  stride, 16-byte aligned rows: transformers' layouts qualify), plain pointer loads otherwise. On
+  the H100 TMA made every block shape faster (benchmarks/results/triton_tuning.md).
 - optional Gemma2 logit softcap ``softcap * tanh(score / softcap)`` as a compile-time flag.
-- block sizes, ``num_warps`` and ``num_stages`` come from ``AUTOTUNE_CONFIGS`` (a short explicit
-  list, autotuned once per head_dim / dtype / softcap) or from an explicit ``KernelConfig``.
+- block sizes, ``num_warps`` and ``num_stages`` come from ``AUTOTUNE_CONFIGS`` (the four fastest
+  of the H100 sweep, autotuned once per head_dim / dtype / softcap / load kind) or from an explicit
+  ``KernelConfig``.
 
 Backward (not implemented; design notes for the next step): the FA2 backward maps onto the same
 block ranges. (1) a preprocess kernel computes ``delta_i = sum_d dO_i * O_i``; (2) a dK/dV kernel
@@ -58,31 +63,106 @@ LOG2E = math.log2(math.e)
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Launch parameters of one kernel variant."""
+    """Launch parameters of one kernel variant (``warp_spec``: Triton's automatic warp
+    specialisation of the interior loop, TMA path only)."""
 
     block_m: int = 128
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    warp_spec: bool = False
 
 
 # Candidates for the H100 (head_dim 128, bf16); the autotuner picks one per (head_dim, dtype,
-# softcap). Compiled ahead of time for sm_90 with triton 3.9 on a CPU machine (not yet timed):
-# all use wgmma and cp.async pipelining; BLOCK_N=64 with 8 warps has no register spills, 4 warps
-# spill ~1.5 KB, BLOCK_N=128 spills ~250 B; (128, 128, 8, 3) needs 224 KB of shared memory, at the
-# H100's 227 KB limit (the autotuner skips a config that does not fit).
+# softcap, TMA or pointer loads). The four fastest of benchmarks/results/triton_tuning.md's sweep
+# (TMA loads; 64x64/4 warps won at 32K, 128x128/8 warps/2 stages at 128K). BLOCK_N=128 with 3
+# stages needs most of the H100's 227 KB of shared memory; a config that does not fit is skipped.
+# Warp specialisation measured no faster (within 1%) and is left out.
 AUTOTUNE_CONFIGS: tuple[KernelConfig, ...] = (
-    KernelConfig(128, 64, 8, 3),
-    KernelConfig(128, 64, 8, 4),
-    KernelConfig(128, 64, 8, 2),
+    KernelConfig(64, 64, 4, 3),
     KernelConfig(128, 128, 8, 2),
     KernelConfig(128, 128, 8, 3),
-    KernelConfig(128, 32, 4, 4),
+    KernelConfig(128, 64, 8, 3),
 )
+# float32 (IEEE dots on the CUDA cores) is a correctness path, not a speed path: one fixed config
+# with small blocks, no autotuning: IEEE dots are unrolled FMAs, and large fp32 blocks take minutes
+# to compile (the likely cause of a model_speed float check that never finished on the H100).
+FLOAT32_CONFIG = KernelConfig(32, 32, 4, 2)
 # Without a GPU (Triton's CPU interpreter) nothing can be timed, so there is no autotuning. The
 # interpreter's cost is per program and per KV block, so blocks of 32 suit the tiny shapes it is
 # used for (block boundaries are exercised by tests/test_triton_swa.py's explicit configs).
 INTERPRETER_CONFIG = KernelConfig(32, 32, 1, 1)
+
+
+@dataclass(frozen=True)
+class RowView:
+    """A (B, H, L, D) tensor seen as a 2-D (rows, row_len) matrix with unit column stride, the shape
+    a TMA descriptor needs: element (b, h, l, d) is at row ``b * row_b + h * row_h + l``, column
+    ``b * col_b + h * col_h + d``. transformers' (B, L, H, D)-transposed tensors have ``row_len =
+    H * D`` and heads side by side in a row; contiguous (B, H, L, D) tensors have ``row_len = D``."""
+
+    rows: int
+    row_len: int
+    row_b: int
+    row_h: int
+    col_b: int
+    col_h: int
+
+
+def row_view(t: Tensor) -> RowView | None:
+    """The tensor's RowView, or None when it has none (then the kernel uses pointer loads).
+
+    Needs a dense, non-overlapping tensor (rows past one sequence's end are then another
+    sequence's real rows, or past the tensor's end, where TMA reads zeros), unit stride over
+    head_dim, and 16-byte aligned base and row length (TMA's rules)."""
+    batch, heads, length, dim = t.shape
+    row_len = t.stride(2)
+    size = t.element_size()
+    if t.stride(3) != 1 or row_len < dim or (row_len * size) % 16 or t.data_ptr() % 16:
+        return None
+    if not _dense(t):
+        return None
+    offsets = []
+    for count, stride in ((batch, t.stride(0)), (heads, t.stride(1))):
+        if count == 1:
+            offsets.append((0, 0))
+        elif stride % row_len == 0:
+            offsets.append((stride // row_len, 0))
+        elif stride < row_len and (stride * size) % 16 == 0:
+            offsets.append((0, stride))
+        else:
+            return None
+    (row_b, col_b), (row_h, col_h) = offsets
+    return RowView(t.numel() // row_len, row_len, row_b, row_h, col_b, col_h)
+
+
+def _dense(t: Tensor) -> bool:
+    """Every element of the storage span is an element of ``t``, once (strides of a permuted
+    contiguous tensor)."""
+    expected = 1
+    dims = sorted((stride, size) for stride, size in zip(t.stride(), t.shape) if size > 1)
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def tma_supported(device: torch.device) -> bool:
+    """TMA descriptors: Hopper or newer GPUs, and Triton's CPU interpreter (for the tests)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _set_block_shapes(nargs: dict) -> None:
+    """Autotuner pre-hook: a TMA descriptor's box must match the config's block sizes."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    dim = nargs["HEAD_DIM"]
+    for name, block in (("Q", nargs["BLOCK_M"]), ("K", nargs["BLOCK_N"]), ("V", nargs["BLOCK_N"])):
+        if isinstance(nargs[name], TensorDescriptor):
+            nargs[name].block_shape = [block, dim]
 
 
 @lru_cache(maxsize=1)
@@ -96,11 +176,14 @@ def load_kernels() -> SimpleNamespace:
         raise ImportError(INSTALL_HINT) from err
     configs = [
         triton.Config(
-            {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n}, num_warps=c.num_warps, num_stages=c.num_stages
+            {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
+            num_warps=c.num_warps,
+            num_stages=c.num_stages,
+            pre_hook=_set_block_shapes,
         )
         for c in AUTOTUNE_CONFIGS
     ]
-    tuned = triton.autotune(configs=configs, key=["HEAD_DIM", "SOFTCAP", "DOT_PRECISION"])(
+    tuned = triton.autotune(configs=configs, key=["HEAD_DIM", "SOFTCAP", "DOT_PRECISION", "USE_TMA"])(
         kernels.swa_sink_fwd
     )
     return SimpleNamespace(jit=kernels.swa_sink_fwd, tuned=tuned)
@@ -152,14 +235,18 @@ def swa_sink_attention(
     *,
     config: KernelConfig | None = None,
     out: Tensor | None = None,
+    tma: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sliding-window + sink attention; returns ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) float32.
 
     q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hq a multiple of Hkv (GQA), any strides. Query t
     is key ``offset + t``. ``window=None`` is full causal attention. ``config`` fixes the launch
-    parameters (else they are autotuned from ``AUTOTUNE_CONFIGS`` on CUDA, ``INTERPRETER_CONFIG``
-    on the CPU interpreter). ``out``, if given, is written in place (any strides, e.g. a
-    (B, Lq, Hq, D) buffer transposed, which saves the model a layout copy)."""
+    parameters (else they are autotuned from ``AUTOTUNE_CONFIGS`` on CUDA for 16-bit inputs,
+    ``FLOAT32_CONFIG`` for float32, ``INTERPRETER_CONFIG`` on the CPU interpreter). ``out``, if
+    given, is written in place (any strides, e.g. a (B, Lq, Hq, D) buffer transposed, which saves
+    the model a layout copy). ``tma``: read Q/K/V through TMA descriptors (None = wherever
+    supported: Hopper+ GPUs, 16-bit inputs with a ``row_view``; True insists, ValueError if it
+    cannot; False = pointer loads)."""
     _check_inputs(q, k, v, window, keep_first, offset)
     batch, heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
@@ -169,11 +256,17 @@ def swa_sink_attention(
         raise ValueError(
             f"out must match q's shape, dtype and device; got {tuple(out.shape)} {out.dtype} {out.device}"
         )
-    if config is None and q.device.type != "cuda":
-        config = INTERPRETER_CONFIG
+    if config is None:
+        if q.device.type != "cuda":
+            config = INTERPRETER_CONFIG
+        elif q.dtype == torch.float32:
+            config = FLOAT32_CONFIG
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
+    views = _tma_views(q, k, v, tma)
+    if config is not None and config.warp_spec and views is None:
+        raise ValueError("KernelConfig(warp_spec=True) needs the TMA path (tma=True and row views)")
     # A window or sink range beyond the keys changes nothing; clamping keeps the kernel's int32 math safe.
     window = k_len + 1 if window is None else min(window, k_len + 1)
     keep_first = min(keep_first, k_len)
@@ -183,15 +276,26 @@ def swa_sink_attention(
     else:
         score_scale, post_scale = scaling / softcap, softcap * LOG2E
     kernels = load_kernels()
+    sources, view_args = (q, k, v), (0,) * 12
+    if views is not None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        block_m, block_n = (config.block_m, config.block_n) if config else (1, 1)  # pre-hook sets them
+        sources = tuple(
+            TensorDescriptor(t, [view.rows, view.row_len], [view.row_len, 1], [block, dim])
+            for t, view, block in zip((q, k, v), views, (block_m, block_n, block_n))
+        )
+        view_args = tuple(x for view in views for x in (view.row_b, view.row_h, view.col_b, view.col_h))
     args = (
-        q, k, v, out, lse,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        *sources, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *view_args,
         kv_heads, groups, q_len, k_len, offset, window, keep_first, score_scale, post_scale,
     )  # fmt: skip
     flags = dict(
         HEAD_DIM=dim,
         SOFTCAP=softcap is not None,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        USE_TMA=views is not None,
     )
 
     def grid(meta):
@@ -205,10 +309,28 @@ def swa_sink_attention(
             **flags,
             BLOCK_M=config.block_m,
             BLOCK_N=config.block_n,
+            WARP_SPEC=config.warp_spec,
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )
     return out, lse
+
+
+def _tma_views(q: Tensor, k: Tensor, v: Tensor, tma: bool | None) -> tuple[RowView, ...] | None:
+    """Row views of q, k, v when the TMA path is wanted and possible (see ``swa_sink_attention``)."""
+    if tma is False:
+        return None
+    if tma is None and (q.dtype == torch.float32 or q.device.type != "cuda"):
+        return None
+    views = tuple(row_view(t) for t in (q, k, v))
+    if not tma_supported(q.device) or any(view is None for view in views):
+        if tma:
+            raise ValueError(
+                "tma=True: TMA needs a Hopper+ GPU (or TRITON_INTERPRET=1) and dense q, k, v with unit "
+                "head_dim stride and 16-byte aligned rows"
+            )
+        return None
+    return views
 
 
 def chosen_config() -> KernelConfig | None:
@@ -216,4 +338,10 @@ def chosen_config() -> KernelConfig | None:
     best = getattr(load_kernels().tuned, "best_config", None)
     if best is None:
         return None
-    return KernelConfig(best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], best.num_warps, best.num_stages)
+    return KernelConfig(
+        best.kwargs["BLOCK_M"],
+        best.kwargs["BLOCK_N"],
+        best.num_warps,
+        best.num_stages,
+        best.kwargs["WARP_SPEC"],
+    )
