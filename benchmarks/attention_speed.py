@@ -237,8 +237,10 @@ def compile_check(case: Case) -> str:
     first = steps(1)
     later = steps(3)
     verdict = "ok" if later == 0 else "RECOMPILES"
-    return (f"n={case.n}: {warm} unique graphs after the timed rows, +{first} on the first no-grad step, "
-            f"+{later} over 3 more steps x 4 layers ({verdict})")
+    return (
+        f"n={case.n}: {warm} unique graphs after the timed rows, +{first} on the first no-grad step, "
+        f"+{later} over 3 more steps x 4 layers ({verdict})"
+    )
 
 
 def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
@@ -294,18 +296,25 @@ def format_row(row: Row, rows: list[Row]) -> str:
     return f"| {row.name} | {row.n} | {row.ms:.3f} | {tflops} | {speedup} | {errors} | {verdict} |"
 
 
-def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
+def environment_lines(args: SpeedArgs) -> list[str]:
+    """Date, device, versions and shapes: the opening lines of every attention-level GPU report."""
     import triton
 
-    lines = [
-        "# Attention speed: full causal SDPA vs SWA+sink (Triton kernel, flex backend)",
-        "",
+    return [
         f"- date: {datetime.date.today()}",
         f"- device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
         f"- torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, "
         f"python {platform.python_version()}",
         f"- shapes: B=1, {args.heads} q heads / {args.kv_heads} kv heads, head_dim {args.dim}, bf16, "
         f"W={args.window}, keep_first={args.keep_first}",
+    ]
+
+
+def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
+    lines = [
+        "# Attention speed: full causal SDPA vs SWA+sink (Triton kernel, flex backend)",
+        "",
+        *environment_lines(args),
         "- baseline: `F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)` (full causal)",
         "- time: median of triton.testing.do_bench (CUDA events, L2 flushed)",
         "- TFLOP/s: full causal fwd 2*n^2*d*h; SWA+sink fwd 4*n*(W+k)*d*h; fwd+bwd 3.5x fwd",

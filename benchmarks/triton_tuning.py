@@ -12,20 +12,26 @@ Writes a markdown report to --out (atomically) and prints it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import math
 import os
-import platform
 import sys
 from dataclasses import dataclass
 
 import torch
-import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from attention_speed import LSE_TOL, OUT_TOL, Case, SpeedArgs, bench_ms, fwd_flops, rel  # noqa: E402
+from attention_speed import (  # noqa: E402
+    LSE_TOL,
+    OUT_TOL,
+    Case,
+    SpeedArgs,
+    bench_ms,
+    environment_lines,
+    fwd_flops,
+    rel,
+)
 
 from swaa_patch.backends.triton_swa import KernelConfig, swa_sink_attention  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
@@ -116,8 +122,6 @@ def format_row(row: Row, rows: list[Row]) -> str:
 
 
 def report(args: SpeedArgs, rows: list[Row]) -> str:
-    import triton
-
     best = {}
     for row in rows:
         if row.config is not None and row.ok and (row.n not in best or row.ms < best[row.n].ms):
@@ -125,12 +129,8 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
     lines = [
         "# Triton SWA+sink kernel: launch-parameter sweep (pointer loads vs TMA vs TMA + warp specialisation)",
         "",
-        f"- date: {datetime.date.today()}",
-        f"- device: {torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
-        f"- torch {torch.__version__}, triton {triton.__version__}, transformers {transformers.__version__}, "
-        f"python {platform.python_version()}",
-        f"- shapes: B=1, {args.heads} q heads / {args.kv_heads} kv heads, head_dim {args.dim}, bf16, "
-        f"W={args.window}, keep_first={args.keep_first}; baseline: SDPA full causal forward, same run",
+        *environment_lines(args),
+        "- baseline: SDPA full causal forward, same run",
         "- time: median of triton.testing.do_bench (CUDA events, L2 flushed); TFLOP/s counts visible work "
         "(SWA+sink 4*n*(W+k)*d*h, full causal 2*n^2*d*h)",
         f"- correctness: {args.rows} random query rows vs float64, relative L2; tolerances out {OUT_TOL}, "
