@@ -204,6 +204,15 @@ def test_process_default_is_auto_unless_the_environment_says_otherwise():
         assert result.stdout.strip() == expected
 
 
+def test_auto_needs_an_ampere_or_newer_gpu(monkeypatch):
+    """On a pre-Ampere GPU the default must not send bf16 prefill to a kernel that cannot compile."""
+    from swaa_patch.backends import triton_prefill as module
+
+    for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert module.gpu_supported(torch.device("cuda")) is expected
+
+
 def test_setting_is_validated_and_restored():
     before = triton_prefill_setting()
     with pytest.raises(ValueError, match="triton_prefill: must be one of"):

@@ -90,6 +90,12 @@ def triton_prefill(mode: str) -> Iterator[None]:
         set_triton_prefill(previous)
 
 
+def gpu_supported(device: torch.device) -> bool:
+    """``auto`` runs the kernel on Ampere (sm80) or newer: Triton's bf16 tensor-core dots need it,
+    and the kernel was only ever tuned and checked on sm90. Older GPUs keep the backend's path."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 @lru_cache(maxsize=1)
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
@@ -142,6 +148,8 @@ def _reason(
             return "device"
         if query.dtype not in AUTO_DTYPES:
             return "dtype"
+        if not gpu_supported(query.device):
+            return "gpu older than Ampere"
     if query.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return "head_dim"
     if not _triton_available():
