@@ -24,8 +24,9 @@ Variants (same weights, same process):
 Checks: last-token logits (and every 16th final hidden state) of the SWAA variants against
 ``swaa_sdpa`` (the path the CPU tests check against a float64 reference), NaN-free, bf16
 tolerance; and a shallower model of the same widths at ``--check-n`` tokens (``float_check``),
-Triton path against the sdpa path in float32 (forced) and in the benchmark's dtype. Compilations: dynamo's unique-graph counter
-and its guard-failure (recompile) log, read before and after each variant's warm-up and timed runs.
+Triton path against the sdpa path in float32 (forced) and in the benchmark's dtype. Compilations:
+dynamo's unique-graph counter and its guard-failure (recompile) log, read before and after each
+variant's warm-up and timed runs.
 
 ``--tiny`` runs the same code on a tiny model on the CPU (Triton through its interpreter) in seconds.
 Writes a markdown report to --out (atomically) and prints it.
