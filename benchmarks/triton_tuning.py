@@ -1,5 +1,6 @@
 """Launch-parameter sweep of the Triton SWA+sink forward kernel on the GPU: pointer loads vs TMA
-descriptors vs TMA with warp specialisation, over block sizes / warps / pipeline stages, against
+descriptors, plain vs warp-specialised vs hand-pipelined interior loops, eager vs lazy rescaling
+(``KernelConfig.warp_spec``, ``.pipeline``, ``.lazy_rescale``), over block sizes / warps / stages, against
 full causal SDPA measured in the same run. Every variant is checked against the float64
 reference of ``attention_speed.py`` (same inputs, same sampled rows) before it is timed.
 
@@ -38,8 +39,7 @@ from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("triton_tuning")
 
-# (loads, config): the current autotune candidates, each with pointer and TMA loads, and the
-# warp-specialised TMA variants of the promising ones
+# Block shapes (BLOCK_M, BLOCK_N, warps, stages): the current autotune candidates and neighbours.
 BLOCKS = (
     (128, 64, 8, 3),
     (128, 64, 8, 4),
@@ -47,11 +47,23 @@ BLOCKS = (
     (128, 128, 8, 2),
     (128, 128, 8, 3),
     (64, 64, 4, 3),
+    (64, 128, 4, 3),
 )
-VARIANTS: tuple[tuple[str, KernelConfig], ...] = (
-    *(("pointer", KernelConfig(*b)) for b in BLOCKS),
-    *(("tma", KernelConfig(*b)) for b in BLOCKS),
-    *(("tma", KernelConfig(*b, warp_spec=True)) for b in BLOCKS[:5]),
+# Interior-loop kinds: plain, Triton's warp specialisation (TMA only), the hand-pipelined loop, the
+# lazy rescale, and both.
+LOOPS = {
+    "plain": {},
+    "warp_spec": {"warp_spec": True},
+    "pipeline": {"pipeline": True},
+    "lazy": {"lazy_rescale": True},
+    "pipeline+lazy": {"pipeline": True, "lazy_rescale": True},
+}
+VARIANTS: tuple[tuple[str, str, KernelConfig], ...] = tuple(
+    (loads, loop, KernelConfig(*b, **LOOPS[loop]))
+    for loads in ("pointer", "tma")
+    for loop in LOOPS
+    for b in BLOCKS
+    if not (loads == "pointer" and loop == "warp_spec")
 )
 
 
@@ -108,7 +120,12 @@ def config_text(config: KernelConfig | None) -> str:
     if config is None:
         return "-"
     text = f"{config.block_m}x{config.block_n}, {config.num_warps} warps, {config.num_stages} stages"
-    return text + (", warp-specialised" if config.warp_spec else "")
+    flags = (
+        ("warp-specialised", config.warp_spec),
+        ("pipelined", config.pipeline),
+        ("lazy rescale", config.lazy_rescale),
+    )
+    return ", ".join([text, *(name for name, on in flags if on)])
 
 
 def format_row(row: Row, rows: list[Row]) -> str:
@@ -127,7 +144,8 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
         if row.config is not None and row.ok and (row.n not in best or row.ms < best[row.n].ms):
             best[row.n] = row
     lines = [
-        "# Triton SWA+sink kernel: launch-parameter sweep (pointer loads vs TMA vs TMA + warp specialisation)",
+        "# Triton SWA+sink kernel: launch-parameter sweep (pointer loads vs TMA; plain, warp-specialised, "
+        "hand-pipelined, lazy-rescale interior loops)",
         "",
         *environment_lines(args),
         "- baseline: SDPA full causal forward, same run",
@@ -149,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="32768,131072")
     p.add_argument("--out", default="benchmarks/results/triton_tuning.md")
     p.add_argument("--loads", default="pointer,tma", help="comma-separated subset of pointer,tma")
+    p.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("triton_tuning.py needs a CUDA device")
@@ -158,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         case = Case(args, n)
         rows.append(sdpa_row(case))
         log.info("%s", format_row(rows[-1], rows))
-        for loads, config in (v for v in VARIANTS if v[0] in a.loads.split(",")):
+        wanted = [
+            (lo, c) for lo, kind, c in VARIANTS if lo in a.loads.split(",") and kind in a.loops.split(",")
+        ]
+        for loads, config in wanted:
             rows.append(variant_row(case, loads, config))
             log.info("%s", format_row(rows[-1], rows))
             atomic_write_text(args.out, report(args, rows))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,6 +121,49 @@ def test_tma_path_matches_dense_reference(case):
     if softcap is not None:
         q = q * 3
     check(q, k, v, window, keep_first, softcap, offset, config, tma=True)
+
+
+LOOP_VARIANTS = {
+    "pipelined": {"pipeline": True},
+    "lazy-rescale": {"lazy_rescale": True},
+    "pipelined,lazy-rescale": {"pipeline": True, "lazy_rescale": True},
+}
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
+@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_loop_variants_match_dense_reference(case, variant, tma):
+    """The hand-pipelined interior loop (next block's scores issued before this block's softmax)
+    and the lazy rescale (running max kept unless it grows by > 2^8): the same cases, whose
+    interiors span 0, 1 and several blocks."""
+    batch, heads, kv_heads, q_len, k_len, offset, dim, window, keep_first, softcap, config = case
+    q, k, v = random_qkv(batch, heads, kv_heads, q_len, k_len, dim, seed=q_len * 131 + k_len)
+    if softcap is not None:
+        q = q * 3
+    check(q, k, v, window, keep_first, softcap, offset, replace(config, **variant), tma=tma)
+
+
+@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
+def test_loop_variants_over_many_interior_blocks(variant):
+    q, k, v = random_qkv(1, 4, 2, 150, 150, 16, seed=13)
+    check(q, k, v, 100, 7, config=replace(TINY, **variant), tma=True)
+    check(q, k, v, None, 0, config=replace(TALL, **variant))
+
+
+@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
+def test_loop_variants_when_the_max_keeps_growing(variant):
+    """Keys growing along the sequence push the rows' max up by far more than 2^8 per block: the
+    lazy rescale must still rescale (a stale max would overflow exp2 to inf here)."""
+    q, k, v = random_qkv(1, 2, 1, 120, 120, 16, seed=17)
+    k = k * torch.linspace(1.0, 30.0, 120, device=k.device)[:, None]
+    check(q * 3, k, v, 90, 5, config=replace(TINY, **variant))
+    check(q * 3, k, v, None, 0, config=replace(TINY, **variant), tma=True)
+
+
+def test_pipeline_and_warp_spec_are_exclusive():
+    with pytest.raises(ValueError, match="warp_spec and pipeline"):
+        KernelConfig(warp_spec=True, pipeline=True)
 
 
 def test_tma_rows_past_a_sequence_never_leak():

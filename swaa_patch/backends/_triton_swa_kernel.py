@@ -52,6 +52,55 @@ def _load_kv(src, row0, col, start_n, cols, seq_k, stride_n, stride_d, offs_d,
 
 
 @triton.jit
+def _update(acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
+            MASKED: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+            LAZY_RESCALE: tl.constexpr):  # fmt: skip
+    """Online-softmax step: fold the raw scores ``s = q k^T`` of one KV block and its V tile into
+    ``acc, l_i, m_i``.
+
+    Scores are kept in log2 units (prescaled by log2(e)), so the exponentials are ``exp2``; the
+    unmasked path folds the scale into the max and one multiply-add (FlashAttention-2's trick).
+    ``MASKED`` blocks apply the element rule; unmasked blocks are fully visible to every query of
+    the program by construction of the caller's ranges."""
+    if SOFTCAP:
+        s = _tanh(s * score_scale) * post_scale
+        scale = 1.0
+    else:
+        scale = score_scale
+    if MASKED:
+        dist = q_pos[:, None] - cols[None, :]
+        visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq_k)
+        s = tl.where(visible, s * scale, NEG)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+    else:
+        m_blk = tl.max(s, 1) * scale
+        if LAZY_RESCALE:
+            # keep the running max (and skip rescaling acc) unless a row's max grew by more than
+            # 2^8: p <= 256 is exact enough in fp32 sums and bf16 products, and the final
+            # normalisation divides it out (FlashAttention-4's conditional rescaling)
+            if tl.max(m_blk - m_i, 0) > 8.0:
+                m_new = tl.maximum(m_i, m_blk)
+                alpha = tl.exp2(m_i - m_new)
+                l_i = l_i * alpha
+                acc = acc * alpha[:, None]
+            else:
+                m_new = m_i
+        else:
+            m_new = tl.maximum(m_i, m_blk)
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+        p = tl.exp2(s * scale - m_new[:, None])
+        l_i = l_i + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attend(
     acc,
     l_i,
@@ -83,42 +132,63 @@ def _attend(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
     WARP_SPEC: tl.constexpr,
+    PIPELINE: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr,
 ):
-    """Online-softmax update over the KV blocks starting at ``start, start + BLOCK_N, ... < end``.
+    """Online softmax over the KV blocks starting at ``start, start + BLOCK_N, ... < end``.
 
-    Scores are kept in log2 units (prescaled by log2(e)), so the exponentials are ``exp2``; the
-    unmasked path folds the scale into the max and one multiply-add (FlashAttention-2's trick).
-    ``MASKED`` blocks apply the element rule; unmasked blocks are fully visible to every query of
-    the program by construction of the caller's ranges."""
-    for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        cols = start_n + offs_n
-        k = _load_kv(
-            k_src, k_row0, k_col, start_n, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        if SOFTCAP:
-            s = _tanh(s * score_scale) * post_scale
-            scale = 1.0
-        else:
-            scale = score_scale
-        if MASKED:
-            dist = q_pos[:, None] - cols[None, :]
-            visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq_k)
-            s = tl.where(visible, s * scale, NEG)
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
-            p = tl.exp2(s * scale - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        v = _load_kv(
-            v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
-        )
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+    ``PIPELINE`` software-pipelines the loop by hand (FlashAttention-3's intra-warpgroup overlap):
+    the scores of block j + 1 are issued to the tensor cores before the softmax of block j, whose
+    exponentials then run on the CUDA cores while that matrix multiply is in flight. It costs one
+    more (BLOCK_M, BLOCK_N) fp32 score tile in registers."""
+    if PIPELINE:
+        if start < end:
+            cols = start + offs_n
+            k = _load_kv(
+                k_src, k_row0, k_col, start, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            last = start + ((end - start - 1) // BLOCK_N) * BLOCK_N
+            for start_n in tl.range(start, last, BLOCK_N):
+                start_n = tl.multiple_of(start_n, BLOCK_N)
+                next_n = start_n + BLOCK_N
+                k = _load_kv(
+                    k_src, k_row0, k_col, next_n, next_n + offs_n, seq_k, stride_kn, stride_kd, offs_d,
+                    MASKED, USE_TMA,
+                )  # fmt: skip
+                s_next = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+                cols = start_n + offs_n
+                v = _load_kv(
+                    v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
+                )
+                acc, l_i, m_i = _update(
+                    acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
+                    MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
+                )  # fmt: skip
+                s = s_next
+            cols = last + offs_n
+            v = _load_kv(
+                v_src, v_row0, v_col, last, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
+            )
+            acc, l_i, m_i = _update(
+                acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
+                MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
+            )  # fmt: skip
+    else:
+        for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            cols = start_n + offs_n
+            k = _load_kv(
+                k_src, k_row0, k_col, start_n, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            v = _load_kv(
+                v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
+            )
+            acc, l_i, m_i = _update(
+                acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
+                MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
+            )  # fmt: skip
     return acc, l_i, m_i
 
 
@@ -171,6 +241,8 @@ def swa_sink_fwd(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
     WARP_SPEC: tl.constexpr,
+    PIPELINE: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -240,23 +312,23 @@ def swa_sink_fwd(
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, 0, sink_full_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, sink_full_end, sink_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, win_start, mid_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, mid_start, hi_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, WARP_SPEC)
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, WARP_SPEC, PIPELINE, LAZY_RESCALE)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, hi_start, q_last + 1,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
     # fmt: on
 
     out = acc / l_i[:, None]

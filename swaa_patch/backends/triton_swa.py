@@ -64,13 +64,26 @@ LOG2E = math.log2(math.e)
 @dataclass(frozen=True)
 class KernelConfig:
     """Launch parameters of one kernel variant (``warp_spec``: Triton's automatic warp
-    specialisation of the interior loop, TMA path only)."""
+    specialisation of the interior loop, TMA path only; ``pipeline``: the interior loop issues the
+    next block's scores before this block's softmax, by hand; ``lazy_rescale``: unmasked blocks
+    keep the running max unless it grows by more than 2^8, skipping the accumulator's rescale)."""
 
     block_m: int = 128
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
     warp_spec: bool = False
+    pipeline: bool = False
+    lazy_rescale: bool = False
+
+    def __post_init__(self):
+        if self.warp_spec and self.pipeline:
+            raise ValueError("KernelConfig: warp_spec and pipeline are alternatives; set at most one")
+
+    def meta(self) -> dict:
+        """The kernel's compile-time block parameters."""
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "WARP_SPEC": self.warp_spec,
+                "PIPELINE": self.pipeline, "LAZY_RESCALE": self.lazy_rescale}  # fmt: skip
 
 
 # Candidates for the H100 (head_dim 128, bf16); the autotuner picks one per (head_dim, dtype,
@@ -176,7 +189,7 @@ def load_kernels() -> SimpleNamespace:
         raise ImportError(INSTALL_HINT) from err
     configs = [
         triton.Config(
-            {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "WARP_SPEC": c.warp_spec},
+            c.meta(),
             num_warps=c.num_warps,
             num_stages=c.num_stages,
             pre_hook=_set_block_shapes,
@@ -307,9 +320,7 @@ def swa_sink_attention(
         kernels.jit[grid](
             *args,
             **flags,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            WARP_SPEC=config.warp_spec,
+            **config.meta(),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )
@@ -344,4 +355,6 @@ def chosen_config() -> KernelConfig | None:
         best.num_warps,
         best.num_stages,
         best.kwargs["WARP_SPEC"],
+        best.kwargs["PIPELINE"],
+        best.kwargs["LAZY_RESCALE"],
     )
