@@ -1,5 +1,6 @@
 """Attention speed on the GPU: full causal SDPA (the baseline) vs SWA+sink attention through our
-Triton kernel and our flex backend, with every timed kernel checked for correctness in the run.
+Triton kernel, cuDNN's sliding window + our Triton sink merge (when cudnn-frontend is installed) and
+our flex backend, with every timed kernel checked for correctness in the run.
 
 Shapes (issue 7): B=1, 32 q heads / 8 kv heads, head_dim 128, bf16, W=2048, keep_first=100, for
 n in {32768, 131072}. Times are medians of ``triton.testing.do_bench`` (CUDA events, L2 flushed
@@ -35,12 +36,15 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from swaa_patch import SWAAConfig  # noqa: E402
+from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.flex import build_block_mask, flex_swaa_attention  # noqa: E402
 from swaa_patch.backends.triton_swa import chosen_config, swa_sink_attention  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 log = logging.getLogger("attention_speed")
+CUDNN_SWA = "cudnn window + triton sink merge, SWA+sink fwd"
+CUDNN_BAND = "cudnn window alone (no sinks: not the rule) fwd"
 OUT_TOL = 2e-2  # bf16 operands: 1e-3..1e-2 expected
 LSE_TOL = 1e-3
 DQ_TOL = 5e-2
@@ -71,10 +75,11 @@ class Row:
     note: str = ""
 
 
-def fwd_flops(args: SpeedArgs, n: int, window: int | None) -> float:
+def fwd_flops(args: SpeedArgs, n: int, window: int | None, keep_first: int | None = None) -> float:
     if window is None:
         return 2.0 * n * n * args.dim * args.heads
-    return 4.0 * n * (window + args.keep_first) * args.dim * args.heads
+    keep_first = args.keep_first if keep_first is None else keep_first
+    return 4.0 * n * (window + keep_first) * args.dim * args.heads
 
 
 def bench_ms(fn: Callable[[], object], grad_to_none=None) -> float:
@@ -155,12 +160,13 @@ class Case:
     def new_plan(self):
         return build_plan(self.config, batch_size=1, q_len=self.n, device=self.q.device)
 
-    def reference(self, window, backward: bool):
-        key = (window, backward)
+    def reference(self, window, backward: bool, keep_first: int | None = None):
+        keep_first = self.args.keep_first if keep_first is None else keep_first
+        key = (window, backward, keep_first)
         if key not in self.refs:
             dout = self.dout if backward else None
             self.refs[key] = reference_rows(
-                self.q, self.k, self.v, self.rows, window, self.args.keep_first, self.scaling, dout
+                self.q, self.k, self.v, self.rows, window, keep_first, self.scaling, dout
             )
         return self.refs[key]
 
@@ -171,6 +177,14 @@ class Case:
     def triton_swa(self, q, k, v):
         return swa_sink_attention(q, k, v, self.args.window, self.args.keep_first, self.scaling)
 
+    def cudnn_swa(self, q, k, v):
+        return cudnn_swa.swa_sink_attention_cudnn(
+            q, k, v, self.args.window, self.args.keep_first, self.scaling
+        )
+
+    def cudnn_band(self, q, k, v):
+        return cudnn_swa.window_attention(q, k, v, self.args.window, self.scaling)
+
     def triton_full(self, q, k, v):
         return swa_sink_attention(q, k, v, None, 0, self.scaling)
 
@@ -180,17 +194,19 @@ class Case:
         return out.transpose(1, 2)  # the backend returns transformers' (B, n, H, D)
 
 
-def forward_row(case: Case, name: str, fn, window, with_lse: bool = False) -> Row:
+def forward_row(
+    case: Case, name: str, fn, window, with_lse: bool = False, keep_first: int | None = None
+) -> Row:
     result = fn(case.q, case.k, case.v)
     out, lse = result if with_lse else (result, None)
-    ref_out, ref_lse, _ = case.reference(window, backward=False)
+    ref_out, ref_lse, _ = case.reference(window, backward=False, keep_first=keep_first)
     errors = {"out": rel(out[0][:, case.rows], ref_out)}
     if lse is not None:
         errors["lse"] = rel(lse[0][:, case.rows], ref_lse)
     del out, lse, result
     ok = errors["out"] < OUT_TOL and errors.get("lse", 0.0) < LSE_TOL
     ms = bench_ms(lambda: fn(case.q, case.k, case.v))
-    return Row(name, case.n, ms, fwd_flops(case.args, case.n, window), errors, ok)
+    return Row(name, case.n, ms, fwd_flops(case.args, case.n, window, keep_first), errors, ok)
 
 
 def backward_row(case: Case, name: str, fn, window) -> Row:
@@ -256,6 +272,11 @@ def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
         ("flex SWA+sink fwd", lambda: forward_row(case, "flex SWA+sink fwd", case.flex, W)),
         ("flex BlockMask build", lambda: mask_build_row(case)),
     ]
+    if cudnn_swa.frontend_available():
+        plans[2:2] = [
+            (CUDNN_SWA, lambda: forward_row(case, CUDNN_SWA, case.cudnn_swa, W, True)),
+            (CUDNN_BAND, lambda: forward_row(case, CUDNN_BAND, case.cudnn_band, W, True, keep_first=0)),
+        ]
     if args.backward:
         plans += [
             (
@@ -310,9 +331,20 @@ def environment_lines(args: SpeedArgs) -> list[str]:
     ]
 
 
+def cudnn_line() -> str:
+    """cuDNN library and frontend versions, or why the cuDNN rows are missing."""
+    if not cudnn_swa.frontend_available():
+        return "cudnn-frontend not installed: no cuDNN rows"
+    from importlib.metadata import version
+
+    return (
+        f"library {torch.backends.cudnn.version()}, nvidia-cudnn-frontend {version('nvidia-cudnn-frontend')}"
+    )
+
+
 def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
     lines = [
-        "# Attention speed: full causal SDPA vs SWA+sink (Triton kernel, flex backend)",
+        "# Attention speed: full causal SDPA vs SWA+sink (Triton kernel, cuDNN window + Triton sinks, flex)",
         "",
         *environment_lines(args),
         "- baseline: `F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)` (full causal)",
@@ -323,6 +355,7 @@ def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
         f"- correctness: {args.rows} random query rows vs a float64 reference of the rule; relative L2 "
         f"error; tolerances out {OUT_TOL}, lse {LSE_TOL}, dq {DQ_TOL}; NaN fails",
         f"- Triton config chosen by the autotuner: {chosen_config()}",
+        f"- cuDNN: {cudnn_line()}",
         "- torch.compile: " + "; ".join(compiles),
         "",
         "| kernel | n | ms | TFLOP/s | speedup vs SDPA | rel. error | verdict |",

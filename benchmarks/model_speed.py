@@ -18,8 +18,11 @@ Variants (same weights, same process):
   builds a dense n x n mask, so it is skipped where that mask would exceed ``--max-dense-mask-gib``;
 - ``swaa_flex`` / ``swaa_sdpa``: SWAA W=2048, keep_first=100 through our flex (BlockMask) and sdpa
   (query-chunked masks) backends, Triton prefill path off;
-- ``swaa_triton``: the same model through the sdpa backend with the Triton prefill path on; every
-  layer of every timed prefill must have taken it (``PATH_COUNTS``), else the row fails.
+- ``swaa_triton``: the same model through the sdpa backend with the prefill fast path on, Triton
+  kernel only (setting ``"triton"``); every layer of every timed prefill must have taken it
+  (``PATH_COUNTS``), else the row fails;
+- ``swaa_cudnn``: the same with the default setting ``"auto"``, which sends the sliding layers to
+  cuDNN's window + the Triton sink merge (``cudnn_swa.py``); skipped without cudnn-frontend.
 
 Checks: last-token logits (and every 16th final hidden state) of the SWAA variants against
 ``swaa_sdpa`` (the path the CPU tests check against a float64 reference), NaN-free, bf16
@@ -53,7 +56,8 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
-from swaa_patch.backends.triton_prefill import PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
+from swaa_patch.backends import cudnn_swa  # noqa: E402
+from swaa_patch.backends.triton_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
@@ -63,7 +67,16 @@ log = logging.getLogger("model_speed")
 TINY = dict(QWEN3_4B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096)  # fmt: skip
 
-VARIANTS = ("stock", "floor", "native_sdpa", "native_flex", "swaa_flex", "swaa_sdpa", "swaa_triton")
+VARIANTS = (
+    "stock",
+    "floor",
+    "native_sdpa",
+    "native_flex",
+    "swaa_flex",
+    "swaa_sdpa",
+    "swaa_triton",
+    "swaa_cudnn",
+)
 LABELS = {
     "stock": "stock HF sdpa, full causal (baseline)",
     "floor": "no attention at all (floor: the rest of the model; its speedup bounds every other)",
@@ -71,7 +84,8 @@ LABELS = {
     "native_flex": "HF native SWA W={W}, no sinks (flex_attention)",
     "swaa_flex": "SWAA W={W} k={k}, flex backend",
     "swaa_sdpa": "SWAA W={W} k={k}, sdpa backend",
-    "swaa_triton": "SWAA W={W} k={k}, Triton prefill path",
+    "swaa_triton": "SWAA W={W} k={k}, prefill path: Triton kernel",
+    "swaa_cudnn": "SWAA W={W} k={k}, prefill path: cuDNN window + Triton sinks",
 }
 # variant -> (model, attn_implementation, Triton prefill setting)
 SETUP = {
@@ -81,9 +95,12 @@ SETUP = {
     "native_flex": ("native", "flex_attention", "off"),
     "swaa_flex": ("swaa", "flex_attention", "off"),
     "swaa_sdpa": ("swaa", "sdpa", "off"),
-    "swaa_triton": ("swaa", "sdpa", "auto"),
+    "swaa_triton": ("swaa", "sdpa", "triton"),
+    "swaa_cudnn": ("swaa", "sdpa", "auto"),
 }
-COMPILED = {"native_flex", "swaa_flex", "swaa_triton"}  # need a warm-up at every size
+# the prefill path each fast-path variant must take on every layer
+EXPECTED_PATH = {"swaa_triton": TAKEN, "swaa_cudnn": CUDNN_TAKEN}
+COMPILED = {"native_flex", "swaa_flex", "swaa_triton", "swaa_cudnn"}  # need a warm-up at every size
 # transformers' flex path would compile its kernel and BlockMask builder for decode shapes too: kept
 # out of the time budget (SWAA's flex backend decodes through the gathered-keys sdpa path instead)
 NO_DECODE = {"native_flex", "floor"}
@@ -274,6 +291,8 @@ def graphs_note(before, warm, after) -> tuple[str, bool]:
 
 
 def skip_reason(bench: Bench, variant: str, n: int) -> str | None:
+    if variant == "swaa_cudnn" and (bench.device.type != "cuda" or not cudnn_swa.frontend_available()):
+        return "skipped: needs a CUDA GPU with cudnn-frontend installed"
     if variant == "native_sdpa":
         mask_gib = n * n / 2**30  # transformers' sdpa sliding mask: a dense (1, 1, n, n) bool tensor
         if mask_gib > bench.args.max_dense_mask_gib:
@@ -286,7 +305,7 @@ def run_variant(bench: Bench, variant: str, n: int, ids: torch.Tensor, first_siz
     model = model_for(bench, variant)
     layers = model.config.num_hidden_layers
     setting = SETUP[variant][2]
-    if setting == "auto" and bench.device.type != "cuda":
+    if setting in ("auto", "triton") and bench.device.type != "cuda":
         setting = "force"  # the CPU smoke run: Triton's interpreter, float32
     hidden = FinalHidden(model)
     try:
@@ -302,7 +321,7 @@ def run_variant(bench: Bench, variant: str, n: int, ids: torch.Tensor, first_siz
                 PATH_COUNTS.clear()
                 seconds, peak, logits, cache = prefill(bench, model, ids)
                 times.append(seconds)
-                paths.append(PATH_COUNTS[TAKEN])
+                paths.append({path: PATH_COUNTS[path] for path in (TAKEN, CUDNN_TAKEN) if PATH_COUNTS[path]})
                 row.peak_gib = peak if math.isnan(row.peak_gib) else max(row.peak_gib, peak)
                 if len(times) < bench.args.repeats:
                     del logits, cache
@@ -312,10 +331,13 @@ def run_variant(bench: Bench, variant: str, n: int, ids: torch.Tensor, first_siz
             row.graphs, clean = graphs_note(before, warm, compile_state())
             row.ok = clean or SETUP[variant][0] != "swaa"  # transformers' own paths are reported, not judged
         bench.outputs[(n, variant)] = (logits, hidden.value)
-        if variant == "swaa_triton" and paths != [layers] * len(paths):
-            row.ok, row.note = False, f"Triton path taken on {paths} of {layers} layers per prefill"
+        if variant in EXPECTED_PATH and paths != [{EXPECTED_PATH[variant]: layers}] * len(paths):
+            row.ok, row.note = (
+                False,
+                f"prefill paths {paths} per prefill, expected {EXPECTED_PATH[variant]} on {layers}",
+            )
         elif SETUP[variant][2] == "off" and any(paths):
-            row.ok, row.note = False, "Triton path taken although switched off"
+            row.ok, row.note = False, "prefill fast path taken although switched off"
         if not torch.isfinite(logits).all():
             row.ok, row.note = False, "NaN/inf logits"
     except torch.OutOfMemoryError:
@@ -372,31 +394,36 @@ def float_check(bench: Bench) -> tuple[str, bool]:
     model = apply_swaa(model.eval(), bench.swaa_config)
     ids = torch.randint(0, shape["vocab_size"], (1, args.check_n), device=bench.device)
 
-    def run(model: torch.nn.Module, setting: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def run(
+        model: torch.nn.Module, setting: str, path: str = TAKEN
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         PATH_COUNTS.clear()
         with triton_prefill(setting):
             hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
-            return hidden.float(), model.lm_head(hidden[:, -1]).float(), PATH_COUNTS[TAKEN]
+            return hidden.float(), model.lm_head(hidden[:, -1]).float(), PATH_COUNTS[path]
 
     parts, ok = [], True
-    cases = [("float32", torch.float32, "force", FP32_TOL)]
+    cases = [("float32", torch.float32, "force", TAKEN, FP32_TOL)]
     if bench.dtype != torch.float32:
-        cases.append((str(bench.dtype).removeprefix("torch."), bench.dtype, "auto", BF16_TOL))
+        low = str(bench.dtype).removeprefix("torch.")
+        cases.append((low, bench.dtype, "triton", TAKEN, BF16_TOL))
+        if "swaa_cudnn" in args.variants and skip_reason(bench, "swaa_cudnn", args.check_n) is None:
+            cases.append((low, bench.dtype, "auto", CUDNN_TAKEN, BF16_TOL))
     fp32_ref = None
-    for name, dtype, setting, tol in cases:
+    for name, dtype, setting, path, tol in cases:
         try:
             model.to(dtype)
             hidden_ref, logits_ref, _ = run(model, "off")
-            hidden, logits, taken = run(model, setting)
+            hidden, logits, taken = run(model, setting, path)
             err_h, err_l = rel(hidden, hidden_ref), rel(logits, logits_ref)
             good = taken == args.check_layers and err_h < tol and err_l < tol
             scale = ""
             if fp32_ref is None:
                 fp32_ref = hidden_ref
-            else:
+            elif setting == "triton":  # once: the rounding scale of the benchmark's dtype
                 scale = f"; sdpa {name} vs sdpa float32 (rounding alone, for scale): hidden {rel(hidden_ref, fp32_ref):.1e}"
             parts.append(
-                f"{name}: Triton path ({taken}/{args.check_layers} layers) vs sdpa path: hidden {err_h:.1e}, "
+                f"{name}: {path} path ({taken}/{args.check_layers} layers) vs sdpa path: hidden {err_h:.1e}, "
                 f"logits {err_l:.1e} (tol {tol}) {'ok' if good else 'FAIL'}{scale}"
             )
         except Exception as err:  # reported in the table, like a failing variant
@@ -441,7 +468,7 @@ def report(bench: Bench, rows: list[Row], fp32: str) -> str:
 
     args, shape = bench.args, bench.shape
     lines = [
-        "# Model prefill and decode: stock full attention vs native SWA vs SWAA (flex, sdpa, Triton)",
+        "# Model prefill and decode: stock full attention vs native SWA vs SWAA (flex, sdpa, Triton, cuDNN)",
         "",
         f"- date: {datetime.date.today()}",
         f"- device: {device_name(bench)}",

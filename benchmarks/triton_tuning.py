@@ -1,6 +1,6 @@
 """Launch-parameter sweep of the Triton SWA+sink forward kernel on the GPU: pointer loads vs TMA
-descriptors, plain vs warp-specialised vs hand-pipelined interior loops, eager vs lazy rescaling
-(``KernelConfig.warp_spec``, ``.pipeline``, ``.lazy_rescale``), over block sizes / warps / stages, against
+descriptors, plain vs warp-specialised interior loops (``KernelConfig.warp_spec``), over block
+sizes / warps / pipeline stages, against
 full causal SDPA measured in the same run. Every variant is checked against the float64
 reference of ``attention_speed.py`` (same inputs, same sampled rows) before it is timed.
 
@@ -49,15 +49,9 @@ BLOCKS = (
     (64, 64, 4, 3),
     (64, 128, 4, 3),
 )
-# Interior-loop kinds: plain, Triton's warp specialisation (TMA only), the hand-pipelined loop, the
-# lazy rescale, and both.
-LOOPS = {
-    "plain": {},
-    "warp_spec": {"warp_spec": True},
-    "pipeline": {"pipeline": True},
-    "lazy": {"lazy_rescale": True},
-    "pipeline+lazy": {"pipeline": True, "lazy_rescale": True},
-}
+# Interior-loop kinds: plain, Triton's warp specialisation (TMA only). (A hand-pipelined loop and a
+# lazy rescale were swept too and removed: results/triton_tuning.md, third table.)
+LOOPS = {"plain": {}, "warp_spec": {"warp_spec": True}}
 VARIANTS: tuple[tuple[str, str, KernelConfig], ...] = tuple(
     (loads, loop, KernelConfig(*b, **LOOPS[loop]))
     for loads in ("pointer", "tma")
@@ -120,12 +114,7 @@ def config_text(config: KernelConfig | None) -> str:
     if config is None:
         return "-"
     text = f"{config.block_m}x{config.block_n}, {config.num_warps} warps, {config.num_stages} stages"
-    flags = (
-        ("warp-specialised", config.warp_spec),
-        ("pipelined", config.pipeline),
-        ("lazy rescale", config.lazy_rescale),
-    )
-    return ", ".join([text, *(name for name, on in flags if on)])
+    return text + (", warp-specialised" if config.warp_spec else "")
 
 
 def format_row(row: Row, rows: list[Row]) -> str:
@@ -144,8 +133,8 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
         if row.config is not None and row.ok and (row.n not in best or row.ms < best[row.n].ms):
             best[row.n] = row
     lines = [
-        "# Triton SWA+sink kernel: launch-parameter sweep (pointer loads vs TMA; plain, warp-specialised, "
-        "hand-pipelined, lazy-rescale interior loops)",
+        "# Triton SWA+sink kernel: launch-parameter sweep (pointer loads vs TMA; plain and warp-specialised "
+        "interior loops)",
         "",
         *environment_lines(args),
         "- baseline: SDPA full causal forward, same run",

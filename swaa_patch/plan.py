@@ -54,7 +54,7 @@ class AttentionPlan:
     max_pos: int  # largest query position, to detect windows that cover everything
     bounded: KeyLayout | None = None  # keys of layers with a sink+window cache
     bounded_layers: frozenset[int] = frozenset()
-    # execution detail, not semantics: "auto" / "off" / "force" (see backends/triton_prefill.py)
+    # execution detail, not semantics: "auto" / "triton" / "off" / "force" (backends/triton_prefill.py)
     triton_prefill: str = "off"
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 

@@ -25,12 +25,13 @@ def test_tiny_run_writes_a_passing_report(tmp_path):
         sizes=(33,),
         decode_steps=3,
         check_n=33,
-        variants=("stock", "floor", "native_sdpa", "swaa_sdpa", "swaa_triton"),
+        variants=("stock", "floor", "native_sdpa", "swaa_sdpa", "swaa_triton", "swaa_cudnn"),
         out=str(out),
     )
     assert model_speed.main(args) == 0
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| 33 |")]
-    assert len(rows) == 5 and all(row.endswith("| ok |") for row in rows), rows
-    assert "Triton prefill path" in text and "float32: Triton path (2/2 layers) vs sdpa path" in text
+    assert len(rows) == 6 and all(row.endswith("| ok |") or "skipped" in row for row in rows), rows
+    assert "prefill path: Triton kernel" in text and "float32: triton path (2/2 layers) vs sdpa path" in text
+    assert "cuDNN window + Triton sinks | - |" in text  # no GPU / cudnn-frontend here: a skipped row
     assert "no attention at all" in text

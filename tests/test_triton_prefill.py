@@ -23,7 +23,9 @@ from test_equivalence import _left_padded, _positions  # noqa: E402
 from tiny import VOCAB, tiny_model  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill  # noqa: E402
+from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.triton_prefill import (  # noqa: E402
+    CUDNN_TAKEN,
     PATH_COUNTS,
     TAKEN,
     aligned_layout,
@@ -171,6 +173,70 @@ def test_inputs_that_need_gradients_fall_back(attn, counts):
     """The kernel has no backward: a forward with grad enabled must keep a differentiable path."""
     out = _fallback(attn, counts, "grad", SLIDING + 1, grad=True, input_ids=_ids())
     out.sum().backward()  # would fail if any layer's output came from the kernel
+
+
+@pytest.fixture
+def fake_cudnn(monkeypatch):
+    """cuDNN's band (window-only attention with its log-sum-exp), stood in for by the Triton kernel
+    with no sinks, and the usability check reduced to cuDNN's layout rule (queries = last keys), so
+    the cuDNN + sink-merge dispatch runs on the CPU. Records each band call's (q_len, k_len)."""
+    from swaa_patch.backends.triton_swa import swa_sink_attention
+
+    calls = []
+
+    def window_attention(q, k, v, window, scaling):
+        calls.append((q.shape[2], k.shape[2]))
+        return swa_sink_attention(q, k, v, window, 0, scaling, offset=k.shape[2] - q.shape[2])
+
+    def unusable_reason(q, k, softcap, offset):
+        return "softcap" if softcap is not None else None if offset + q.shape[2] == k.shape[2] else "keys"
+
+    monkeypatch.setattr(cudnn_swa, "window_attention", window_attention)
+    monkeypatch.setattr(cudnn_swa, "unusable_reason", unusable_reason)
+    return calls
+
+
+@pytest.mark.parametrize("attn", BACKENDS)
+def test_cudnn_band_plus_sink_merge_matches_reference(attn, counts, fake_cudnn):
+    """Prompt and chunked prefill through the cuDNN dispatch: band + merge must equal the rule."""
+    model, ref = _models(attn)
+    ids = _ids(2)
+    with triton_prefill("force"), torch.no_grad():
+        out = model(input_ids=ids, use_cache=False).logits
+    assert counts == {CUDNN_TAKEN: SLIDING, "full-attention layer": 1}
+    assert rel_error(out, reference_logits(ref, RULE, ids)) < TOL
+    counts.clear()
+    with triton_prefill("force"):
+        logits = chunked_prefill(model, ids[:1], chunk_size=8, return_all_logits=True).logits
+    assert counts[CUDNN_TAKEN] == SLIDING * 5 and counts[TAKEN] == 0
+    assert rel_error(logits, reference_logits(ref, RULE, ids[:1])) < TOL
+    assert len(fake_cudnn) == SLIDING * 6
+
+
+def test_triton_setting_and_softcap_keep_the_triton_kernel(counts, fake_cudnn):
+    model, _ = _models("sdpa")
+    with triton_prefill("triton"), torch.no_grad():
+        model(input_ids=_ids(), use_cache=False)
+    assert counts["device"] == SLIDING  # "triton" has auto's CUDA 16-bit rule ...
+    counts.clear()
+    gemma, ref = _models("flex_attention", family="gemma2", attn_logit_softcapping=0.5)
+    with triton_prefill("force"), torch.no_grad():
+        out = gemma(input_ids=_ids(), use_cache=False).logits
+    assert counts == {TAKEN: SLIDING, "full-attention layer": 1} and not fake_cudnn  # ... softcap: Triton
+    assert rel_error(out, reference_logits(ref, RULE, _ids())) < TOL
+
+
+def test_cudnn_path_is_refused_where_it_was_not_checked(monkeypatch):
+    q = torch.zeros(1, 2, 8, 16)
+    assert cudnn_swa.unusable_reason(q, q, None, 0) == "device or dtype"
+    if not torch.cuda.is_available():
+        return
+    q = q.to("cuda", torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert cudnn_swa.unusable_reason(q, q, None, 0) == "not Hopper"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert cudnn_swa.unusable_reason(q, q, 30.0, 0) == "softcap"
+    assert cudnn_swa.unusable_reason(q[:, :, :4], q, None, 2) == "keys after the queries"
 
 
 def test_off_setting_never_consults_the_kernel(counts):

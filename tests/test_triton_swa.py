@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +25,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton SWA ke
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from swaa_patch.backends.triton_swa import KernelConfig, row_view, swa_sink_attention  # noqa: E402
+from swaa_patch.backends.triton_swa import KernelConfig, merge_sinks, row_view, swa_sink_attention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -123,47 +122,50 @@ def test_tma_path_matches_dense_reference(case):
     check(q, k, v, window, keep_first, softcap, offset, config, tma=True)
 
 
-LOOP_VARIANTS = {
-    "pipelined": {"pipeline": True},
-    "lazy-rescale": {"lazy_rescale": True},
-    "pipelined,lazy-rescale": {"pipeline": True, "lazy_rescale": True},
-}
+def check_merged(q, k, v, window, keep_first, softcap=None, offset=0, tol=FP32_TOL):
+    """Window-only attention (the kernel with no sinks, standing in for cuDNN's sliding window),
+    then ``merge_sinks``: must equal the rule's SWA+sink attention."""
+    scaling = q.shape[-1] ** -0.5
+    out, lse = swa_sink_attention(q, k, v, window, 0, scaling, softcap, offset, config=TINY)
+    merged, merged_lse = merge_sinks(q, k, v, out, lse, window, keep_first, scaling, softcap, offset)
+    assert merged is out and merged_lse is lse  # in place
+    ref, ref_lse = dense_reference(q, k, v, window, keep_first, scaling, softcap, offset)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    assert rel(out, ref) < tol
+    assert rel(lse, ref_lse) < tol
 
 
-@pytest.mark.parametrize("tma", [False, True], ids=["pointer", "tma"])
-@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_loop_variants_match_dense_reference(case, variant, tma):
-    """The hand-pipelined interior loop (next block's scores issued before this block's softmax)
-    and the lazy rescale (running max kept unless it grows by > 2^8): the same cases, whose
-    interiors span 0, 1 and several blocks."""
-    batch, heads, kv_heads, q_len, k_len, offset, dim, window, keep_first, softcap, config = case
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES.values() if c[7] is not None],
+    ids=[n for n, c in CASES.items() if c[7] is not None],
+)
+def test_sink_merge_completes_a_window_only_result(case):
+    batch, heads, kv_heads, q_len, k_len, offset, dim, window, keep_first, softcap, _ = case
     q, k, v = random_qkv(batch, heads, kv_heads, q_len, k_len, dim, seed=q_len * 131 + k_len)
     if softcap is not None:
         q = q * 3
-    check(q, k, v, window, keep_first, softcap, offset, replace(config, **variant), tma=tma)
+    check_merged(q, k, v, window, keep_first, softcap, offset)
 
 
-@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
-def test_loop_variants_over_many_interior_blocks(variant):
-    q, k, v = random_qkv(1, 4, 2, 150, 150, 16, seed=13)
-    check(q, k, v, 100, 7, config=replace(TINY, **variant), tma=True)
-    check(q, k, v, None, 0, config=replace(TALL, **variant))
+def test_sink_merge_on_transposed_layouts_and_long_rows():
+    """transformers' (B, L, H, D) layouts, and more q blocks than the merge skips (rows < W)."""
+    q, k, v = (
+        t.transpose(1, 2).contiguous().transpose(1, 2) for t in random_qkv(2, 4, 2, 150, 150, 16, seed=19)
+    )
+    check_merged(q, k, v, 40, 7)
+    check_merged(q, k, v, 3, 70)
 
 
-@pytest.mark.parametrize("variant", LOOP_VARIANTS.values(), ids=LOOP_VARIANTS.keys())
-def test_loop_variants_when_the_max_keeps_growing(variant):
-    """Keys growing along the sequence push the rows' max up by far more than 2^8 per block: the
-    lazy rescale must still rescale (a stale max would overflow exp2 to inf here)."""
-    q, k, v = random_qkv(1, 2, 1, 120, 120, 16, seed=17)
-    k = k * torch.linspace(1.0, 30.0, 120, device=k.device)[:, None]
-    check(q * 3, k, v, 90, 5, config=replace(TINY, **variant))
-    check(q * 3, k, v, None, 0, config=replace(TINY, **variant), tma=True)
-
-
-def test_pipeline_and_warp_spec_are_exclusive():
-    with pytest.raises(ValueError, match="warp_spec and pipeline"):
-        KernelConfig(warp_spec=True, pipeline=True)
+def test_sink_merge_without_sinks_or_beyond_the_keys_is_a_no_op():
+    q, k, v = random_qkv(1, 2, 1, 40, 40, 16, seed=23)
+    out, lse = swa_sink_attention(q, k, v, 9, 0, 0.25, config=TINY)
+    before = out.clone(), lse.clone()
+    merge_sinks(q, k, v, out, lse, 9, 0, 0.25)
+    merge_sinks(q, k, v, out, lse, 100, 5, 0.25)  # every sink inside every window
+    assert torch.equal(out, before[0]) and torch.equal(lse, before[1])
+    with pytest.raises(ValueError, match="lse be float32"):
+        merge_sinks(q, k, v, out, lse.double(), 9, 3, 0.25)
 
 
 def test_tma_rows_past_a_sequence_never_leak():

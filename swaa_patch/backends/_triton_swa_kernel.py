@@ -53,8 +53,7 @@ def _load_kv(src, row0, col, start_n, cols, seq_k, stride_n, stride_d, offs_d,
 
 @triton.jit
 def _update(acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
-            MASKED: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-            LAZY_RESCALE: tl.constexpr):  # fmt: skip
+            MASKED: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """Online-softmax step: fold the raw scores ``s = q k^T`` of one KV block and its V tile into
     ``acc, l_i, m_i``.
 
@@ -73,29 +72,12 @@ def _update(acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_s
         s = tl.where(visible, s * scale, NEG)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
     else:
-        m_blk = tl.max(s, 1) * scale
-        if LAZY_RESCALE:
-            # keep the running max (and skip rescaling acc) unless a row's max grew by more than
-            # 2^8: p <= 256 is exact enough in fp32 sums and bf16 products, and the final
-            # normalisation divides it out (FlashAttention-4's conditional rescaling)
-            if tl.max(m_blk - m_i, 0) > 8.0:
-                m_new = tl.maximum(m_i, m_blk)
-                alpha = tl.exp2(m_i - m_new)
-                l_i = l_i * alpha
-                acc = acc * alpha[:, None]
-            else:
-                m_new = m_i
-        else:
-            m_new = tl.maximum(m_i, m_blk)
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
+        m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
         p = tl.exp2(s * scale - m_new[:, None])
-        l_i = l_i + tl.sum(p, 1)
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
@@ -132,63 +114,26 @@ def _attend(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
     WARP_SPEC: tl.constexpr,
-    PIPELINE: tl.constexpr,
-    LAZY_RESCALE: tl.constexpr,
 ):
     """Online softmax over the KV blocks starting at ``start, start + BLOCK_N, ... < end``.
 
-    ``PIPELINE`` software-pipelines the loop by hand (FlashAttention-3's intra-warpgroup overlap):
-    the scores of block j + 1 are issued to the tensor cores before the softmax of block j, whose
-    exponentials then run on the CUDA cores while that matrix multiply is in flight. It costs one
-    more (BLOCK_M, BLOCK_N) fp32 score tile in registers."""
-    if PIPELINE:
-        if start < end:
-            cols = start + offs_n
-            k = _load_kv(
-                k_src, k_row0, k_col, start, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
-            )
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            last = start + ((end - start - 1) // BLOCK_N) * BLOCK_N
-            for start_n in tl.range(start, last, BLOCK_N):
-                start_n = tl.multiple_of(start_n, BLOCK_N)
-                next_n = start_n + BLOCK_N
-                k = _load_kv(
-                    k_src, k_row0, k_col, next_n, next_n + offs_n, seq_k, stride_kn, stride_kd, offs_d,
-                    MASKED, USE_TMA,
-                )  # fmt: skip
-                s_next = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-                cols = start_n + offs_n
-                v = _load_kv(
-                    v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
-                )
-                acc, l_i, m_i = _update(
-                    acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
-                    MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
-                )  # fmt: skip
-                s = s_next
-            cols = last + offs_n
-            v = _load_kv(
-                v_src, v_row0, v_col, last, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
-            )
-            acc, l_i, m_i = _update(
-                acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
-                MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
-            )  # fmt: skip
-    else:
-        for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-            cols = start_n + offs_n
-            k = _load_kv(
-                k_src, k_row0, k_col, start_n, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
-            )
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-            v = _load_kv(
-                v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
-            )
-            acc, l_i, m_i = _update(
-                acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
-                MASKED, SOFTCAP, DOT_PRECISION, LAZY_RESCALE,
-            )  # fmt: skip
+    (A hand-pipelined variant of this loop, FlashAttention-3's intra-warpgroup overlap, and
+    FlashAttention-4's lazy rescale were measured slower on the H100 with Triton 3.6 and removed:
+    benchmarks/results/triton_tuning.md, third table.)"""
+    for start_n in tl.range(start, end, BLOCK_N, warp_specialize=WARP_SPEC):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_kv(
+            k_src, k_row0, k_col, start_n, cols, seq_k, stride_kn, stride_kd, offs_d, MASKED, USE_TMA
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        v = _load_kv(
+            v_src, v_row0, v_col, start_n, cols, seq_k, stride_vn, stride_vd, offs_d, MASKED, USE_TMA
+        )
+        acc, l_i, m_i = _update(
+            acc, l_i, m_i, s, v, q_pos, cols, seq_k, window, keep_first, score_scale, post_scale,
+            MASKED, SOFTCAP, DOT_PRECISION,
+        )  # fmt: skip
     return acc, l_i, m_i
 
 
@@ -241,8 +186,6 @@ def swa_sink_fwd(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
     WARP_SPEC: tl.constexpr,
-    PIPELINE: tl.constexpr,
-    LAZY_RESCALE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -312,23 +255,23 @@ def swa_sink_fwd(
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, 0, sink_full_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, False)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, sink_full_end, sink_end,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, win_start, mid_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, mid_start, hi_start,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, WARP_SPEC, PIPELINE, LAZY_RESCALE)
+                            BLOCK_N, False, SOFTCAP, DOT_PRECISION, USE_TMA, WARP_SPEC)
     acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, k_row0, k_col, v_row0, v_col,
                             stride_kn, stride_kd, stride_vn, stride_vd, hi_start, q_last + 1,
                             seq_k, window, keep_first, score_scale, post_scale, offs_n, offs_d,
-                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False, False, LAZY_RESCALE)
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, USE_TMA, False)
     # fmt: on
 
     out = acc / l_i[:, None]
@@ -340,3 +283,92 @@ def swa_sink_fwd(
     )
     lse_base = Lse + (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq_q
     tl.store(lse_base + offs_m, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok)
+
+
+@triton.jit
+def sink_merge_fwd(
+    Q,
+    K,
+    V,
+    Out,
+    Lse,
+    stride_qb,
+    stride_qh,
+    stride_qm,
+    stride_qd,
+    stride_kb,
+    stride_kh,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vh,
+    stride_vn,
+    stride_vd,
+    stride_ob,
+    stride_oh,
+    stride_om,
+    stride_od,
+    stride_lb,
+    stride_lh,
+    stride_lm,
+    n_kv_heads,
+    groups,
+    seq_q,
+    seq_k,
+    offset,
+    first_block,
+    window,
+    keep_first,
+    score_scale,
+    post_scale,
+    HEAD_DIM: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Fold the sink keys that lie *outside* each query's window into a window-only result, in place.
+
+    ``Out``/``Lse`` hold attention over the window alone (keys j with ``0 <= i - j < window``, e.g.
+    from cuDNN's sliding-window kernel); the rule adds keys ``j < keep_first`` with ``i - j >=
+    window``. The window result is the online softmax's state (running max = its log-sum-exp,
+    normaliser 1, accumulator = its output), so the sink blocks continue it exactly as the main
+    kernel would. Shifting the query positions by ``-window`` and calling the masked step with
+    window 0 makes ``_update``'s rule ``dist >= 0 and j < keep_first`` select exactly those keys.
+    One program = BLOCK_M queries of one q head, q blocks from ``first_block`` on (earlier queries
+    see every sink inside their window). Grid: (blocks * groups, batch * kv heads)."""
+    pid = tl.program_id(0)
+    bh_kv = tl.program_id(1)
+    g = pid % groups
+    block = first_block + pid // groups
+    b = bh_kv // n_kv_heads
+    h_kv = bh_kv % n_kv_heads
+    h_q = h_kv * groups + g
+
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < seq_q
+    rows = tl.minimum(offs_m, seq_q - 1)
+    q_pos = offset + rows - window
+
+    q_base = Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh
+    q = tl.load(q_base + rows[:, None] * stride_qm + offs_d[None, :] * stride_qd)
+    o_ptrs = Out + b.to(tl.int64) * stride_ob + h_q.to(tl.int64) * stride_oh
+    o_ptrs += rows[:, None] * stride_om + offs_d[None, :] * stride_od
+    l_ptrs = Lse + b.to(tl.int64) * stride_lb + h_q.to(tl.int64) * stride_lh + rows * stride_lm
+    acc = tl.load(o_ptrs).to(tl.float32)
+    m_i = tl.load(l_ptrs) * 1.4426950408889634  # natural log -> log2 units
+    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+
+    k_src = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_src = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    sink_end = ((keep_first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    # fmt: off
+    acc, l_i, m_i = _attend(acc, l_i, m_i, q, q_pos, k_src, v_src, 0, 0, 0, 0,
+                            stride_kn, stride_kd, stride_vn, stride_vd, 0, sink_end,
+                            seq_k, 0, keep_first, score_scale, post_scale, offs_n, offs_d,
+                            BLOCK_N, True, SOFTCAP, DOT_PRECISION, False, False)
+    # fmt: on
+    tl.store(o_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(l_ptrs, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=row_ok)

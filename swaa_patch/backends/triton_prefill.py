@@ -1,8 +1,10 @@
-"""Triton fast path for inference prefill: sliding layers of plain prompts run the Triton kernel.
+"""Fast path for inference prefill: sliding layers of plain prompts run a fused SWA+sink kernel.
 
 The sdpa and flex backends ask :func:`triton_prefill_attention` first; it returns None (and the
-backend goes on exactly as before) unless the call is one the forward-only kernel of
-``triton_swa.py`` computes under the same rule:
+backend goes on exactly as before) unless the call is one the forward-only kernels compute under
+the same rule. Two kernels can serve it: cuDNN's sliding window with the sinks merged in by Triton
+(``cudnn_swa.py``; Hopper with cudnn-frontend installed, no softcap) and otherwise the single-pass
+Triton kernel of ``triton_swa.py``. A call qualifies when:
 
 - the setting allows it (below) and, in ``"auto"``, the tensors are CUDA bf16/fp16;
 - nothing needs a gradient (q, k, v do not require grad: the kernel has no backward) and no
@@ -19,11 +21,12 @@ backend goes on exactly as before) unless the call is one the forward-only kerne
   caches fail this check.
 
 The layout check runs once per forward and key layout (memoised on the plan, one host sync).
-Calls are counted in :data:`PATH_COUNTS` by outcome (``"triton"`` or the reason for falling back),
-so tests and benchmarks can tell which path ran.
+Calls are counted in :data:`PATH_COUNTS` by outcome (``"triton"``, ``"cudnn"`` or the reason for
+falling back), so tests and benchmarks can tell which path ran.
 
-Setting: ``"auto"`` (default: CUDA bf16/fp16 calls that qualify), ``"off"``, or ``"force"`` (also
-CPU tensors through Triton's interpreter and float32: for tests). The default became ``"auto"``
+Setting: ``"auto"`` (default: CUDA bf16/fp16 calls that qualify, through cuDNN where it can serve
+them), ``"triton"`` (the same calls, Triton kernel only), ``"off"``, or ``"force"`` (also CPU
+tensors through Triton's interpreter and float32: for tests). The default became ``"auto"``
 once ``benchmarks/model_speed.py`` had checked the path at model level on an H100 (every layer took
 it, logits and hidden states agree with the sdpa path, no recompilation; see
 ``benchmarks/results/model_speed.md``). The environment variable ``SWAA_TRITON_PREFILL`` sets the
@@ -46,14 +49,16 @@ import torch
 from torch import Tensor, nn
 
 from ..plan import AttentionPlan, KeyLayout
+from . import cudnn_swa
 from .triton_swa import SUPPORTED_HEAD_DIMS, swa_sink_attention
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "off", "force")
+MODES = ("auto", "triton", "off", "force")
 ENV_VAR = "SWAA_TRITON_PREFILL"
 AUTO_DTYPES = (torch.bfloat16, torch.float16)
 TAKEN = "triton"
+CUDNN_TAKEN = "cudnn"
 
 # outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
 PATH_COUNTS: Counter[str] = Counter()
@@ -74,7 +79,7 @@ def triton_prefill_setting() -> str:
 
 
 def set_triton_prefill(mode: str) -> str:
-    """Set the Triton prefill path to ``"auto"``, ``"off"`` or ``"force"``; returns the previous setting."""
+    """Set the prefill path to one of :data:`MODES`; returns the previous setting."""
     global _setting
     previous, _setting = _setting, _check_mode(mode, "triton_prefill")
     return previous
@@ -143,7 +148,7 @@ def _reason(
         return "full-attention layer"
     if plan.layer_answer_mask(module.layer_idx) is not None:
         return "answer tokens"
-    if plan.triton_prefill == "auto":
+    if plan.triton_prefill in ("auto", "triton"):
         if query.device.type != "cuda":
             return "device"
         if query.dtype not in AUTO_DTYPES:
@@ -169,29 +174,29 @@ def triton_prefill_attention(
     dropout: float = 0.0,
     softcap: float | None = None,
 ) -> Tensor | None:
-    """The layer's attention output in transformers' (B, Lq, H, D) layout through the Triton kernel,
-    or None when the call is not eligible (the caller then runs its own path)."""
+    """The layer's attention output in transformers' (B, Lq, H, D) layout through cuDNN + the sink
+    merge or the Triton kernel, or None when the call is not eligible (the caller then runs its
+    own path)."""
     if plan.triton_prefill == "off":
         return None
     reason = _reason(module, query, key, value, plan, dropout)
-    PATH_COUNTS[reason or TAKEN] += 1
     if reason is not None:
+        PATH_COUNTS[reason] += 1
         if PATH_COUNTS[reason] == 1:
             logger.debug("SWAA Triton prefill: falling back (%s) on layer %d", reason, module.layer_idx)
         return None
     keys = plan.keys(module.layer_idx)
     skip, _ = plan.memo(("triton_layout", keys.name), lambda: aligned_layout(plan, keys))
+    key, value, offset = key[:, :, skip:], value[:, :, skip:], keys.offset - skip
+    window, keep_first = plan.layer_window(module.layer_idx), plan.config.keep_first
+    if plan.triton_prefill != "triton" and cudnn_swa.unusable_reason(query, key, softcap, offset) is None:
+        PATH_COUNTS[CUDNN_TAKEN] += 1
+        out, _ = cudnn_swa.swa_sink_attention_cudnn(query, key, value, window, keep_first, scaling, offset)
+        return out.transpose(1, 2)
+    PATH_COUNTS[TAKEN] += 1
     batch, heads, q_len, dim = query.shape
     out = query.new_empty(batch, q_len, heads, dim)
     swa_sink_attention(
-        query,
-        key[:, :, skip:],
-        value[:, :, skip:],
-        plan.layer_window(module.layer_idx),
-        plan.config.keep_first,
-        scaling,
-        softcap,
-        keys.offset - skip,
-        out=out.transpose(1, 2),
-    )
+        query, key, value, window, keep_first, scaling, softcap, offset, out=out.transpose(1, 2)
+    )  # fmt: skip
     return out

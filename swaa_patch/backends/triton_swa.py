@@ -7,6 +7,10 @@ extend a cache), and key j is visible to query i iff ``j <= i`` and (``i - j < W
 full causal attention. The model backends call it through ``triton_prefill.py`` for plain prefill
 (padding, packed documents, answer tokens and anything needing gradients go through the others).
 
+``merge_sinks(q, k, v, out, lse, window, keep_first, scaling)`` completes a *window-only* result
+(another kernel's, e.g. cuDNN's sliding window in ``cudnn_swa.py``) with the sinks outside each
+window, in place: the same online-softmax step continued from that result's log-sum-exp.
+
 Kernel design (``_triton_swa_kernel.py``), FlashAttention-2 style:
 
 - one program per (BLOCK_M queries, q head); grid ``(q blocks * groups, batch * kv heads)``. The
@@ -64,26 +68,17 @@ LOG2E = math.log2(math.e)
 @dataclass(frozen=True)
 class KernelConfig:
     """Launch parameters of one kernel variant (``warp_spec``: Triton's automatic warp
-    specialisation of the interior loop, TMA path only; ``pipeline``: the interior loop issues the
-    next block's scores before this block's softmax, by hand; ``lazy_rescale``: unmasked blocks
-    keep the running max unless it grows by more than 2^8, skipping the accumulator's rescale)."""
+    specialisation of the interior loop, TMA path only)."""
 
     block_m: int = 128
     block_n: int = 64
     num_warps: int = 8
     num_stages: int = 3
     warp_spec: bool = False
-    pipeline: bool = False
-    lazy_rescale: bool = False
-
-    def __post_init__(self):
-        if self.warp_spec and self.pipeline:
-            raise ValueError("KernelConfig: warp_spec and pipeline are alternatives; set at most one")
 
     def meta(self) -> dict:
         """The kernel's compile-time block parameters."""
-        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "WARP_SPEC": self.warp_spec,
-                "PIPELINE": self.pipeline, "LAZY_RESCALE": self.lazy_rescale}  # fmt: skip
+        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "WARP_SPEC": self.warp_spec}
 
 
 # Candidates for the H100 (head_dim 128, bf16); the autotuner picks one per (head_dim, dtype,
@@ -199,7 +194,7 @@ def load_kernels() -> SimpleNamespace:
     tuned = triton.autotune(configs=configs, key=["HEAD_DIM", "SOFTCAP", "DOT_PRECISION", "USE_TMA"])(
         kernels.swa_sink_fwd
     )
-    return SimpleNamespace(jit=kernels.swa_sink_fwd, tuned=tuned)
+    return SimpleNamespace(jit=kernels.swa_sink_fwd, tuned=tuned, merge=kernels.sink_merge_fwd)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, window, keep_first: int, offset: int) -> None:
@@ -327,6 +322,69 @@ def swa_sink_attention(
     return out, lse
 
 
+# The sink merge reads q and the output and rewrites the output (memory-bound; its few sink blocks
+# sit in L2): one fixed config, no autotuning; the fastest of benchmarks/results/merge_tuning.md.
+MERGE_CONFIG = KernelConfig(64, 32, 4, 3)
+
+
+def merge_sinks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    window: int,
+    keep_first: int,
+    scaling: float,
+    softcap: float | None = None,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Turn a window-only attention result into the rule's SWA+sink result, in place.
+
+    ``out`` (B, Hq, Lq, D) and ``lse`` (B, Hq, Lq) float32 (any strides) must hold attention of
+    query t (key ``offset + t``) over the keys j with ``0 <= offset + t - j < window`` -- what a
+    sliding-window kernel without sinks computes (cuDNN's, see ``cudnn_swa.py``). This adds the
+    sink keys ``j < keep_first`` outside that window; the result is ``swa_sink_attention``'s.
+    Queries whose window holds every sink are not touched. Returns ``(out, lse)``."""
+    _check_inputs(q, k, v, window, keep_first, offset)
+    if out.shape != q.shape or out.dtype != q.dtype or lse.shape != q.shape[:3] or lse.dtype != torch.float32:
+        raise ValueError(
+            f"out must match q {tuple(q.shape)} {q.dtype} and lse be float32 {tuple(q.shape[:3])}; got "
+            f"{tuple(out.shape)} {out.dtype} and {tuple(lse.shape)} {lse.dtype}"
+        )
+    if window is None:
+        raise ValueError("merge_sinks needs a window (full causal attention has no keys outside it)")
+    batch, heads, q_len, dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    keep_first = min(keep_first, k_len)
+    if q.device.type != "cuda":
+        config = INTERPRETER_CONFIG
+    else:
+        config = FLOAT32_CONFIG if q.dtype == torch.float32 else MERGE_CONFIG
+    first_block = max(window - offset, 0) // config.block_m
+    n_blocks = math.ceil(q_len / config.block_m) - first_block
+    if keep_first == 0 or n_blocks <= 0 or q.numel() == 0:
+        return out, lse
+    groups = heads // kv_heads
+    if softcap is None:
+        score_scale, post_scale = scaling * LOG2E, 1.0
+    else:
+        score_scale, post_scale = scaling / softcap, softcap * LOG2E
+    load_kernels().merge[(n_blocks * groups, batch * kv_heads)](
+        q, k, v, out, lse,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+        kv_heads, groups, q_len, k_len, offset, first_block, window, keep_first, score_scale, post_scale,
+        HEAD_DIM=dim,
+        SOFTCAP=softcap is not None,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
+
+
 def _tma_views(q: Tensor, k: Tensor, v: Tensor, tma: bool | None) -> tuple[RowView, ...] | None:
     """Row views of q, k, v when the TMA path is wanted and possible (see ``swa_sink_attention``)."""
     if tma is False:
@@ -355,6 +413,4 @@ def chosen_config() -> KernelConfig | None:
         best.num_warps,
         best.num_stages,
         best.kwargs["WARP_SPEC"],
-        best.kwargs["PIPELINE"],
-        best.kwargs["LAZY_RESCALE"],
     )
