@@ -138,6 +138,17 @@ def _attend(
 
 
 @triton.jit
+def _program_heads(groups, n_kv_heads):
+    """``(batch, kv head, q head, rank)`` of this program in a grid of ``(q blocks * groups, batch *
+    kv heads)``: the ``groups`` q heads of one kv head are adjacent programs (they read the same
+    K/V tiles from L2); ``rank`` counts the program's q block in launch order."""
+    pid = tl.program_id(0)
+    bh_kv = tl.program_id(1)
+    h_kv = bh_kv % n_kv_heads
+    return bh_kv // n_kv_heads, h_kv, h_kv * groups + pid % groups, pid // groups
+
+
+@triton.jit
 def swa_sink_fwd(
     Q,
     K,
@@ -195,14 +206,8 @@ def swa_sink_fwd(
     q blocks run last-first (the longest rows first when the window covers everything).
     With ``USE_TMA``, Q/K/V are 2-D tensor descriptors and ``*_row_b, *_row_h, *_col_b, *_col_h``
     their row views (see the module docstring); without it those are unused."""
-    pid = tl.program_id(0)
-    bh_kv = tl.program_id(1)
-    n_q_blocks = (seq_q + BLOCK_M - 1) // BLOCK_M
-    g = pid % groups
-    block = n_q_blocks - 1 - pid // groups
-    b = bh_kv // n_kv_heads
-    h_kv = bh_kv % n_kv_heads
-    h_q = h_kv * groups + g
+    b, h_kv, h_q, rank = _program_heads(groups, n_kv_heads)
+    block = (seq_q + BLOCK_M - 1) // BLOCK_M - 1 - rank
 
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -337,13 +342,8 @@ def sink_merge_fwd(
     window 0 makes ``_update``'s rule ``dist >= 0 and j < keep_first`` select exactly those keys.
     One program = BLOCK_M queries of one q head, q blocks from ``first_block`` on (earlier queries
     see every sink inside their window). Grid: (blocks * groups, batch * kv heads)."""
-    pid = tl.program_id(0)
-    bh_kv = tl.program_id(1)
-    g = pid % groups
-    block = first_block + pid // groups
-    b = bh_kv // n_kv_heads
-    h_kv = bh_kv % n_kv_heads
-    h_q = h_kv * groups + g
+    b, h_kv, h_q, rank = _program_heads(groups, n_kv_heads)
+    block = first_block + rank
 
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
