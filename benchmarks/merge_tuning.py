@@ -22,8 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from attention_speed import OUT_TOL, SpeedArgs, bench_ms, environment_lines, rel  # noqa: E402
 
-from swaa_patch.backends import triton_swa  # noqa: E402
-from swaa_patch.backends.triton_swa import KernelConfig, merge_sinks, swa_sink_attention  # noqa: E402
+from swaa_patch.backends.triton_swa import MERGE_CONFIG, KernelConfig, merge_sinks, swa_sink_attention  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("merge_tuning")
@@ -42,22 +41,19 @@ def sweep(args: SpeedArgs, n: int) -> list[str]:
     ref, _ = swa_sink_attention(q, k, v, window, keep, scaling)
     copy_ms = bench_ms(lambda: band.clone())
     rows = [f"| {n} | out.clone() (baseline: one read + one write of out) | {copy_ms:.3f} | 1.00x | - | ok |"]
-    default = triton_swa.MERGE_CONFIG
-    try:
-        for config in map(lambda c: KernelConfig(*c), CONFIGS):
-            triton_swa.MERGE_CONFIG = config
-            out, lse = merge_sinks(q, k, v, band.clone(), band_lse.clone(), window, keep, scaling)
-            err = rel(out.double(), ref.double())
-            out, lse = band.clone(), band_lse.clone()
-            ms = bench_ms(lambda: merge_sinks(q, k, v, out, lse, window, keep, scaling))  # noqa: B023
-            mark = " (MERGE_CONFIG)" if config == default else ""
-            text = f"{config.block_m}x{config.block_n}, {config.num_warps} warps, {config.num_stages} stages{mark}"
-            rows.append(
-                f"| {n} | {text} | {ms:.3f} | {ms / copy_ms:.2f}x | {err:.1e} | {'ok' if err < OUT_TOL else 'FAIL'} |"
-            )
-            log.info("%s", rows[-1])
-    finally:
-        triton_swa.MERGE_CONFIG = default
+    for config in (KernelConfig(*c) for c in CONFIGS):
+        out, lse = merge_sinks(q, k, v, band.clone(), band_lse.clone(), window, keep, scaling, config=config)
+        err = rel(out.double(), ref.double())
+        out, lse = band.clone(), band_lse.clone()
+        ms = bench_ms(lambda: merge_sinks(q, k, v, out, lse, window, keep, scaling, config=config))  # noqa: B023
+        mark = " (MERGE_CONFIG)" if config == MERGE_CONFIG else ""
+        text = (
+            f"{config.block_m}x{config.block_n}, {config.num_warps} warps, {config.num_stages} stages{mark}"
+        )
+        rows.append(
+            f"| {n} | {text} | {ms:.3f} | {ms / copy_ms:.2f}x | {err:.1e} | {'ok' if err < OUT_TOL else 'FAIL'} |"
+        )
+        log.info("%s", rows[-1])
     return rows
 
 

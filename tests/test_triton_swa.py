@@ -122,12 +122,14 @@ def test_tma_path_matches_dense_reference(case):
     check(q, k, v, window, keep_first, softcap, offset, config, tma=True)
 
 
-def check_merged(q, k, v, window, keep_first, softcap=None, offset=0, tol=FP32_TOL):
+def check_merged(q, k, v, window, keep_first, softcap=None, offset=0, tol=FP32_TOL, config=None):
     """Window-only attention (the kernel with no sinks, standing in for cuDNN's sliding window),
     then ``merge_sinks``: must equal the rule's SWA+sink attention."""
     scaling = q.shape[-1] ** -0.5
     out, lse = swa_sink_attention(q, k, v, window, 0, scaling, softcap, offset, config=TINY)
-    merged, merged_lse = merge_sinks(q, k, v, out, lse, window, keep_first, scaling, softcap, offset)
+    merged, merged_lse = merge_sinks(
+        q, k, v, out, lse, window, keep_first, scaling, softcap, offset, config=config
+    )
     assert merged is out and merged_lse is lse  # in place
     ref, ref_lse = dense_reference(q, k, v, window, keep_first, scaling, softcap, offset)
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
@@ -155,6 +157,7 @@ def test_sink_merge_on_transposed_layouts_and_long_rows():
     )
     check_merged(q, k, v, 40, 7)
     check_merged(q, k, v, 3, 70)
+    check_merged(q, k, v, 40, 7, config=TALL)  # an explicit launch config (merge_tuning.py's sweep)
 
 
 def test_sink_merge_without_sinks_or_beyond_the_keys_is_a_no_op():

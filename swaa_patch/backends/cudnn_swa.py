@@ -14,8 +14,8 @@ gpt-oss kind), so the rule is computed in two steps:
 
 On the H100 this beats the single-pass Triton kernel because cuDNN's band runs at ~530 TFLOP/s
 against the Triton kernel's ~440 (benchmarks/results/attention_speed.md has both, measured in one
-run). ``usable`` says when a call can take this path; ``triton_prefill.py`` prefers it in its
-``"auto"`` setting and falls back to the Triton kernel otherwise.
+run). ``unusable_reason`` says when a call cannot take this path; ``triton_prefill.py`` prefers it
+in its ``"auto"`` setting and falls back to the Triton kernel otherwise.
 """
 
 from __future__ import annotations

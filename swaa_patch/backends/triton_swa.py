@@ -197,6 +197,29 @@ def load_kernels() -> SimpleNamespace:
     return SimpleNamespace(jit=kernels.swa_sink_fwd, tuned=tuned, merge=kernels.sink_merge_fwd)
 
 
+def _fixed_config(q: Tensor) -> KernelConfig | None:
+    """The launch config imposed by where the kernel runs (the CPU interpreter, float32's IEEE
+    dots), or None where the caller chooses (autotuning, or a kernel's own fixed config)."""
+    if q.device.type != "cuda":
+        return INTERPRETER_CONFIG
+    if q.dtype == torch.float32:
+        return FLOAT32_CONFIG
+    return None
+
+
+def _score_scales(scaling: float, softcap: float | None) -> tuple[float, float]:
+    """``(score_scale, post_scale)`` of the kernels: scores end in log2 units (exp2), and with a
+    softcap ``post_scale * tanh(s * score_scale)`` is ``softcap * tanh(s * scaling / softcap)``."""
+    if softcap is None:
+        return scaling * LOG2E, 1.0
+    return scaling / softcap, softcap * LOG2E
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """float32 inputs use exact IEEE dots; 16-bit inputs the tensor cores."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, window, keep_first: int, offset: int) -> None:
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
@@ -265,10 +288,7 @@ def swa_sink_attention(
             f"out must match q's shape, dtype and device; got {tuple(out.shape)} {out.dtype} {out.device}"
         )
     if config is None:
-        if q.device.type != "cuda":
-            config = INTERPRETER_CONFIG
-        elif q.dtype == torch.float32:
-            config = FLOAT32_CONFIG
+        config = _fixed_config(q)
     lse = torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
     if q.numel() == 0:
         return out, lse
@@ -279,10 +299,7 @@ def swa_sink_attention(
     window = k_len + 1 if window is None else min(window, k_len + 1)
     keep_first = min(keep_first, k_len)
     groups = heads // kv_heads
-    if softcap is None:
-        score_scale, post_scale = scaling * LOG2E, 1.0
-    else:
-        score_scale, post_scale = scaling / softcap, softcap * LOG2E
+    score_scale, post_scale = _score_scales(scaling, softcap)
     kernels = load_kernels()
     sources, view_args = (q, k, v), (0,) * 12
     if views is not None:
@@ -302,7 +319,7 @@ def swa_sink_attention(
     flags = dict(
         HEAD_DIM=dim,
         SOFTCAP=softcap is not None,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=_dot_precision(q.dtype),
         USE_TMA=views is not None,
     )
 
@@ -338,6 +355,8 @@ def merge_sinks(
     scaling: float,
     softcap: float | None = None,
     offset: int = 0,
+    *,
+    config: KernelConfig | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Turn a window-only attention result into the rule's SWA+sink result, in place.
 
@@ -345,7 +364,8 @@ def merge_sinks(
     query t (key ``offset + t``) over the keys j with ``0 <= offset + t - j < window`` -- what a
     sliding-window kernel without sinks computes (cuDNN's, see ``cudnn_swa.py``). This adds the
     sink keys ``j < keep_first`` outside that window; the result is ``swa_sink_attention``'s.
-    Queries whose window holds every sink are not touched. Returns ``(out, lse)``."""
+    Queries whose window holds every sink are not touched. ``config`` fixes the launch parameters
+    (else ``MERGE_CONFIG``, or the float32 / interpreter config). Returns ``(out, lse)``."""
     _check_inputs(q, k, v, window, keep_first, offset)
     if out.shape != q.shape or out.dtype != q.dtype or lse.shape != q.shape[:3] or lse.dtype != torch.float32:
         raise ValueError(
@@ -357,26 +377,20 @@ def merge_sinks(
     batch, heads, q_len, dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     keep_first = min(keep_first, k_len)
-    if q.device.type != "cuda":
-        config = INTERPRETER_CONFIG
-    else:
-        config = FLOAT32_CONFIG if q.dtype == torch.float32 else MERGE_CONFIG
+    config = config or _fixed_config(q) or MERGE_CONFIG
     first_block = max(window - offset, 0) // config.block_m
     n_blocks = math.ceil(q_len / config.block_m) - first_block
     if keep_first == 0 or n_blocks <= 0 or q.numel() == 0:
         return out, lse
     groups = heads // kv_heads
-    if softcap is None:
-        score_scale, post_scale = scaling * LOG2E, 1.0
-    else:
-        score_scale, post_scale = scaling / softcap, softcap * LOG2E
+    score_scale, post_scale = _score_scales(scaling, softcap)
     load_kernels().merge[(n_blocks * groups, batch * kv_heads)](
         q, k, v, out, lse,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
         kv_heads, groups, q_len, k_len, offset, first_block, window, keep_first, score_scale, post_scale,
         HEAD_DIM=dim,
         SOFTCAP=softcap is not None,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=_dot_precision(q.dtype),
         BLOCK_M=config.block_m,
         BLOCK_N=config.block_n,
         num_warps=config.num_warps,
