@@ -21,6 +21,7 @@ import transformers
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill, default_prefill_chunk, remove_swaa
+from swaa_patch.compat import cache_kwargs, output_cache
 from swaa_patch.evaluation.io import atomic_write_text
 
 from shapes import QWEN3_4B  # benchmarks/shapes.py (a script's folder is on sys.path)
@@ -41,10 +42,10 @@ def prefill(model, ids, swaa: bool):
     start = time.perf_counter()
     if swaa:
         result = chunked_prefill(model, ids, chunk_size=default_prefill_chunk(model.config.swaa_config))
-        logits, cache = result.logits, result.past_key_values
+        logits, cache = result.logits, result.cache
     else:
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        logits, cache = out.logits, out.past_key_values
+        logits, cache = out.logits, output_cache(out)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() - base
@@ -64,7 +65,7 @@ def decode(model, logits, cache, length: int, steps: int, forced: torch.Tensor |
     for step in range(steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache))
         token = (
             out.logits[:, -1].argmax(-1, keepdim=True) if forced is None else forced[:, step + 1 : step + 2]
         )
@@ -129,7 +130,7 @@ def verify_in_float32(config, n: int, layers: int = 6) -> str:
     apply_swaa(model, config)
     ids = torch.randint(0, SHAPE["vocab_size"], (1, n), device="cuda")
     result = chunked_prefill(model, ids, chunk_size=default_prefill_chunk(config))
-    _, tokens, logits = decode(model, result.logits, result.past_key_values, n, 16)
+    _, tokens, logits = decode(model, result.logits, result.cache, n, 16)
     return "float32, " + verify_against_unbounded(model, config, ids, tokens, logits)
 
 
@@ -140,7 +141,7 @@ def verify_against_unbounded(model, config, ids, bounded_tokens, bounded_logits)
     apply_swaa(model, SWAAConfig(**{**config.to_dict(), "bounded_cache": False}))
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     steps = bounded_tokens.shape[1] - 1
-    _, _, logits = decode(model, out.logits, out.past_key_values, ids.shape[1], steps, forced=bounded_tokens)
+    _, _, logits = decode(model, out.logits, output_cache(out), ids.shape[1], steps, forced=bounded_tokens)
     apply_swaa(model, config)
     rel = float((logits - bounded_logits).norm() / logits.norm())
     agree = float((logits.argmax(-1) == bounded_logits.argmax(-1)).float().mean())

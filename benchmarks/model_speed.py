@@ -58,6 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.triton_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
+from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
@@ -253,7 +254,7 @@ def prefill(bench: Bench, model, ids) -> tuple[float, float, torch.Tensor, objec
     bench.sync()
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if bench.device.type == "cuda" else math.nan
-    return seconds, peak, out.logits[:, -1].float(), out.past_key_values
+    return seconds, peak, out.logits[:, -1].float(), output_cache(out)
 
 
 def decode_tps(bench: Bench, model, logits, cache, n: int, steps: int) -> float:
@@ -264,7 +265,7 @@ def decode_tps(bench: Bench, model, logits, cache, n: int, steps: int) -> float:
     for _ in range(steps):
         bench.sync()
         start = time.perf_counter()
-        out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, attention_mask=mask, use_cache=True, **cache_kwargs(model, cache))
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         bench.sync()
         times.append(time.perf_counter() - start)

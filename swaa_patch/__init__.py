@@ -4,7 +4,7 @@ from swaa_patch import SWAAConfig, hack_hf_swaa
 hack_hf_swaa()
 model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
 model.config.swaa_config = SWAAConfig(sliding_window_size=2048, keep_first=100,
-                                      force_fa_decode=True, non_sliding_layers=[1, 3, 5])
+                                      force_fa_decode=True, non_sliding_layers=[1, 3])
 """
 
 from .cache import SWAACache

@@ -33,6 +33,7 @@ from transformers.cache_utils import (
     DynamicSlidingWindowLayer,
 )
 
+from .compat import TransformersMismatch
 from .config import SWAAConfig
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,10 @@ class SinkWindowLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, cache: SWAACache) -> None:
+    def __init__(self, cache: SWAACache, layer_idx: int) -> None:
         super().__init__()
         self._cache = cache
+        self.layer_idx = layer_idx
         self.cumulative_length = 0
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
@@ -70,6 +72,7 @@ class SinkWindowLayer(CacheLayerMixin):
         self.is_initialized = True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        self._cache.claim(self.layer_idx)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         keys = torch.cat([self.keys, key_states], dim=-2)
@@ -111,11 +114,24 @@ class SWAACache(DynamicCache):
         self.bounded_layers = frozenset(
             i for i in range(num_layers) if config.is_sliding_layer(i) and not config.full_on_decode(i)
         )
-        layers = [SinkWindowLayer(self) if i in self.bounded_layers else DynamicLayer() for i in range(num_layers)]
+        layers = [
+            SinkWindowLayer(self, i) if i in self.bounded_layers else DynamicLayer() for i in range(num_layers)
+        ]
         Cache.__init__(self, layers=layers)
         self.stored_pos: Tensor | None = None  # (B, S) positions of stored keys in bounded layers
         self.stored_valid: Tensor | None = None  # (B, S)
         self.retention: _Retention | None = None
+        self._unclaimed: set[int] = set()  # bounded layers planned for this pass and not yet updated
+
+    def claim(self, layer_idx: int) -> None:
+        """A bounded layer's update: only once per forward the hook planned. A forward that reaches
+        this cache without the hook (transformers passed it some way SWAA did not see) raises."""
+        if layer_idx not in self._unclaimed:
+            raise TransformersMismatch(
+                f"SWAACache layer {layer_idx} was updated by a forward that SWAA's hook did not plan for it "
+                "(the cache reached the model under an argument SWAA did not read)"
+            )
+        self._unclaimed.discard(layer_idx)
 
     def begin_forward(self, q_pos: Tensor, q_valid: Tensor) -> tuple[Tensor, Tensor]:
         """Called once before a forward with this pass's token positions. Returns the positions and
@@ -142,12 +158,8 @@ class SWAACache(DynamicCache):
         self.stored_valid = torch.cat(
             [stored_valid[:, :keep] | found, all_valid[:, window_start:] & (all_pos[:, window_start:] >= keep)], dim=1
         )
+        self._unclaimed = set(self.bounded_layers)
         return stored_pos, stored_valid
-
-
-def has_native_sliding_layers(model_config: PreTrainedConfig) -> bool:
-    probe = DynamicCache(config=model_config)
-    return any(isinstance(layer, DynamicSlidingWindowLayer) for layer in probe.layers)
 
 
 def _log_full_cache_once(config: SWAAConfig) -> None:
@@ -170,7 +182,7 @@ def prepare_cache(
         return past
     if past is not None and not isinstance(past, DynamicCache):
         raise ValueError(
-            f"past_key_values: SWAA works with DynamicCache or its own SWAACache, got {type(past).__name__}"
+            f"cache: SWAA works with DynamicCache or its own SWAACache, got {type(past).__name__}"
         )
     if past is None and not use_cache:
         return None
@@ -182,7 +194,7 @@ def prepare_cache(
         return SWAACache(model_config.num_hidden_layers, config)
     if any(isinstance(layer, DynamicSlidingWindowLayer) for layer in past.layers):
         raise ValueError(
-            "past_key_values: this cache was filled by native sliding-window layers, which already dropped "
+            "cache: this cache was filled by native sliding-window layers, which already dropped "
             "keys SWAA needs; start generation with an empty cache (or none) on the SWAA model"
         )
     return past

@@ -15,7 +15,6 @@ working as long as they call the attention interface.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import weakref
@@ -23,16 +22,23 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
 from .backends import BACKENDS
 from .backends.triton_prefill import triton_prefill_setting
 from .cache import SWAACache, prepare_cache
+from .compat import (
+    TransformersMismatch,
+    cache_arg_name,
+    check_transformers_version,
+    forward_params,
+    take_cache,
+)
 from .config import SWAAConfig
 from .models import family_of
-from .plan import build_plan
+from .plan import AttentionPlan, build_plan
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +59,48 @@ class _PatchState:
 
 
 _STATE = _PatchState()
-_FORWARD_PARAMS: dict[type, list[str]] = {}
 
 
 # -- config resolution ------------------------------------------------------------------------
+def validated_config(model_config: PreTrainedConfig, value: Any) -> SWAAConfig | None:
+    """``value`` (SWAAConfig, dict from JSON or None) as a SWAAConfig checked against the model:
+    a supported family and layer indices that exist. Raises ValueError naming the field."""
+    config = SWAAConfig.coerce(value)
+    if config is not None and config.enabled:
+        family_of(model_config)
+        layers = getattr(model_config, "num_hidden_layers", None)
+        if layers is not None:
+            config.check_layers(layers)
+    return config
+
+
 def active_config(model_config: PreTrainedConfig | None) -> SWAAConfig | None:
     """The enabled SWAAConfig attached to a model config, validated against the model, or None."""
     raw = getattr(model_config, "swaa_config", None)
     if raw is None:
         return None
-    config = SWAAConfig.coerce(raw)
+    config = validated_config(model_config, raw)
     if config is not raw:
-        model_config.swaa_config = config  # validate a JSON dict once, keep the object
-    if not config.enabled:
-        return None
-    family_of(model_config)
-    config.check_layers(model_config.num_hidden_layers)
-    return config
+        model_config.__dict__["swaa_config"] = config  # a JSON dict from before the hack: validate once
+    return config if config.enabled else None
+
+
+class _SWAAConfigField:
+    """``PreTrainedConfig.swaa_config`` while SWAA is hacked in. Assigning validates on the spot
+    (``model.config.swaa_config = SWAAConfig(non_sliding_layers=[5])`` on a 4-layer model raises
+    there, not 25 frames deep in ``generate``); the value lives in the instance ``__dict__``, so
+    ``to_dict`` / ``save_pretrained`` store it in config.json as before."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None
+        return obj.__dict__.get("swaa_config")
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["swaa_config"] = validated_config(obj, value)
+
+    def __delete__(self, obj: Any) -> None:
+        obj.__dict__.pop("swaa_config", None)
 
 
 # -- attention and mask wrappers --------------------------------------------------------------
@@ -91,6 +122,7 @@ def _make_attention(name: str, original: Callable | None) -> Callable:
                 )
             stock = original if original is not None else _stock_eager(module)
             return stock(module, query, key, value, attention_mask, *args, **kwargs)
+        check_keys(plan, module.layer_idx, key.shape[2])
         scaling = kwargs.get("scaling")
         return backend(
             module,
@@ -107,6 +139,19 @@ def _make_attention(name: str, original: Callable | None) -> Callable:
     return swaa_attention
 
 
+def check_keys(plan: AttentionPlan, layer_idx: int, received: int) -> None:
+    """Raise unless attention got exactly the keys the plan accounted for. A cache the hook never
+    saw (transformers renamed the argument, a caller passed it some new way) shows up here as extra
+    or missing keys, so it can never be attended with the wrong positions silently."""
+    expected = plan.key_count(layer_idx)
+    if received != expected:
+        raise TransformersMismatch(
+            f"layer {layer_idx}: SWAA planned this forward for {expected} keys ({plan.past_len} cached + "
+            f"{plan.q_len} new) but attention received {received}; the model used a KV cache that SWAA's "
+            f"forward hook did not see (it looks for it as `{plan.cache_arg}`)"
+        )
+
+
 def _make_mask(original: Callable) -> Callable:
     def swaa_mask(*args, **kwargs):
         if active_config(kwargs.get("config")) is not None:
@@ -118,11 +163,11 @@ def _make_mask(original: Callable) -> Callable:
 
 
 # -- the per-forward hook ---------------------------------------------------------------------
-def _forward_params(model: nn.Module) -> list[str]:
-    cls = type(model)
-    if cls not in _FORWARD_PARAMS:
-        _FORWARD_PARAMS[cls] = list(inspect.signature(cls.forward).parameters)[1:]
-    return _FORWARD_PARAMS[cls]
+def _causal_lm_labels(model: nn.Module, bound: dict[str, Any]) -> Any:
+    """Labels that mean answer tokens: those of a causal LM only. A classification head's labels
+    (one class per sequence or per token) say nothing about prompts and answers, so SWAA ignores
+    them and such models compute exactly what stock computes."""
+    return bound.get("labels") if isinstance(model, GenerationMixin) else None
 
 
 def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -131,17 +176,20 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     config = active_config(getattr(model, "config", None))
     if config is None:
         return None
-    bound = {**dict(zip(_forward_params(model), args)), **kwargs}
+    cls = type(model)
+    bound = {**dict(zip(forward_params(cls), args)), **kwargs}
     tokens = bound.get("input_ids")
     if tokens is None:
         tokens = bound.get("inputs_embeds")
     if tokens is None:
         return None
+    cache_arg = cache_arg_name(cls)
+    given = take_cache(bound, cache_arg)
     use_cache = bound.get("use_cache")
     use_cache = model.config.use_cache if use_cache is None else use_cache
-    past = prepare_cache(bound.get("past_key_values"), model.config, config, bool(use_cache) and not model.training)
+    past = prepare_cache(given, model.config, config, bool(use_cache) and not model.training)
     if past is not None:
-        bound["past_key_values"] = past
+        bound[cache_arg] = past
     plan = build_plan(
         config,
         batch_size=tokens.shape[0],
@@ -150,8 +198,9 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         attention_mask=bound.get("attention_mask"),
         position_ids=bound.get("position_ids"),
         past_len=past.get_seq_length() if past is not None else 0,
-        labels=bound.get("labels"),
+        labels=_causal_lm_labels(model, bound),
         triton_prefill=triton_prefill_setting(),
+        cache_arg=cache_arg,
     )
     if isinstance(past, SWAACache):
         stored_pos, stored_valid = past.begin_forward(plan.q_pos, plan.q_valid)
@@ -177,6 +226,7 @@ def _remove_hook(model: nn.Module) -> None:
 def _post_init_with_hook(original: Callable) -> Callable:
     def post_init(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
+        active_config(self.config)  # a bad swaa_config in config.json fails at load, not at first forward
         _install_hook(self)
         return result
 
@@ -195,6 +245,7 @@ def hack_hf_swaa(training: bool = False) -> None:
     del training
     if _STATE.active:
         return
+    check_transformers_version()
     for name in BACKENDS:
         _STATE.attention[name] = AttentionInterface._global_mapping.get(name, _MISSING)
         original = _STATE.attention[name]
@@ -204,9 +255,9 @@ def hack_hf_swaa(training: bool = False) -> None:
             AttentionMaskInterface.register(name, _make_mask(_STATE.masks[name]))
     _STATE.post_init = PreTrainedModel.post_init
     PreTrainedModel.post_init = _post_init_with_hook(_STATE.post_init)
-    # A class-level default makes `from_pretrained(path, swaa_config=...)` a known config field.
+    # A class-level field makes `from_pretrained(path, swaa_config=...)` a known, validated config field.
     _STATE.config_default = PreTrainedConfig.__dict__.get("swaa_config", _MISSING)
-    PreTrainedConfig.swaa_config = None
+    PreTrainedConfig.swaa_config = _SWAAConfigField()
     _STATE.active = True
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .compat import TransformersMismatch
 from .config import SWAAConfig
 
 IGNORE_INDEX = -100
@@ -52,10 +53,12 @@ class AttentionPlan:
     past_len: int  # tokens seen before this pass
     is_decode: bool
     max_pos: int  # largest query position, to detect windows that cover everything
+    q_padding: bool = False  # some query of this pass is padding (backends reproduce stock's rows)
     bounded: KeyLayout | None = None  # keys of layers with a sink+window cache
     bounded_layers: frozenset[int] = frozenset()
     # execution detail, not semantics: "auto" / "triton" / "off" / "force" (backends/triton_prefill.py)
     triton_prefill: str = "off"
+    cache_arg: str = "cache"  # the forward's cache argument in this transformers (for error messages)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -71,6 +74,20 @@ class AttentionPlan:
         if self.bounded is not None and layer_idx in self.bounded_layers:
             return self.bounded
         return self.full
+
+    def key_count(self, layer_idx: int) -> int:
+        """How many keys this layer's attention must receive in this pass: the cached keys the plan
+        accounted for plus this pass's tokens. Anything else means transformers fed a cache the
+        hook never saw (see :func:`check_keys`)."""
+        if self.bounded is not None and layer_idx in self.bounded_layers:
+            return self.bounded.length
+        return self.past_len + self.q_len
+
+    def stock_key_start(self, keys: KeyLayout) -> int:
+        """Index of the first key stock transformers would hold for this pass: 0 for a full layout;
+        for a bounded layout the first new key on a first pass (its unfilled sink slots are not
+        keys), else 0 (what stock held before the window buffer is gone)."""
+        return max(0, keys.offset - self.past_len)
 
     def with_bounded_cache(self, stored_pos: Tensor, stored_valid: Tensor, layers: frozenset[int]) -> None:
         """Declare that ``layers`` read a compact cache holding keys at ``stored_pos``/``stored_valid``
@@ -158,6 +175,7 @@ def build_plan(
     past_len: int = 0,
     labels: Tensor | None = None,
     triton_prefill: str = "off",
+    cache_arg: str = "cache",
 ) -> AttentionPlan:
     """Compute the plan for one forward pass from its inputs. ``triton_prefill`` says whether
     eligible prefill calls may run the Triton kernel (``backends/triton_prefill.py``)."""
@@ -169,17 +187,22 @@ def build_plan(
                 "(batch, cached + new tokens); custom 4D masks and pre-built mask dicts are not supported"
             )
         if tuple(attention_mask.shape) != (batch_size, k_len):
-            raise ValueError(
+            problem = (
                 f"attention_mask: expected shape ({batch_size}, {k_len}) = (batch, cached {past_len} + new "
                 f"{q_len} tokens), got {tuple(attention_mask.shape)}"
             )
+            if past_len == 0 and attention_mask.shape[-1] > k_len:
+                # the caller holds a cache that the forward hook did not find under `cache_arg`
+                raise TransformersMismatch(f"{problem}; the model got a KV cache SWAA did not see as `{cache_arg}`")
+            raise ValueError(problem)
         valid = attention_mask.to(device=device, dtype=torch.bool)
         has_padding = not bool(valid.all())
         if has_padding:
             _check_padding_layout(valid)
+        q_padding = has_padding and not bool(valid[:, past_len:].all())
     else:
         valid = torch.ones(batch_size, k_len, dtype=torch.bool, device=device)
-        has_padding = False
+        has_padding = q_padding = False
 
     starts, packed = _document_boundaries(valid, position_ids if past_len == 0 else None)
 
@@ -217,7 +240,9 @@ def build_plan(
         past_len=past_len,
         is_decode=past_len > 0 and q_len == 1,
         max_pos=int(q_pos.max()) if q_pos.numel() else 0,
+        q_padding=q_padding,
         triton_prefill=triton_prefill,
+        cache_arg=cache_arg,
     )
     if layout is not None:
         plan.memo(("full_layout",), lambda: layout)  # already built for the queries

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import Cache
 
+from .compat import cache_kwargs, output_cache
 from .config import SWAAConfig
 from .patch import active_config
 
@@ -25,7 +26,12 @@ def default_prefill_chunk(config: SWAAConfig) -> int:
 @dataclass
 class PrefillResult:
     logits: Tensor  # (B, 1, V) for the last token, or (B, n, V) with return_all_logits
-    past_key_values: Cache
+    cache: Cache
+
+    @property
+    def past_key_values(self) -> Cache:
+        """The cache under transformers' pre-5.24 name."""
+        return self.cache
 
 
 @torch.no_grad()
@@ -37,7 +43,7 @@ def chunked_prefill(
     return_all_logits: bool = False,
 ) -> PrefillResult:
     """Prefill ``input_ids`` chunk by chunk; returns the logits and the filled cache, ready for
-    ``model.generate(..., past_key_values=result.past_key_values)`` or manual decoding."""
+    ``model.generate(..., **cache_kwargs(model, result.cache))`` or manual decoding."""
     config = active_config(model.config)
     if chunk_size is None:
         chunk_size = default_prefill_chunk(config) if config is not None else input_ids.shape[1]
@@ -53,11 +59,11 @@ def chunked_prefill(
             input_ids=input_ids[:, start:end],
             attention_mask=attention_mask[:, :end],
             position_ids=position_ids[:, start:end],
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=0 if return_all_logits else 1,
+            **cache_kwargs(model, cache),
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         if return_all_logits:
             pieces.append(out.logits)
     logits = torch.cat(pieces, dim=1) if return_all_logits else out.logits

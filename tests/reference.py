@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AttentionInterface
 
+from swaa_patch.compat import output_cache
+
 REF_IMPL = "swaa_test_reference"
 
 
@@ -164,11 +166,12 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None =
 
 
 @torch.no_grad()
-def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tokens: int):
+def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tokens: int, with_cache=False):
     """Greedy-generate ``new_tokens`` with ``model`` and recompute each step's logits with the
     float64 reference (generated tokens processed as decode steps).
 
-    Returns (logits the model used for each step, reference logits for the same steps, sequences)."""
+    Returns (logits the model used for each step, reference logits for the same steps, sequences),
+    and the cache generation ended with if ``with_cache``."""
     out = model.generate(
         input_ids=input_ids,
         attention_mask=valid.long(),
@@ -183,4 +186,5 @@ def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tok
     extra = torch.ones(valid.shape[0], new_tokens, dtype=torch.bool, device=valid.device)
     full_valid = torch.cat([valid.bool(), extra], dim=1)
     expected = reference_logits(ref, rule, out.sequences, full_valid, None, decode_from=prompt)
-    return torch.stack(out.logits, dim=1), expected[:, prompt - 1 : -1], out.sequences
+    result = torch.stack(out.logits, dim=1), expected[:, prompt - 1 : -1], out.sequences
+    return (*result, output_cache(out)) if with_cache else result

@@ -12,6 +12,7 @@ from tiny import VOCAB, tiny_model
 
 from swaa_patch import SWAACache, SWAAConfig, apply_swaa, chunked_prefill
 from swaa_patch.cache import SinkWindowLayer
+from swaa_patch.compat import cache_kwargs, output_cache
 
 CASES = [
     ("qwen3", "sdpa", 4, 2),
@@ -39,10 +40,10 @@ def test_bounded_cache_generates_the_same_tokens(family, attn, window, keep):
     new = 3 * window + 2
     with torch.no_grad():
         bounded = _generate(model, ids, valid, new)
-        assert isinstance(bounded.past_key_values, SWAACache)
+        assert isinstance(output_cache(bounded), SWAACache)
         model.config.swaa_config = dataclasses.replace(config, bounded_cache=False)
         unbounded = _generate(model, ids, valid, new)
-        assert not isinstance(unbounded.past_key_values, SWAACache)
+        assert not isinstance(output_cache(unbounded), SWAACache)
     assert torch.equal(bounded.sequences, unbounded.sequences)
     assert rel_error(torch.stack(bounded.logits, 1), torch.stack(unbounded.logits, 1)) < 1e-5
     # and both follow the reference rule
@@ -68,7 +69,7 @@ def test_bounded_layers_never_hold_more_than_sinks_plus_window(monkeypatch):
     ids, valid = _left_padded(2, 30, [0, 7])
     with torch.no_grad():
         out = _generate(model, ids, valid, 20)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert cache.bounded_layers == frozenset({1, 2})
     for i, layer in enumerate(cache.layers):
         stored = layer.keys.shape[-2]
@@ -89,8 +90,8 @@ def test_sinks_are_the_first_real_tokens_of_each_row():
         out = model(input_ids=ids, attention_mask=valid.long(), use_cache=True)
         full = apply_swaa(tiny_model("llama", "eager"), dataclasses.replace(config, bounded_cache=False))
         full_out = full(input_ids=ids, attention_mask=valid.long(), use_cache=True)
-    bounded, unbounded = out.past_key_values.layers[0], full_out.past_key_values.layers[0]
-    assert torch.equal(out.past_key_values.stored_valid[:, :2], torch.ones(2, 2, dtype=torch.bool))
+    bounded, unbounded = output_cache(out).layers[0], output_cache(full_out).layers[0]
+    assert torch.equal(output_cache(out).stored_valid[:, :2], torch.ones(2, 2, dtype=torch.bool))
     for row, first in enumerate([0, 5]):
         assert torch.allclose(bounded.keys[row, :, :2], unbounded.keys[row, :, first : first + 2])
         assert torch.allclose(bounded.keys[row, :, 2:], unbounded.keys[row, :, -2:])  # W - 1 = 2 newest
@@ -107,7 +108,7 @@ def test_chunked_prefill_equals_one_shot(family, attn, bounded):
         one_shot = model(input_ids=ids, attention_mask=valid.long(), position_ids=pids).logits
         result = chunked_prefill(model, ids, valid.long(), chunk_size=7, return_all_logits=True)
     assert rel_error(result.logits, one_shot, valid) < 1e-5
-    assert isinstance(result.past_key_values, SWAACache) == bounded
+    assert isinstance(result.cache, SWAACache) == bounded
 
 
 def test_generate_with_prefill_chunks_matches_one_shot_prefill():
@@ -131,7 +132,7 @@ def test_continue_generation_from_a_chunked_prefill():
     with torch.no_grad():
         prefilled = chunked_prefill(model, ids, chunk_size=6)
         step = model(
-            input_ids=prefilled.logits.argmax(-1), past_key_values=prefilled.past_key_values, use_cache=True,
+            input_ids=prefilled.logits.argmax(-1), use_cache=True, **cache_kwargs(model, prefilled.cache),
             attention_mask=torch.ones(1, 26, dtype=torch.long),
         )
         reference = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)

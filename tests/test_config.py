@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from tiny import tiny_model
+from transformers import AutoModelForCausalLM
 
 from swaa_patch import SWAAConfig, apply_swaa
 
@@ -51,11 +52,20 @@ def test_layer_index_out_of_range_for_the_attached_model():
         apply_swaa(model, {"sliding_window_size": 4, "force_fa_decode": [7]})
 
 
-def test_layer_index_checked_on_reference_style_attach():
+def test_layer_index_checked_where_the_config_is_attached(tmp_path):
+    """Every documented way of attaching a config validates it on the spot, not at first forward."""
     model = tiny_model("llama")
-    model.config.swaa_config = SWAAConfig(sliding_window_size=4, non_sliding_layers=[9])
+    bad = SWAAConfig(sliding_window_size=4, non_sliding_layers=[9])
+    with pytest.raises(ValueError, match=r"non_sliding_layers: layer indices must be in \[0, 3\]"):
+        model.config.swaa_config = bad  # the reference's style
+    assert model.config.swaa_config is None  # nothing half-attached
+    with pytest.raises(ValueError, match=r"force_fa_decode: layer indices must be in \[0, 3\]"):
+        apply_swaa(model, SWAAConfig(sliding_window_size=4, force_fa_decode=[4]))
+    model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="non_sliding_layers"):
-        model(torch.randint(3, 90, (1, 8)))
+        AutoModelForCausalLM.from_pretrained(tmp_path, swaa_config=bad)
+    model.config.swaa_config = {"sliding_window_size": 4, "non_sliding_layers": [1, 3]}  # a JSON dict
+    assert model.config.swaa_config == SWAAConfig(sliding_window_size=4, non_sliding_layers=[1, 3])
 
 
 def test_dict_json_and_run_name():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +11,8 @@ from hypothesis import strategies as st
 from reference import RefRule, generate_with_reference, reference_logits, reference_model, rel_error
 from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
 
-from swaa_patch import SWAAConfig, apply_swaa
+from swaa_patch import SWAACache, SWAAConfig, apply_swaa
+from swaa_patch.compat import cache_kwargs, output_cache
 
 TOL = 1e-5
 
@@ -78,18 +81,22 @@ def test_packed_documents(family, attn):
     assert rel_error(out, expected) < TOL
 
 
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "unbounded"])
+@pytest.mark.parametrize("pads", [[0, 0], [0, 4]], ids=["no-pad", "left-pad"])
 @pytest.mark.parametrize("family, attn", FAMILY_BACKENDS)
-def test_greedy_generation_matches_reference(family, attn):
-    """Generate >= 3W tokens with left padding: prefill is SWA, decode steps follow
-    force_fa_decode; every step's logits match the float64 reference and tokens are identical."""
+def test_greedy_generation_matches_reference(family, attn, pads, bounded):
+    """Generate >= 3W tokens: prefill is SWA, decode steps follow force_fa_decode; every step's
+    logits match the float64 reference and tokens are identical, with the bounded sink+window cache
+    and with a full one, with and without left padding."""
     window = 4
     config, rule = _swaa(window, 2, [0, 3], (1,), 6)
     model = tiny_model(family, attn)
     ref = reference_model(model)
-    apply_swaa(model, config)
-    ids, valid = _left_padded(2, 14, [0, 4], seed=3)
+    apply_swaa(model, dataclasses.replace(config, bounded_cache=bounded))
+    ids, valid = _left_padded(2, 14, pads, seed=3)
     new = 3 * window
-    got, steps, full = generate_with_reference(model, ref, rule, ids, valid, new)
+    got, steps, full, cache = generate_with_reference(model, ref, rule, ids, valid, new, with_cache=True)
+    assert isinstance(cache, SWAACache) == bounded
     assert rel_error(got, steps) < TOL
     chosen = full[:, ids.shape[1] :]
     best = steps.max(-1).values
@@ -162,5 +169,5 @@ def test_chunked_prefill_on_a_filled_cache_matches_one_shot():
     with torch.no_grad():
         one_shot = model(ids).logits
         first = model(ids[:, :17], use_cache=True)
-        second = model(ids[:, 17:], past_key_values=first.past_key_values, use_cache=True)
+        second = model(ids[:, 17:], use_cache=True, **cache_kwargs(model, output_cache(first)))
     assert rel_error(torch.cat([first.logits, second.logits], 1), one_shot) < TOL

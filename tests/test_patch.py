@@ -7,6 +7,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface, PreTrainedModel
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, remove_swaa, unhack_hf_swaa
+from swaa_patch.compat import output_cache
 
 
 def _registries():
@@ -140,5 +141,5 @@ def test_native_sliding_cache_is_replaced():
     )
     ids = torch.randint(3, 90, (1, 20))
     out = model.generate(ids, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert all(layer.keys.shape[-2] == 21 for layer in cache.layers)

@@ -24,6 +24,14 @@ ChunkKernel = Callable[[Tensor, Tensor, Tensor, Tensor | None, bool], tuple[Tens
 DEFAULT_MIN_CHUNK = 1024
 
 
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """(B, Hkv, L, D) -> (B, Hkv * groups, L, D), as transformers' GQA helper does."""
+    if groups == 1:
+        return x
+    b, h, n, d = x.shape
+    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+
+
 def query_chunk_size(plan: AttentionPlan) -> int:
     """Explicit ``query_chunk_size`` if set, else max(1024, W): big enough to keep kernels busy,
     small enough that a chunk's mask is O(W^2), not O(n^2)."""

@@ -7,15 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from ..plan import AttentionPlan
-from .chunked import chunked_attention
-
-
-def repeat_kv(x: Tensor, groups: int) -> Tensor:
-    """(B, Hkv, L, D) -> (B, Hkv * groups, L, D), as transformers' GQA helper does."""
-    if groups == 1:
-        return x
-    b, h, n, d = x.shape
-    return x[:, :, None].expand(b, h, groups, n, d).reshape(b, h * groups, n, d)
+from .chunked import chunked_attention, query_chunk_size, repeat_kv
+from .padding import uniform_padding_rows
 
 
 def eager_kernel(scaling: float, softcap: float | None, dropout: float, training: bool, plan: AttentionPlan):
@@ -36,7 +29,9 @@ def eager_kernel(scaling: float, softcap: float | None, dropout: float, training
         if is_causal:
             scores = scores + causal_bias(q.shape[2], k.shape[2], scores.dtype, q.device)
         elif mask is not None:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+            # additive, as stock: a fully masked row then softmaxes uniformly, gradient included
+            bias = torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device)
+            scores = scores + bias.masked_fill_(~mask, torch.finfo(scores.dtype).min)
         weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         weights = nn.functional.dropout(weights, p=dropout, training=training)
         return torch.matmul(weights, v), weights
@@ -57,4 +52,6 @@ def eager_swaa_attention(
 ) -> tuple[Tensor, Tensor | None]:
     kernel = eager_kernel(scaling, softcap, dropout, module.training, plan)
     out, weights = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
+    keys = plan.keys(module.layer_idx)
+    out = uniform_padding_rows(out, plan, keys, query, key, value, kernel, query_chunk_size(plan))
     return out.transpose(1, 2).contiguous(), weights

@@ -25,6 +25,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from .. import rule
 from ..plan import AttentionPlan, KeyLayout
 from .eager import eager_swaa_attention
+from .padding import zero_padding_rows
 from .sdpa import sdpa_swaa_attention
 from .triton_prefill import triton_prefill_attention
 
@@ -141,4 +142,4 @@ def flex_swaa_attention(
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
     )
-    return out.transpose(1, 2).contiguous(), None
+    return zero_padding_rows(out, plan).transpose(1, 2).contiguous(), None

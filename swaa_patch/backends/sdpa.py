@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from transformers.integrations.sdpa_attention import use_gqa_in_sdpa
 
 from ..plan import AttentionPlan
-from .chunked import chunked_attention
-from .eager import repeat_kv
+from .chunked import chunked_attention, repeat_kv
+from .padding import zero_padding_rows
 from .triton_prefill import triton_prefill_attention
 
 
@@ -53,4 +53,4 @@ def sdpa_swaa_attention(
         return fast, None
     kernel = sdpa_kernel(scaling, dropout)
     out, _ = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
-    return out.transpose(1, 2).contiguous(), None
+    return zero_padding_rows(out, plan).transpose(1, 2).contiguous(), None
