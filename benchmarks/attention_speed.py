@@ -36,7 +36,10 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from swaa_patch import SWAAConfig  # noqa: E402
-from swaa_patch.backends import cudnn_swa  # noqa: E402
+from swaa_patch.backends import (
+    AttentionCall,  # noqa: E402
+    cudnn_swa,  # noqa: E402
+)
 from swaa_patch.backends.flex import build_block_mask, flex_swaa_attention  # noqa: E402
 from swaa_patch.backends.triton_swa import chosen_config, swa_sink_attention  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
@@ -190,7 +193,7 @@ class Case:
 
     def flex(self, q, k, v, layer_idx: int = 0, plan=None):
         module = SimpleNamespace(layer_idx=layer_idx, training=False)
-        out, _ = flex_swaa_attention(module, q, k, v, plan or self.plan, scaling=self.scaling)
+        out, _ = flex_swaa_attention(AttentionCall(module, q, k, v, plan or self.plan, self.scaling))
         return out.transpose(1, 2)  # the backend returns transformers' (B, n, H, D)
 
 

@@ -23,7 +23,7 @@ import transformers
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa  # noqa: E402
-from swaa_patch.backends import BACKENDS  # noqa: E402
+from swaa_patch.backends import BACKENDS, AttentionCall, run_attention  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
@@ -64,9 +64,9 @@ def kernel_rows(device):
         config = SWAAConfig(sliding_window_size=window, keep_first=keep, query_chunk_size=512)
         plan = build_plan(config, batch_size=b, q_len=n, device=device, attention_mask=valid.long())
         module = SimpleNamespace(layer_idx=0, training=False)
-        for name, backend in BACKENDS.items():
+        for name in BACKENDS:
             try:
-                out, _ = backend(module, q, k, v, plan, scaling=scaling)
+                out, _ = run_attention(name, AttentionCall(module, q, k, v, plan, scaling))
             except ImportError as err:
                 rows.append(
                     (f"kernel {name}", f"n={n} W={window} k={keep}", "skipped", str(err).split(":")[0])

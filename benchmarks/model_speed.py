@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
-from swaa_patch.backends.triton_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
+from swaa_patch.backends.fused_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 

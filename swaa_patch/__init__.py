@@ -11,10 +11,12 @@ from .cache import SWAACache
 from .config import SWAAConfig
 from .patch import apply_swaa, hack_hf_swaa, is_hacked, remove_swaa, unhack_hf_swaa
 from .prefill import chunked_prefill, default_prefill_chunk
+from .static_cache import StaticSWAACache
 
 __all__ = [
     "SWAACache",
     "SWAAConfig",
+    "StaticSWAACache",
     "apply_swaa",
     "chunked_prefill",
     "default_prefill_chunk",

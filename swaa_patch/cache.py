@@ -31,10 +31,12 @@ from transformers.cache_utils import (
     DynamicCache,
     DynamicLayer,
     DynamicSlidingWindowLayer,
+    StaticCache,
 )
 
 from .compat import TransformersMismatch
 from .config import SWAAConfig
+from .static_cache import StaticSWAACache
 
 logger = logging.getLogger(__name__)
 _LOGGED_FULL_CACHE: set[tuple] = set()
@@ -174,15 +176,25 @@ def _log_full_cache_once(config: SWAAConfig) -> None:
 
 
 def prepare_cache(
-    past: Cache | None, model_config: PreTrainedConfig, config: SWAAConfig, use_cache: bool
+    past: Cache | None,
+    model_config: PreTrainedConfig,
+    config: SWAAConfig,
+    use_cache: bool,
+    owner: object | None = None,
+    batch_size: int | None = None,
+    capacity: int | None = None,
 ) -> Cache | None:
     """The cache this forward should use: a fresh SWAACache when generation starts (bounding
-    every layer SWAA allows), the caller's SWAACache or plain DynamicCache when continuing."""
-    if isinstance(past, SWAACache):
+    every layer SWAA allows), the caller's SWAACache or plain DynamicCache when continuing; an
+    empty transformers StaticCache (``cache_implementation="static"``) becomes a StaticSWAACache."""
+    if isinstance(past, (SWAACache, StaticSWAACache)):
         return past
+    if isinstance(past, StaticCache):
+        return static_replacement(past, model_config, config, owner, batch_size, capacity)
     if past is not None and not isinstance(past, DynamicCache):
         raise ValueError(
-            f"cache: SWAA works with DynamicCache or its own SWAACache, got {type(past).__name__}"
+            f"cache: SWAA works with DynamicCache, StaticCache or its own SWAACache / StaticSWAACache, got "
+            f"{type(past).__name__}"
         )
     if past is None and not use_cache:
         return None
@@ -198,3 +210,34 @@ def prepare_cache(
             "keys SWAA needs; start generation with an empty cache (or none) on the SWAA model"
         )
     return past
+
+
+def static_replacement(
+    past: StaticCache,
+    model_config: PreTrainedConfig,
+    config: SWAAConfig,
+    owner: object | None,
+    batch_size: int | None,
+    capacity: int | None,
+) -> StaticSWAACache:
+    """The StaticSWAACache standing in for an empty transformers StaticCache of ``capacity``
+    tokens. It is kept on ``owner`` (the model) and reset for the next generation of the same
+    shape, so every generation runs on the same buffers and replays the same CUDA graphs."""
+    if int(past.get_seq_length()) != 0:
+        raise ValueError(
+            "cache: this StaticCache was filled without SWAA; start generation with an empty cache on the SWAA model"
+        )
+    max_len = capacity or 0
+    previous = getattr(owner, "_swaa_static_cache", None)
+    if (
+        isinstance(previous, StaticSWAACache)
+        and previous.config == config
+        and previous.max_cache_len == max_len
+        and previous.batch_size in (batch_size, None)
+    ):
+        previous.reset()
+        return previous
+    replacement = StaticSWAACache(config, model_config.num_hidden_layers, max_cache_len=max_len)
+    if owner is not None:
+        owner._swaa_static_cache = replacement
+    return replacement

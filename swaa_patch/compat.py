@@ -127,3 +127,14 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
     params = forward_params(type(model))
     name = next((n for n in CACHE_ARG_NAMES if n in params), None) or release_cache_name()
     return {name: cache}
+
+
+def static_cache_capacity(model: Any, cache: Any) -> int | None:
+    """How many tokens an empty transformers ``StaticCache`` was sized for (prompt + new tokens).
+    Its natively sliding layers (Mistral, Gemma) report only their window; generate() records the
+    length it asked for on the model (``_previous_max_cache_length``, private in 5.17-5.24), which
+    wins when larger. None when neither says more than a sliding layer's window."""
+    full = [layer.get_max_length() for layer in cache.layers if not getattr(layer, "is_sliding", False)]
+    recorded = getattr(model, "_previous_max_cache_length", None)
+    candidates = full + ([recorded] if isinstance(recorded, int) else [])
+    return max(candidates) if candidates else None

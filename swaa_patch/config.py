@@ -1,4 +1,4 @@
-"""SWAAConfig: the four knobs of Sliding Window Attention Adaptation, validated once.
+"""SWAAConfig: what Sliding Window Attention Adaptation does to a model, validated once.
 
 The config is a frozen dataclass that is *also* a ``dict`` holding the same fields. That is
 deliberate: ``model.config.swaa_config = SWAAConfig(...)`` (the reference's usage) must survive

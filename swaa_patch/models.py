@@ -19,19 +19,19 @@ from transformers import PreTrainedConfig
 
 @dataclass(frozen=True)
 class Family:
-    name: str
-    native_window: str  # how the stock architecture slides, for docs and error messages
-    softcap: bool  # logit softcapping in attention (needs eager or flex, not sdpa)
+    name: str  # for error messages
 
 
+# model_type -> family. Native windows, which SWAA replaces: Qwen2/3 optional (use_sliding_window),
+# Mistral sliding_window on every layer when set, Gemma2 every other layer, Gemma3 5 of every 6.
 FAMILIES: dict[str, Family] = {
-    "qwen2": Family("Qwen2", "optional: use_sliding_window + max_window_layers", False),
-    "qwen3": Family("Qwen3", "optional: use_sliding_window + max_window_layers", False),
-    "qwen3_moe": Family("Qwen3-MoE", "optional: use_sliding_window", False),
-    "llama": Family("Llama", "none", False),
-    "mistral": Family("Mistral", "sliding_window on every layer when set", False),
-    "gemma2": Family("Gemma2", "every other layer (layer_types)", True),
-    "gemma3_text": Family("Gemma3 (text)", "5 of every 6 layers (layer_types)", False),
+    "qwen2": Family("Qwen2"),
+    "qwen3": Family("Qwen3"),
+    "qwen3_moe": Family("Qwen3-MoE"),
+    "llama": Family("Llama"),
+    "mistral": Family("Mistral"),
+    "gemma2": Family("Gemma2"),
+    "gemma3_text": Family("Gemma3 (text)"),
 }
 
 

@@ -23,22 +23,26 @@ from typing import Any
 
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import StaticCache
 from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import create_masks_for_generate as hf_create_masks_for_generate
 from transformers.modeling_utils import AttentionInterface
 
-from .backends import BACKENDS
-from .backends.triton_prefill import triton_prefill_setting
+from .backends import BACKENDS, AttentionCall, run_attention
+from .backends.fused_prefill import triton_prefill_setting
 from .cache import SWAACache, prepare_cache
 from .compat import (
     TransformersMismatch,
     cache_arg_name,
     check_transformers_version,
     forward_params,
+    static_cache_capacity,
     take_cache,
 )
 from .config import SWAAConfig
 from .models import family_of
 from .plan import AttentionPlan, build_plan
+from .static_cache import StaticDecodePlan, StaticSWAACache, plan_static_decode
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +114,6 @@ def _stock_eager(module: nn.Module) -> Callable:
 
 
 def _make_attention(name: str, original: Callable | None) -> Callable:
-    backend = BACKENDS[name]
-
     def swaa_attention(module, query, key, value, attention_mask, *args, **kwargs):
         plan = kwargs.pop(PLAN_KWARG, None)
         if plan is None:
@@ -124,7 +126,7 @@ def _make_attention(name: str, original: Callable | None) -> Callable:
             return stock(module, query, key, value, attention_mask, *args, **kwargs)
         check_keys(plan, module.layer_idx, key.shape[2])
         scaling = kwargs.get("scaling")
-        return backend(
+        call = AttentionCall(
             module,
             query,
             key,
@@ -134,21 +136,22 @@ def _make_attention(name: str, original: Callable | None) -> Callable:
             dropout=kwargs.get("dropout", 0.0),
             softcap=kwargs.get("softcap"),
         )
+        return run_attention(name, call)
 
     swaa_attention.swaa_original = original
     return swaa_attention
 
 
-def check_keys(plan: AttentionPlan, layer_idx: int, received: int) -> None:
+def check_keys(plan: AttentionPlan | StaticDecodePlan, layer_idx: int, received: int) -> None:
     """Raise unless attention got exactly the keys the plan accounted for. A cache the hook never
     saw (transformers renamed the argument, a caller passed it some new way) shows up here as extra
     or missing keys, so it can never be attended with the wrong positions silently."""
     expected = plan.key_count(layer_idx)
     if received != expected:
         raise TransformersMismatch(
-            f"layer {layer_idx}: SWAA planned this forward for {expected} keys ({plan.past_len} cached + "
-            f"{plan.q_len} new) but attention received {received}; the model used a KV cache that SWAA's "
-            f"forward hook did not see (it looks for it as `{plan.cache_arg}`)"
+            f"layer {layer_idx}: SWAA planned this forward for {expected} keys ({plan.describe_keys(layer_idx)}) "
+            f"but attention received {received}; the model used a KV cache that SWAA's forward hook did not "
+            f"see (it looks for it as `{plan.cache_arg}`)"
         )
 
 
@@ -187,9 +190,20 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     given = take_cache(bound, cache_arg)
     use_cache = bound.get("use_cache")
     use_cache = model.config.use_cache if use_cache is None else use_cache
-    past = prepare_cache(given, model.config, config, bool(use_cache) and not model.training)
+    capacity = static_cache_capacity(model, given) if isinstance(given, StaticCache) else None
+    past = prepare_cache(
+        given, model.config, config, bool(use_cache) and not model.training, model, tokens.shape[0], capacity
+    )
     if past is not None:
         bound[cache_arg] = past
+    if isinstance(past, StaticSWAACache) and past.prefilled and tokens.shape[1] == 1:
+        # a compiled decode step: tensor ops only from here on (no host sync, no changing Python value)
+        bound[PLAN_KWARG] = plan_static_decode(past, cache_arg)
+        return (), bound
+    if isinstance(past, StaticSWAACache):
+        past_len = past.columns()
+    else:
+        past_len = past.get_seq_length() if past is not None else 0
     plan = build_plan(
         config,
         batch_size=tokens.shape[0],
@@ -197,21 +211,38 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         device=tokens.device,
         attention_mask=bound.get("attention_mask"),
         position_ids=bound.get("position_ids"),
-        past_len=past.get_seq_length() if past is not None else 0,
+        past_len=past_len,
         labels=_causal_lm_labels(model, bound),
         triton_prefill=triton_prefill_setting(),
         cache_arg=cache_arg,
     )
-    if isinstance(past, SWAACache):
+    if isinstance(past, (SWAACache, StaticSWAACache)):
         stored_pos, stored_valid = past.begin_forward(plan.q_pos, plan.q_valid)
         plan.with_bounded_cache(stored_pos, stored_valid, past.bounded_layers)
     bound[PLAN_KWARG] = plan
     return (), bound
 
 
+def _masks_for_generate(model: nn.Module) -> Callable:
+    """generate() turns the 2D padding mask into a 4D mask before the forward when the cache is
+    compileable. SWAA builds its masks itself, from the 2D mask in a multi-token pass and from the
+    StaticSWAACache in a decode step (which then carries no mask, so the compiled step's inputs keep
+    one shape). Installed as the model's ``create_masks_for_generate``, generate's extension point."""
+    own = getattr(type(model), "create_masks_for_generate", None)
+
+    def create_masks_for_generate(**kwargs: Any) -> Any:
+        if active_config(kwargs.get("config")) is None:
+            stock = own.__get__(model) if own is not None else hf_create_masks_for_generate
+            return stock(**kwargs)
+        return kwargs.get("attention_mask") if kwargs["inputs_embeds"].shape[1] > 1 else None
+
+    return create_masks_for_generate
+
+
 def _install_hook(model: nn.Module) -> None:
     if getattr(model, "_swaa_hook", None) is None:
         model._swaa_hook = model.register_forward_pre_hook(_swaa_pre_forward, with_kwargs=True)
+        model.create_masks_for_generate = _masks_for_generate(model)
         _STATE.hooked.add(model)
 
 
@@ -220,6 +251,7 @@ def _remove_hook(model: nn.Module) -> None:
     if handle is not None:
         handle.remove()
         model._swaa_hook = None
+        model.__dict__.pop("create_masks_for_generate", None)
         _STATE.hooked.discard(model)
 
 

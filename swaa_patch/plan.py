@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
@@ -21,6 +22,21 @@ from .compat import TransformersMismatch
 from .config import SWAAConfig
 
 IGNORE_INDEX = -100
+
+
+class Memo(Enum):
+    """Everything a plan memoises: built once per forward on first use, shared by every layer.
+    A memo's key is its kind plus the parameters that tell its instances apart (listed here)."""
+
+    FULL_LAYOUT = "KeyLayout of layers with a full cache; no parameters"
+    SINK_CANDIDATES = "sink key indices per row; (layout name,)"
+    CHUNK = "KeySelection and mask of one query chunk; (layout name, window, answer rows?, chunk start)"
+    EAGER_CAUSAL_BIAS = "additive causal bias; (queries, keys, dtype)"
+    FLEX_BLOCK_MASK = "flex BlockMask; (layout name, window, answer rows?)"
+    FLASH_LAYOUT = "varlen segments of all real queries; (layout name,)"
+    FLASH_ANSWER_LAYOUT = "varlen segments of answer-token queries; (layout name,)"
+    FUSED_LAYOUT = "fused prefill's index alignment (skip, reason); (layout name,)"
+    LAST_PADDING_QUERY = "index of the last padding query; no parameters"
 
 
 @dataclass(frozen=True)
@@ -56,7 +72,7 @@ class AttentionPlan:
     q_padding: bool = False  # some query of this pass is padding (backends reproduce stock's rows)
     bounded: KeyLayout | None = None  # keys of layers with a sink+window cache
     bounded_layers: frozenset[int] = frozenset()
-    # execution detail, not semantics: "auto" / "triton" / "off" / "force" (backends/triton_prefill.py)
+    # execution detail, not semantics: "auto" / "triton" / "off" / "force" (backends/fused_prefill.py)
     triton_prefill: str = "off"
     cache_arg: str = "cache"  # the forward's cache argument in this transformers (for error messages)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -68,7 +84,7 @@ class AttentionPlan:
     @property
     def full(self) -> KeyLayout:
         """Built on first use: a decode step on a fully bounded cache never pays its O(n) cost."""
-        return self.memo(("full_layout",), self.full_builder)
+        return self.memo(Memo.FULL_LAYOUT, self.full_builder)
 
     def keys(self, layer_idx: int) -> KeyLayout:
         if self.bounded is not None and layer_idx in self.bounded_layers:
@@ -82,6 +98,9 @@ class AttentionPlan:
         if self.bounded is not None and layer_idx in self.bounded_layers:
             return self.bounded.length
         return self.past_len + self.q_len
+
+    def describe_keys(self, layer_idx: int) -> str:
+        return f"{self.past_len} cached + {self.q_len} new"
 
     def stock_key_start(self, keys: KeyLayout) -> int:
         """Index of the first key stock transformers would hold for this pass: 0 for a full layout;
@@ -122,7 +141,9 @@ class AttentionPlan:
             return None
         return self.q_answer
 
-    def memo(self, key: Any, build: Callable[[], Any]) -> Any:
+    def memo(self, kind: Memo, build: Callable[[], Any], *params: Any) -> Any:
+        """``build()`` once per forward for each ``(kind, *params)``."""
+        key = (kind, *params)
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]
@@ -178,7 +199,7 @@ def build_plan(
     cache_arg: str = "cache",
 ) -> AttentionPlan:
     """Compute the plan for one forward pass from its inputs. ``triton_prefill`` says whether
-    eligible prefill calls may run the Triton kernel (``backends/triton_prefill.py``)."""
+    eligible prefill calls may run the Triton kernel (``backends/fused_prefill.py``)."""
     k_len = past_len + q_len
     if attention_mask is not None:
         if not isinstance(attention_mask, Tensor) or attention_mask.ndim != 2:
@@ -245,7 +266,7 @@ def build_plan(
         cache_arg=cache_arg,
     )
     if layout is not None:
-        plan.memo(("full_layout",), lambda: layout)  # already built for the queries
+        plan.memo(Memo.FULL_LAYOUT, lambda: layout)  # already built for the queries
     return plan
 
 

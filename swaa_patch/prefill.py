@@ -41,9 +41,11 @@ def chunked_prefill(
     attention_mask: Tensor | None = None,
     chunk_size: int | None = None,
     return_all_logits: bool = False,
+    cache: Cache | None = None,
 ) -> PrefillResult:
     """Prefill ``input_ids`` chunk by chunk; returns the logits and the filled cache, ready for
-    ``model.generate(..., **cache_kwargs(model, result.cache))`` or manual decoding."""
+    ``model.generate(..., **cache_kwargs(model, result.cache))`` or manual decoding. ``cache``: an
+    empty cache to fill (e.g. a ``StaticSWAACache`` for compiled decoding); default: SWAA's own."""
     config = active_config(model.config)
     if chunk_size is None:
         chunk_size = default_prefill_chunk(config) if config is not None else input_ids.shape[1]
@@ -52,7 +54,7 @@ def chunked_prefill(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    cache, pieces = None, []
+    pieces = []
     for start in range(0, input_ids.shape[1], chunk_size):
         end = min(start + chunk_size, input_ids.shape[1])
         out = model(

@@ -166,7 +166,7 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor, valid: torch.Tensor | None =
 
 
 @torch.no_grad()
-def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tokens: int, with_cache=False):
+def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tokens: int, with_cache=False, **extra):
     """Greedy-generate ``new_tokens`` with ``model`` and recompute each step's logits with the
     float64 reference (generated tokens processed as decode steps).
 
@@ -181,6 +181,7 @@ def generate_with_reference(model, ref, rule: RefRule, input_ids, valid, new_tok
         return_dict_in_generate=True,
         output_logits=True,
         pad_token_id=0,
+        **extra,
     )
     prompt = input_ids.shape[1]
     extra = torch.ones(valid.shape[0], new_tokens, dtype=torch.bool, device=valid.device)

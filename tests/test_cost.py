@@ -5,6 +5,7 @@ from tiny import tiny_model
 
 from swaa_patch import SWAAConfig, apply_swaa
 from swaa_patch.backends import chunked, flex
+from swaa_patch.plan import Memo
 
 
 def test_flex_block_mask_built_once_per_forward_and_window_kind(monkeypatch):
@@ -66,5 +67,5 @@ def test_decode_on_a_fully_bounded_cache_skips_the_full_context_layout(monkeypat
         model.generate(torch.randint(3, 90, (1, 30)), max_new_tokens=5, do_sample=False, pad_token_id=0)
     decode = [p for p in plans if p.is_decode]
     assert len(decode) == 4
-    assert all(("full_layout",) not in p._memo for p in decode)
-    assert ("full_layout",) in plans[0]._memo  # the prefill used it
+    assert all((Memo.FULL_LAYOUT,) not in p._memo for p in decode)
+    assert (Memo.FULL_LAYOUT,) in plans[0]._memo  # the prefill used it

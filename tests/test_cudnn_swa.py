@@ -1,6 +1,6 @@
 """cuDNN's sliding window + the Triton sink merge (``cudnn_swa.py``) against the float64 dense
 reference of tests/test_triton_swa.py, on the GPU with cudnn-frontend installed (skipped elsewhere;
-the dispatch into this path is tested on the CPU with a stand-in band in tests/test_triton_prefill.py,
+the dispatch into this path is tested on the CPU with a stand-in band in tests/test_fused_prefill.py,
 and the merge kernel itself in tests/test_triton_swa.py)."""
 
 from __future__ import annotations

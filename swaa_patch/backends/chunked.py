@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import rule
-from ..plan import AttentionPlan, KeyLayout
+from ..plan import AttentionPlan, KeyLayout, Memo
 
 # kernel(q, k, v, mask, is_causal) -> (out (B,H,C,D), weights or None)
 ChunkKernel = Callable[[Tensor, Tensor, Tensor, Tensor | None, bool], tuple[Tensor, Tensor | None]]
@@ -62,7 +62,7 @@ def sink_candidates(plan: AttentionPlan, keys: KeyLayout) -> tuple[Tensor, Tenso
         ok = torch.arange(width, device=order.device)[None, :] < count[:, None]
         return order, ok
 
-    return plan.memo(("sink_candidates", keys.name), build)
+    return plan.memo(Memo.SINK_CANDIDATES, build, keys.name)
 
 
 def select_keys(
@@ -171,8 +171,9 @@ def chunked_attention(
     for q_start in range(0, q_len, chunk):
         q_end = min(q_len, q_start + chunk)
         sel, mask = plan.memo(
-            ("chunk", keys.name, window, q_answer is not None, q_start),
+            Memo.CHUNK,
             partial(_select_and_mask, plan, keys, window, q_answer, q_start, q_end),
+            keys.name, window, q_answer is not None, q_start,
         )
         out, w = kernel(
             query[:, :, q_start:q_end], _gather_keys(key, sel), _gather_keys(value, sel), mask, False

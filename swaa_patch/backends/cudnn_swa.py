@@ -12,10 +12,9 @@ gpt-oss kind), so the rule is computed in two steps:
    same online softmax in place (one more read and write of the output; rows whose window holds
    every sink are skipped).
 
-On the H100 this beats the single-pass Triton kernel because cuDNN's band runs at ~530 TFLOP/s
-against the Triton kernel's ~440 (benchmarks/results/attention_speed.md has both, measured in one
-run). ``unusable_reason`` says when a call cannot take this path; ``triton_prefill.py`` prefers it
-in its ``"auto"`` setting and falls back to the Triton kernel otherwise.
+``unusable_reason`` says when a call cannot take this path; ``fused_prefill.py`` prefers it in its
+``"auto"`` setting and falls back to the Triton kernel otherwise (measured comparison:
+``benchmarks/results/attention_speed.md``).
 """
 
 from __future__ import annotations

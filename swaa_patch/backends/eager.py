@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..plan import AttentionPlan
+from ..plan import AttentionPlan, Memo
+from .call import AttentionCall
 from .chunked import chunked_attention, query_chunk_size, repeat_kv
 from .padding import uniform_padding_rows
 
@@ -18,7 +19,7 @@ def eager_kernel(scaling: float, softcap: float | None, dropout: float, training
             allowed = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril(n_k - n_q)
             return torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
-        return plan.memo(("eager_causal_bias", n_q, n_k, dtype), build)
+        return plan.memo(Memo.EAGER_CAUSAL_BIAS, build, n_q, n_k, dtype)
 
     def kernel(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool):
         groups = q.shape[1] // k.shape[1]
@@ -39,19 +40,11 @@ def eager_kernel(scaling: float, softcap: float | None, dropout: float, training
     return kernel
 
 
-def eager_swaa_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    plan: AttentionPlan,
-    *,
-    scaling: float,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    kernel = eager_kernel(scaling, softcap, dropout, module.training, plan)
-    out, weights = chunked_attention(plan, module.layer_idx, query, key, value, kernel)
-    keys = plan.keys(module.layer_idx)
-    out = uniform_padding_rows(out, plan, keys, query, key, value, kernel, query_chunk_size(plan))
+def eager_swaa_attention(call: AttentionCall) -> tuple[Tensor, Tensor | None]:
+    plan, layer = call.plan, call.layer_idx
+    kernel = eager_kernel(call.scaling, call.softcap, call.active_dropout, call.module.training, plan)
+    out, weights = chunked_attention(plan, layer, call.query, call.key, call.value, kernel)
+    out = uniform_padding_rows(
+        out, plan, plan.keys(layer), call.query, call.key, call.value, kernel, query_chunk_size(plan)
+    )
     return out.transpose(1, 2).contiguous(), weights

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import rule
-from ..plan import AttentionPlan, KeyLayout
+from ..plan import AttentionPlan, KeyLayout, Memo
+from .call import AttentionCall
 
 INSTALL_HINT = (
     "attn_implementation='flash_attention_2' needs the flash-attn package: "
@@ -170,38 +171,28 @@ def _varlen(kernel, q, k, v, layout: VarlenLayout, scaling, window, softcap, dro
     return out, lse.transpose(0, 1).float()  # lse (H, Tq) -> (Tq, H)
 
 
-def flash_swaa_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    plan: AttentionPlan,
-    *,
-    scaling: float,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-    kernel: Callable | None = None,
-) -> tuple[Tensor, None]:
-    kernel = kernel or load_varlen_kernel()
-    dropout = dropout if module.training else 0.0
-    window = plan.layer_window(module.layer_idx)
-    q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
-    keys = plan.keys(module.layer_idx)
-    layout = plan.memo(("flash_layout", keys.name), lambda: build_layout(plan, keys))
-    q_tokens = query.permute(0, 2, 1, 3)  # (B, Lq, H, D)
-    k_tokens, v_tokens = key.permute(0, 2, 1, 3), value.permute(0, 2, 1, 3)
+def flash_swaa_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """Padding rows stay zero, as stock flash-attn leaves them (its varlen layout drops padding)."""
+    kernel = load_varlen_kernel()
+    plan, layer, scaling, softcap, dropout = call.plan, call.layer_idx, call.scaling, call.softcap, call.active_dropout
+    window = plan.layer_window(layer)
+    q_answer = plan.layer_answer_mask(layer) if window is not None else None
+    keys = plan.keys(layer)
+    layout = plan.memo(Memo.FLASH_LAYOUT, lambda: build_layout(plan, keys), keys.name)
+    q_tokens = call.query.permute(0, 2, 1, 3)  # (B, Lq, H, D)
+    k_tokens, v_tokens = call.key.permute(0, 2, 1, 3), call.value.permute(0, 2, 1, 3)
     q = q_tokens[layout.q_rows, layout.q_cols]
     k = k_tokens[layout.k_rows, layout.k_cols]
     v = v_tokens[layout.k_rows, layout.k_cols]
     out, lse = _varlen(kernel, q, k, v, layout, scaling, window, softcap, dropout)
     if window is not None and plan.config.keep_first > 0:
-        sink_k, sink_v, count = _sink_tensors(plan, keys, key, value, layout)
+        sink_k, sink_v, count = _sink_tensors(plan, keys, call.key, call.value, layout)
         out_s, lse_s = sink_part(q, sink_k, sink_v, count, layout, window, scaling, softcap)
         out = merge_by_lse(out, lse, out_s, lse_s)
     result = torch.zeros_like(q_tokens)
     result[layout.q_rows, layout.q_cols] = out
     if q_answer is not None:
-        answer = plan.memo(("flash_answer_layout", keys.name), lambda: build_layout(plan, keys, q_answer))
+        answer = plan.memo(Memo.FLASH_ANSWER_LAYOUT, lambda: build_layout(plan, keys, q_answer), keys.name)
         q_ans = q_tokens[answer.q_rows, answer.q_cols]
         out_ans, _ = _varlen(kernel, q_ans, k, v, answer, scaling, None, softcap, dropout)
         result[answer.q_rows, answer.q_cols] = out_ans

@@ -7,11 +7,8 @@ kernel is compiled, and so is the mask builder for large masks (an uncompiled
 shape because torch 2.11's automatic-dynamic recompilation of ``create_block_mask`` crashes in
 guard building. On CPU both run eagerly, which the tests use.
 
-Decode steps (one query per sequence) take the gathered-keys SDPA kernel of ``chunked.py`` (eager
-when logits are softcapped)
-instead: block sparsity buys nothing for a single query row, and a static flex kernel would
-recompile at every new cache length. Same rule, same plan. Sliding layers of a plain inference
-prefill take the Triton kernel (``triton_prefill.py``) and need no BlockMask at all.
+Which calls reach this kernel (decode steps and plain inference prefill go elsewhere) is decided
+in ``backends/__init__.py``.
 """
 
 from __future__ import annotations
@@ -19,15 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from .. import rule
-from ..plan import AttentionPlan, KeyLayout
-from .eager import eager_swaa_attention
+from ..plan import AttentionPlan, KeyLayout, Memo
+from .call import AttentionCall
 from .padding import zero_padding_rows
-from .sdpa import sdpa_swaa_attention
-from .triton_prefill import triton_prefill_attention
 
 # Masks with more (query, key) pairs than this are built by a compiled create_block_mask.
 COMPILE_MASK_ABOVE = 1 << 24
@@ -106,40 +101,25 @@ def softcap_score_mod(softcap: float) -> Callable:
     return score_mod
 
 
-def flex_swaa_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    plan: AttentionPlan,
-    *,
-    scaling: float,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-) -> tuple[Tensor, None]:
-    if dropout and module.training:
+def flex_swaa_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    if call.active_dropout:
         raise ValueError("flex_attention: attention dropout is not supported; set attention_dropout=0.0")
-    if query.shape[2] == 1:
-        decode = sdpa_swaa_attention if softcap is None else eager_swaa_attention  # sdpa cannot softcap
-        return decode(module, query, key, value, plan, scaling=scaling, softcap=softcap)[0], None
-    fast = triton_prefill_attention(module, query, key, value, plan, scaling=scaling, softcap=softcap)
-    if fast is not None:
-        return fast, None
-    window = plan.layer_window(module.layer_idx)
-    q_answer = plan.layer_answer_mask(module.layer_idx) if window is not None else None
+    plan, layer, query = call.plan, call.layer_idx, call.query
+    window = plan.layer_window(layer)
+    q_answer = plan.layer_answer_mask(layer) if window is not None else None
     device = query.device
-    keys = plan.keys(module.layer_idx)
+    keys = plan.keys(layer)
     block_mask = plan.memo(
-        ("flex_block_mask", keys.name, window, q_answer is not None),
-        lambda: build_block_mask(plan, keys, window, q_answer, device),
+        Memo.FLEX_BLOCK_MASK, lambda: build_block_mask(plan, keys, window, q_answer, device),
+        keys.name, window, q_answer is not None,
     )
     out = _flex_kernel(device)(
         query,
-        key,
-        value,
-        score_mod=None if softcap is None else softcap_score_mod(softcap),
+        call.key,
+        call.value,
+        score_mod=None if call.softcap is None else softcap_score_mod(call.softcap),
         block_mask=block_mask,
-        scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
+        scale=call.scaling,
+        enable_gqa=query.shape[1] != call.key.shape[1],
     )
     return zero_padding_rows(out, plan).transpose(1, 2).contiguous(), None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..plan import AttentionPlan, KeyLayout
+from ..plan import AttentionPlan, KeyLayout, Memo
 from .chunked import repeat_kv
 
 
@@ -51,7 +51,7 @@ def uniform_padding_rows(
     if not needs_grad:
         mean = repeat_kv(value, query.shape[1] // value.shape[1]).mean(dim=2, keepdim=True)
         return torch.where(padding, mean.to(out.dtype), out)
-    end = plan.memo(("last_padding_query",), lambda: _last_padding_query(plan)) + 1
+    end = plan.memo(Memo.LAST_PADDING_QUERY, lambda: _last_padding_query(plan)) + 1
     none_visible = torch.zeros(query.shape[0], 1, 1, key.shape[2], dtype=torch.bool, device=query.device)
     pieces = []
     for q_start in range(0, end, chunk):

@@ -4,48 +4,14 @@
 prefill layout: one unpadded sequence per batch row, query ``t`` is key ``offset + t`` (keys may
 extend a cache), and key j is visible to query i iff ``j <= i`` and (``i - j < W`` or
 ``j < keep_first``) -- the rule of ``swaa_patch.rule`` with position == index. ``window=None`` is
-full causal attention. The model backends call it through ``triton_prefill.py`` for plain prefill
+full causal attention. The model backends call it through ``fused_prefill.py`` for plain prefill
 (padding, packed documents, answer tokens and anything needing gradients go through the others).
 
 ``merge_sinks(q, k, v, out, lse, window, keep_first, scaling)`` completes a *window-only* result
 (another kernel's, e.g. cuDNN's sliding window in ``cudnn_swa.py``) with the sinks outside each
 window, in place: the same online-softmax step continued from that result's log-sum-exp.
 
-Kernel design (``_triton_swa_kernel.py``), FlashAttention-2 style:
-
-- one program per (BLOCK_M queries, q head); grid ``(q blocks * groups, batch * kv heads)``. The
-  ``groups`` q heads of one kv head are adjacent programs (GQA without repeating K/V: they share
-  K/V tiles through L2), and q blocks run last-first.
-- per q block, only the KV blocks that can hold a visible key are visited, in five ranges:
-  full sink blocks (unmasked), the partial sink block (masked), the window's lower-edge blocks
-  (masked), interior blocks (unmasked: every key visible to every query of the block), and the
-  diagonal blocks (causal mask, bounds-checked loads). The sink ranges stop where the window's
-  first block begins, so a sink inside the window is counted once. With W=2048, keep_first=100,
-  BLOCK_M=128, BLOCK_N=64 a q block visits 2 sink + 34 window blocks, 5 of them masked: 2304 keys
-  per query for 2148 visible ones (93% useful work).
-- online softmax with fp32 accumulators; scores prescaled by ``scaling * log2(e)`` so the
-  exponentials are ``exp2``, the scale folded into the max and one multiply-add on unmasked blocks;
-  masked scores get a finite -1e30 (no -inf checks, no NaN); the log-sum-exp (natural log) is
-  returned per query for merging with other partial results and for a backward pass. Float32
-  inputs use IEEE dots (exact), bf16/fp16 the tensor cores.
-- Q/K/V loads: Hopper TMA descriptors when each tensor has a ``row_view`` (dense, unit head_dim
-  stride, 16-byte aligned rows: transformers' layouts qualify), plain pointer loads otherwise. On
-  the H100 TMA made every block shape faster (benchmarks/results/triton_tuning.md).
-- optional Gemma2 logit softcap ``softcap * tanh(score / softcap)`` as a compile-time flag.
-- block sizes, ``num_warps`` and ``num_stages`` come from ``AUTOTUNE_CONFIGS`` (the four fastest
-  of the H100 sweep, autotuned once per head_dim / dtype / softcap / load kind) or from an explicit
-  ``KernelConfig``.
-
-Backward (not implemented; design notes for the next step): the FA2 backward maps onto the same
-block ranges. (1) a preprocess kernel computes ``delta_i = sum_d dO_i * O_i``; (2) a dK/dV kernel
-runs one program per KV block and loops over the q blocks that can see it -- the transposed
-ranges: q blocks in ``[key_block_start, key_block_end + W - 1]`` (diagonal and window edge masked,
-interior unmasked) plus, for KV blocks holding sinks, *every* later q block (an O(n * k) tail per
-sink block; split it across programs or use atomics so the sink blocks do not serialise the grid);
-P is recomputed from the saved ``lse`` as ``exp2(s * log2e - lse * log2e)``; GQA sums the
-``groups`` q heads inside the program (no atomics); (3) a dQ kernel reuses this forward's loop
-structure with ``dS = P * (dO V^T - delta)``. The softcap backward multiplies dS by
-``1 - tanh^2``.
+Kernel design, launch configurations and the (unbuilt) backward's design: ``docs/kernels.md``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from tiny import VOCAB, tiny_model  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
-from swaa_patch.backends.triton_prefill import (  # noqa: E402
+from swaa_patch.backends.fused_prefill import (  # noqa: E402
     CUDNN_TAKEN,
     PATH_COUNTS,
     TAKEN,
@@ -258,7 +258,7 @@ def test_auto_setting_leaves_cpu_float32_alone(counts):
 
 def test_process_default_is_auto_unless_the_environment_says_otherwise():
     """The path is on by default (CUDA 16-bit calls only); SWAA_TRITON_PREFILL overrides it."""
-    code = "from swaa_patch.backends.triton_prefill import triton_prefill_setting as s; print(s())"
+    code = "from swaa_patch.backends.fused_prefill import triton_prefill_setting as s; print(s())"
     env = {k: v for k, v in os.environ.items() if k != "SWAA_TRITON_PREFILL"}
     for value, expected in ((None, "auto"), ("off", "off")):
         if value is not None:
@@ -272,7 +272,7 @@ def test_process_default_is_auto_unless_the_environment_says_otherwise():
 
 def test_auto_needs_an_ampere_or_newer_gpu(monkeypatch):
     """On a pre-Ampere GPU the default must not send bf16 prefill to a kernel that cannot compile."""
-    from swaa_patch.backends import triton_prefill as module
+    from swaa_patch.backends import fused_prefill as module
 
     for capability, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)

@@ -1,10 +1,11 @@
-"""Fast path for inference prefill: sliding layers of plain prompts run a fused SWA+sink kernel.
+"""Fused SWA+sink prefill: sliding layers of plain inference prompts skip the masked paths.
 
-The sdpa and flex backends ask :func:`triton_prefill_attention` first; it returns None (and the
-backend goes on exactly as before) unless the call is one the forward-only kernels compute under
-the same rule. Two kernels can serve it: cuDNN's sliding window with the sinks merged in by Triton
-(``cudnn_swa.py``; Hopper with cudnn-frontend installed, no softcap) and otherwise the single-pass
-Triton kernel of ``triton_swa.py``. A call qualifies when:
+:func:`dispatch_fused_prefill` is a dispatch candidate of the sdpa and flex implementations
+(``backends/__init__.py``): it returns a fused kernel when the call is one the forward-only
+kernels compute under the same rule, else the reason it is not. Two kernels serve it: cuDNN's
+sliding window with the sinks merged in by Triton (``cudnn_swa.py``; Hopper with cudnn-frontend
+installed, no softcap) and otherwise the single-pass Triton kernel of ``triton_swa.py``. A call
+qualifies when:
 
 - the setting allows it (below) and, in ``"auto"``, the tensors are CUDA bf16/fp16;
 - nothing needs a gradient (q, k, v do not require grad: the kernel has no backward) and no
@@ -26,10 +27,8 @@ falling back), so tests and benchmarks can tell which path ran.
 
 Setting: ``"auto"`` (default: CUDA bf16/fp16 calls that qualify, through cuDNN where it can serve
 them), ``"triton"`` (the same calls, Triton kernel only), ``"off"``, or ``"force"`` (also CPU
-tensors through Triton's interpreter and float32: for tests). The default became ``"auto"``
-once ``benchmarks/model_speed.py`` had checked the path at model level on an H100 (every layer took
-it, logits and hidden states agree with the sdpa path, no recompilation; see
-``benchmarks/results/model_speed.md``). The environment variable ``SWAA_TRITON_PREFILL`` sets the
+tensors through Triton's interpreter and float32: for tests). The environment variable
+``SWAA_TRITON_PREFILL`` sets the
 process default; :func:`set_triton_prefill` / :func:`triton_prefill` change it. The patch reads it
 once per forward into ``AttentionPlan.triton_prefill``, so backends see it as plan data; a plan
 built by hand defaults to ``"off"``.
@@ -46,10 +45,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..plan import AttentionPlan, KeyLayout
+from ..plan import AttentionPlan, KeyLayout, Memo
 from . import cudnn_swa
+from .call import AttentionCall, Kernel
 from .triton_swa import SUPPORTED_HEAD_DIMS, swa_sink_attention
 
 logger = logging.getLogger(__name__)
@@ -134,19 +134,18 @@ def aligned_layout(plan: AttentionPlan, keys: KeyLayout) -> tuple[int, str | Non
     return int(flags[3]), None
 
 
-def _reason(
-    module: nn.Module, query: Tensor, key: Tensor, value: Tensor, plan: AttentionPlan, dropout: float
-) -> str | None:
-    """Why this call must not take the kernel, cheapest checks first; None when it may."""
-    if query.requires_grad or key.requires_grad or value.requires_grad:
+def _reason(call: AttentionCall) -> str | None:
+    """Why this call must not take a fused kernel, cheapest checks first; None when it may."""
+    query, plan, layer = call.query, call.plan, call.layer_idx
+    if query.requires_grad or call.key.requires_grad or call.value.requires_grad:
         return "grad"
-    if dropout and module.training:
+    if call.active_dropout:
         return "dropout"
     if query.shape[2] == 1:
         return "decode"
-    if plan.layer_window(module.layer_idx) is None:
+    if plan.layer_window(layer) is None:
         return "full-attention layer"
-    if plan.layer_answer_mask(module.layer_idx) is not None:
+    if plan.layer_answer_mask(layer) is not None:
         return "answer tokens"
     if plan.triton_prefill in ("auto", "triton"):
         if query.device.type != "cuda":
@@ -159,44 +158,57 @@ def _reason(
         return "head_dim"
     if not _triton_available():
         return "no triton"
-    keys = plan.keys(module.layer_idx)
-    return plan.memo(("triton_layout", keys.name), lambda: aligned_layout(plan, keys))[1]
+    return _layout(plan, layer)[1]
 
 
-def triton_prefill_attention(
-    module: nn.Module,
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    plan: AttentionPlan,
-    *,
-    scaling: float,
-    dropout: float = 0.0,
-    softcap: float | None = None,
-) -> Tensor | None:
-    """The layer's attention output in transformers' (B, Lq, H, D) layout through cuDNN + the sink
-    merge or the Triton kernel, or None when the call is not eligible (the caller then runs its
-    own path)."""
+def _layout(plan: AttentionPlan, layer: int) -> tuple[int, str | None]:
+    keys = plan.keys(layer)
+    return plan.memo(Memo.FUSED_LAYOUT, lambda: aligned_layout(plan, keys), keys.name)
+
+
+def dispatch_fused_prefill(call: AttentionCall) -> Kernel | str:
+    """The fused kernel for this call (cuDNN band + sink merge where it can serve, else the Triton
+    kernel), or why the call is not eligible; outcomes are counted in :data:`PATH_COUNTS`."""
+    plan = call.plan
     if plan.triton_prefill == "off":
-        return None
-    reason = _reason(module, query, key, value, plan, dropout)
+        return "fused prefill off"
+    reason = _reason(call)
     if reason is not None:
         PATH_COUNTS[reason] += 1
         if PATH_COUNTS[reason] == 1:
-            logger.debug("SWAA Triton prefill: falling back (%s) on layer %d", reason, module.layer_idx)
-        return None
-    keys = plan.keys(module.layer_idx)
-    skip, _ = plan.memo(("triton_layout", keys.name), lambda: aligned_layout(plan, keys))
-    key, value, offset = key[:, :, skip:], value[:, :, skip:], keys.offset - skip
-    window, keep_first = plan.layer_window(module.layer_idx), plan.config.keep_first
-    if plan.triton_prefill != "triton" and cudnn_swa.unusable_reason(query, key, softcap, offset) is None:
+            logger.debug("SWAA fused prefill: not taken (%s) on layer %d", reason, call.layer_idx)
+        return reason
+    skip, _ = _layout(plan, call.layer_idx)
+    offset = plan.keys(call.layer_idx).offset - skip
+    key = call.key[:, :, skip:]
+    if plan.triton_prefill != "triton" and cudnn_swa.unusable_reason(call.query, key, call.softcap, offset) is None:
+        return cudnn_prefill(skip, offset)
+    return triton_prefill_kernel(skip, offset)
+
+
+def cudnn_prefill(skip: int, offset: int) -> Kernel:
+    def kernel(call: AttentionCall) -> tuple[Tensor, None]:
         PATH_COUNTS[CUDNN_TAKEN] += 1
-        out, _ = cudnn_swa.swa_sink_attention_cudnn(query, key, value, window, keep_first, scaling, offset)
-        return out.transpose(1, 2)
-    PATH_COUNTS[TAKEN] += 1
-    batch, heads, q_len, dim = query.shape
-    out = query.new_empty(batch, q_len, heads, dim)
-    swa_sink_attention(
-        query, key, value, window, keep_first, scaling, softcap, offset, out=out.transpose(1, 2)
-    )  # fmt: skip
-    return out
+        window, keep_first = call.plan.layer_window(call.layer_idx), call.plan.config.keep_first
+        out, _ = cudnn_swa.swa_sink_attention_cudnn(
+            call.query, call.key[:, :, skip:], call.value[:, :, skip:], window, keep_first, call.scaling, offset
+        )
+        return out.transpose(1, 2), None
+
+    return kernel
+
+
+def triton_prefill_kernel(skip: int, offset: int) -> Kernel:
+    def kernel(call: AttentionCall) -> tuple[Tensor, None]:
+        PATH_COUNTS[TAKEN] += 1
+        query = call.query
+        window, keep_first = call.plan.layer_window(call.layer_idx), call.plan.config.keep_first
+        batch, heads, q_len, dim = query.shape
+        out = query.new_empty(batch, q_len, heads, dim)
+        swa_sink_attention(
+            query, call.key[:, :, skip:], call.value[:, :, skip:], window, keep_first, call.scaling,
+            call.softcap, offset, out=out.transpose(1, 2),
+        )
+        return out, None
+
+    return kernel

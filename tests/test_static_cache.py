@@ -1,0 +1,130 @@
+"""StaticSWAACache: fixed buffers of sink slots + a ring, decode steps with tensor ops only.
+
+Generation through it follows the float64 reference of the rule (families, backends, left
+padding, sinks, force_fa_decode, non_sliding_layers, ring wrap); its compiled decode step never
+recompiles; chunked prefill fills it; bad use is refused with errors naming the field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import RefRule, generate_with_reference, reference_model, rel_error
+from test_equivalence import _left_padded
+from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
+from transformers import CompileConfig
+
+from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill
+from swaa_patch.compat import cache_kwargs, output_cache
+
+TOL = 1e-5
+CONFIGS = {
+    # every layer bounded; keep_first larger than the window
+    "bounded": (SWAAConfig(sliding_window_size=3, keep_first=4), RefRule(3, 4)),
+    # full layers and force_fa_decode layers keep every key; the rest ring
+    "mixed": (
+        SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=[0], non_sliding_layers=[1]),
+        RefRule(4, 2, [0], (1,)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("family, attn", FAMILY_BACKENDS)
+def test_static_generation_matches_reference(family, attn, name):
+    """3W+ new tokens wrap the ring several times; row 0 unpadded, rows 1-2 left-padded (row 2's
+    prompt is shorter than keep_first, so decode steps fill its sink slots)."""
+    config, rule = CONFIGS[name]
+    model = tiny_model(family, attn)
+    ref = reference_model(model)
+    apply_swaa(model, config)
+    ids, valid = _left_padded(3, 12, [0, 5, 10], seed=4)
+    new = 3 * config.sliding_window_size + 3
+    got, expected, tokens, cache = generate_with_reference(
+        model, ref, rule, ids, valid, new, with_cache=True, cache_implementation="static"
+    )
+    assert isinstance(cache, StaticSWAACache)
+    assert rel_error(got, expected) < TOL
+    allowed = expected.clone()
+    allowed[..., model.config.eos_token_id] = float("-inf")  # min_new_tokens suppresses eos
+    picked = allowed.gather(-1, tokens[:, ids.shape[1] :, None])[..., 0]
+    assert torch.all(allowed.max(-1).values - picked < 1e-9)
+
+
+def test_bounded_layers_hold_sinks_plus_window_at_any_length():
+    config = SWAAConfig(sliding_window_size=5, keep_first=3, non_sliding_layers=[2])
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
+    for length in (8, 60):
+        ids = torch.randint(3, VOCAB, (2, length))
+        with torch.no_grad():
+            cache = output_cache(
+                model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                               cache_implementation="static", return_dict_in_generate=True)
+            )
+        for i, layer in enumerate(cache.layers):
+            # the full layer holds what generate asked for (the last new token is never fed back)
+            slots = length + 4 - 1 if i == 2 else 3 + 5
+            assert layer.keys.shape[2] == slots
+
+
+@pytest.mark.parametrize("family, attn, config", [
+    ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1])),
+    ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3])),
+])
+def test_compiled_decode_never_recompiles(family, attn, config):
+    """fullgraph compile of every decode step (the hook's plan and the forward): one graph each,
+    none added across the window boundary and the ring wrap; tokens equal the eager path's."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = apply_swaa(tiny_model(family, attn), config)
+    ids, valid = _left_padded(2, 9, [0, 3], seed=2)
+    compile_config = CompileConfig(backend="eager", fullgraph=True, mode=None)
+    compile_config._compile_all_devices = True  # transformers compiles automatically on GPUs only
+    kwargs = dict(attention_mask=valid.long(), max_new_tokens=4 * config.sliding_window_size, do_sample=False,
+                  pad_token_id=0, min_new_tokens=4 * config.sliding_window_size)
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
+        again = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
+    assert counters["stats"]["unique_graphs"] - before == 2  # the hook's frame and the forward's
+    with torch.no_grad():
+        eager = model.generate(ids, **kwargs)
+    assert torch.equal(compiled, eager) and torch.equal(again, eager)
+
+
+def test_chunked_prefill_fills_a_static_cache():
+    config = SWAAConfig(sliding_window_size=4, keep_first=2, non_sliding_layers=[3])
+    model = apply_swaa(tiny_model("llama", "sdpa"), config)
+    ids, valid = _left_padded(2, 31, [0, 6], seed=5)
+    cache = StaticSWAACache(config, model.config.num_hidden_layers, max_cache_len=40)
+    with torch.no_grad():
+        one_shot = model(input_ids=ids, attention_mask=valid.long()).logits
+        result = chunked_prefill(model, ids, valid.long(), chunk_size=7, return_all_logits=True, cache=cache)
+        assert result.cache is cache
+        assert rel_error(result.logits, one_shot, valid) < TOL
+        # decode on top equals decoding on a dynamic chunked prefill
+        token = result.logits[:, -1:].argmax(-1)
+        mask = torch.cat([valid.long(), torch.ones(2, 1, dtype=torch.long)], 1)
+        pids = mask.long().cumsum(-1)[:, -1:] - 1
+        step = model(input_ids=token, attention_mask=mask, position_ids=pids, **cache_kwargs(model, cache))
+        dynamic = chunked_prefill(model, ids, valid.long(), chunk_size=7)
+        expected = model(input_ids=token, attention_mask=mask, position_ids=pids,
+                         **cache_kwargs(model, dynamic.cache))
+    assert rel_error(step.logits, expected.logits) < TOL
+
+
+def test_bad_use_is_refused():
+    with pytest.raises(ValueError, match="StaticSWAACache needs an enabled SWAAConfig"):
+        StaticSWAACache(SWAAConfig(), 4)
+    with pytest.raises(ValueError, match="max_cache_len: layers that keep every key"):
+        StaticSWAACache(SWAAConfig(sliding_window_size=4, non_sliding_layers=[1]), 4)
+    config = SWAAConfig(sliding_window_size=4, force_fa_decode=True)
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
+    cache = StaticSWAACache(config, 4, max_cache_len=10)
+    with torch.no_grad(), pytest.raises(ValueError, match="max_cache_len: this cache holds 10 tokens"):
+        model(torch.randint(3, VOCAB, (1, 11)), **cache_kwargs(model, cache))
+    cache = StaticSWAACache(config, 4, max_cache_len=10)
+    with torch.no_grad():
+        model(torch.randint(3, VOCAB, (2, 4)), **cache_kwargs(model, cache))
+        with pytest.raises(ValueError, match="input_ids: this StaticSWAACache holds batch 2, got batch 3"):
+            model(torch.randint(3, VOCAB, (3, 4)), **cache_kwargs(model, cache))
