@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge]
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -19,6 +19,9 @@ for part in "${parts[@]}"; do
     model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;
+    decode)
+      python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
+      python3 benchmarks/decode_speed.py --out "$OUT/decode_speed.md" 2>&1 | tee "$OUT/decode_speed.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

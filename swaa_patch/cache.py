@@ -232,7 +232,7 @@ def static_replacement(
     if (
         isinstance(previous, StaticSWAACache)
         and previous.config == config
-        and previous.max_cache_len == max_len
+        and previous.full_slots == (max_len if len(previous.bounded_layers) < model_config.num_hidden_layers else 0)
         and previous.batch_size in (batch_size, None)
     ):
         previous.reset()

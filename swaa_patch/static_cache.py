@@ -83,7 +83,8 @@ class StaticSWAACache(Cache):
                 "max_cache_len: layers that keep every key (non_sliding_layers, force_fa_decode) need "
                 f"max_cache_len >= 1 (prompt + new tokens), got {max_cache_len!r}"
             )
-        self.max_cache_len = max_cache_len or 0
+        # only layers that keep every key need it: a bounded-only cache's shapes never depend on the length
+        self.full_slots = (max_cache_len or 0) if len(self.bounded_layers) < num_layers else 0
         layers = [
             _BoundedStaticLayer(self, i) if i in self.bounded_layers else _FullStaticLayer(self, i)
             for i in range(num_layers)
@@ -118,7 +119,7 @@ class StaticSWAACache(Cache):
         self.sink_valid = torch.zeros(batch, keep, dtype=torch.bool, device=device)
         self.ring_valid = torch.zeros(batch, ring, dtype=torch.bool, device=device)
         self.ring_pos = torch.zeros(batch, ring, dtype=torch.long, device=device)
-        self.full_valid = torch.zeros(batch, self.max_cache_len, dtype=torch.bool, device=device)
+        self.full_valid = torch.zeros(batch, self.full_slots, dtype=torch.bool, device=device)
         for tensor in (self.column, self.seen, self.sink_valid, self.ring_valid, self.ring_pos, self.full_valid):
             _static(tensor)
 
@@ -143,9 +144,9 @@ class StaticSWAACache(Cache):
             raise ValueError(f"input_ids: this StaticSWAACache holds batch {self.seen.shape[0]}, got batch {batch}")
         keep, ring = self.keep_first, self.ring_size
         columns = self.columns()
-        if self.full_valid.shape[1] and columns + n > self.max_cache_len:
+        if self.full_valid.shape[1] and columns + n > self.full_slots:
             raise ValueError(
-                f"max_cache_len: this cache holds {self.max_cache_len} tokens on its full layers; "
+                f"max_cache_len: this cache holds {self.full_slots} tokens on its full layers; "
                 f"{columns} are stored and this pass adds {n}"
             )
         stored = min(columns, ring - 1)
@@ -307,7 +308,7 @@ class _FullStaticLayer(_StaticLayer):
     """max_cache_len slots indexed by column: every key, for layers that may attend to all."""
 
     def slots(self) -> int:
-        return self._cache.max_cache_len
+        return self._cache.full_slots
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         current = self._pass()
@@ -348,5 +349,24 @@ class StaticDecodePlan:
 def plan_static_decode(cache: StaticSWAACache, cache_arg: str) -> StaticDecodePlan:
     bounded_mask, full_mask = cache.begin_decode()
     return StaticDecodePlan(
-        bounded_mask, full_mask, cache.bounded_layers, cache.bounded_slots, cache.max_cache_len, cache_arg
+        bounded_mask, full_mask, cache.bounded_layers, cache.bounded_slots, cache.full_slots, cache_arg
     )
+
+
+def decode_compile_config(device: torch.device):
+    """transformers' ``CompileConfig`` for decode steps on a StaticSWAACache: fullgraph (a graph
+    break would be a SWAA bug, so it fails loudly instead of running slowly), static shapes, CUDA
+    graphs (reduce-overhead). transformers compiles automatically on GPUs only; on a CPU this asks
+    for dynamo alone (backend "eager"), which checks tracing and recompiles, not speed."""
+    from transformers import CompileConfig
+
+    if device.type == "cuda":
+        return CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")
+    config = CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
+    config._compile_all_devices = True
+    return config
+
+
+def static_generate_kwargs(device: torch.device) -> dict:
+    """``model.generate`` arguments for compiled SWAA decoding on ``device``."""
+    return {"cache_implementation": "static", "compile_config": decode_compile_config(device)}

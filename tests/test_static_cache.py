@@ -11,10 +11,10 @@ import torch
 from reference import RefRule, generate_with_reference, reference_model, rel_error
 from test_equivalence import _left_padded
 from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
-from transformers import CompileConfig
 
 from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill
 from swaa_patch.compat import cache_kwargs, output_cache
+from swaa_patch.static_cache import static_generate_kwargs
 
 TOL = 1e-5
 CONFIGS = {
@@ -78,14 +78,13 @@ def test_compiled_decode_never_recompiles(family, attn, config):
     torch._dynamo.reset()
     model = apply_swaa(tiny_model(family, attn), config)
     ids, valid = _left_padded(2, 9, [0, 3], seed=2)
-    compile_config = CompileConfig(backend="eager", fullgraph=True, mode=None)
-    compile_config._compile_all_devices = True  # transformers compiles automatically on GPUs only
+    compile_kwargs = static_generate_kwargs(torch.device("cpu"))  # dynamo alone on a CPU
     kwargs = dict(attention_mask=valid.long(), max_new_tokens=4 * config.sliding_window_size, do_sample=False,
                   pad_token_id=0, min_new_tokens=4 * config.sliding_window_size)
     before = counters["stats"]["unique_graphs"]
     with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
-        again = model.generate(ids, cache_implementation="static", compile_config=compile_config, **kwargs)
+        compiled = model.generate(ids, **compile_kwargs, **kwargs)
+        again = model.generate(ids, **compile_kwargs, **kwargs)
     assert counters["stats"]["unique_graphs"] - before == 2  # the hook's frame and the forward's
     with torch.no_grad():
         eager = model.generate(ids, **kwargs)
@@ -128,3 +127,25 @@ def test_bad_use_is_refused():
         model(torch.randint(3, VOCAB, (2, 4)), **cache_kwargs(model, cache))
         with pytest.raises(ValueError, match="input_ids: this StaticSWAACache holds batch 2, got batch 3"):
             model(torch.randint(3, VOCAB, (3, 4)), **cache_kwargs(model, cache))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/run_gpu.sh decode)")
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cuda_graph_decode_matches_reference(name):
+    """The real thing: inductor + CUDA graphs (reduce-overhead, fullgraph) on a GPU, float32,
+    against the float64 reference; a second generation replays without a recompile."""
+    config, rule = CONFIGS[name]
+    model = tiny_model("qwen3", "sdpa").cuda()
+    ref = reference_model(model)
+    apply_swaa(model, config)
+    ids, valid = _left_padded(3, 12, [0, 5, 10], seed=4)
+    ids, valid = ids.cuda(), valid.cuda()
+    new = 3 * config.sliding_window_size + 3
+    extra = static_generate_kwargs(torch.device("cuda"))
+    got, expected, _, cache = generate_with_reference(model, ref, rule, ids, valid, new, with_cache=True, **extra)
+    assert isinstance(cache, StaticSWAACache)
+    assert rel_error(got, expected) < 1e-4  # TF32-free float32 on the GPU; kernels differ from the CPU's
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again, expected_again, _ = generate_with_reference(model, ref, rule, ids, valid, new, **extra)
+    assert rel_error(again, expected_again) < 1e-4

@@ -1,0 +1,445 @@
+"""Decode speed of a whole model: stock transformers vs SWAA, every path a user would pick, one run.
+
+Rows, for each (batch, context): stock HF with its DynamicCache; stock HF with its StaticCache and
+torch.compile (``cache_implementation="static"``, mode reduce-overhead, fullgraph); SWAA with its
+bounded dynamic cache (``SWAACache``, the eager default); SWAA with ``StaticSWAACache`` and the same
+compile switch. Every row is one ``model.generate`` call on random prompt tokens, greedy; a
+stopping-criteria clock records each step (after a device sync), so a step is what a user waits
+for, logits processing included. tok/s = batch / median step after the warm-up steps; compile s
+= the warm-up steps' time beyond that many median steps. graphs = dynamo graphs added by the row
+(the compiled SWAA step is two graphs, the hook's and the forward's, compiled once per batch size;
+later contexts must add none). KV GiB = bytes of the cache's tensors at the end; peak = max
+allocated during the call. Correctness in the same run: the compiled SWAA row's tokens against
+the eager bounded row's (same prompts), and a logits check on the first steps. A stock row whose
+KV cache cannot fit says so instead of running. The eval table times ``generate`` the way
+``swaa eval`` batches (left-padded prompts of mixed lengths) with ``generation.compile`` off / on.
+
+    python benchmarks/decode_speed.py [--tiny]           # --tiny: a tiny model on the CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, Qwen3Config, StoppingCriteria
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
+from swaa_patch.compat import output_cache  # noqa: E402
+from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
+
+from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
+
+log = logging.getLogger("decode_speed")
+
+TINY = dict(QWEN3_4B, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)  # fmt: skip
+VARIANTS = ("stock_dynamic", "stock_static_compile", "swaa_bounded", "swaa_static_compile")
+LABELS = {
+    "stock_dynamic": "stock HF, DynamicCache",
+    "stock_static_compile": "stock HF, StaticCache + compile",
+    "swaa_bounded": "SWAA, bounded SWAACache (eager)",
+    "swaa_static_compile": "SWAA, StaticSWAACache + compile",
+}
+COMPILED = {"stock_static_compile", "swaa_static_compile"}
+CHECK_STEPS = 8
+WEIGHTS_GIB = {True: 0.0, False: 8.1}  # tiny / 4B bf16 weights, for the fit estimate
+
+
+@dataclass
+class DecodeSpeedArgs:
+    contexts: tuple[int, ...] = (8192, 32768, 131072)  # batch 1
+    batches: tuple[int, ...] = (1, 8, 32)  # at batch_context
+    batch_context: int = 32768
+    window: int = 2048
+    keep_first: int = 100
+    steps: int = 200  # decode steps of the SWAA rows (the recompile check covers all of them)
+    stock_steps: int = 40
+    warmup: int = 4
+    variants: tuple[str, ...] = VARIANTS
+    eval_prompts: int = 16
+    eval_batch: int = 8
+    eval_context: int = 8192
+    eval_new_tokens: int = 64
+    tiny: bool = False
+    out: str = "benchmarks/results/decode_speed.md"
+    resume: bool = False  # keep the rows (and eval table) of an earlier invocation with the same --out
+    seed: int = 0
+
+
+TINY_DEFAULTS = dict(contexts=(40, 90), batches=(1, 3), batch_context=40, window=8, keep_first=2, steps=24,
+                     stock_steps=12, eval_prompts=4, eval_batch=2, eval_context=40, eval_new_tokens=8)  # fmt: skip
+
+
+@dataclass
+class Row:
+    batch: int
+    context: int
+    variant: str
+    step_ms: float = math.nan
+    tps: float = math.nan
+    compile_s: float = math.nan
+    graphs: int = 0
+    kv_gib: float = math.nan
+    peak_gib: float = math.nan
+    check: str = "-"
+    ok: bool = True
+    note: str = ""
+
+
+@dataclass
+class Bench:
+    args: DecodeSpeedArgs
+    device: torch.device
+    dtype: torch.dtype
+    shape: dict
+    model: torch.nn.Module | None = None
+    tokens: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (batch, context) -> bounded tokens
+    batches_compiled: set[int] = field(default_factory=set)
+
+    @property
+    def swaa_config(self) -> SWAAConfig:
+        return SWAAConfig(sliding_window_size=self.args.window, keep_first=self.args.keep_first)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+class StepClock(StoppingCriteria):
+    """Records the time after every generated token (never stops generation)."""
+
+    def __init__(self, sync) -> None:
+        self.sync, self.times = sync, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.sync()
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def kv_gib_estimate(bench: Bench, variant: str, batch: int, tokens: int) -> float:
+    s = bench.shape
+    per_token = 2 * s["num_hidden_layers"] * s["num_key_value_heads"] * s["head_dim"] * bench.dtype.itemsize
+    held = tokens if variant.startswith("stock") else bench.args.keep_first + bench.args.window
+    return batch * held * per_token / 2**30
+
+
+def skip_reason(bench: Bench, variant: str, batch: int, context: int) -> str:
+    if bench.device.type != "cuda":
+        return ""
+    need = kv_gib_estimate(bench, variant, batch, context + bench.args.steps) + WEIGHTS_GIB[bench.args.tiny]
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if need > 0.9 * total:
+        return f"does not fit: KV {need - WEIGHTS_GIB[False]:.0f} GiB + weights > 90% of {total:.0f} GiB"
+    return ""
+
+
+def cache_gib(cache) -> float:
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total / 2**30
+
+
+def graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def generate_kwargs(bench: Bench, variant: str) -> dict:
+    return static_generate_kwargs(bench.device) if variant in COMPILED else {}
+
+
+def prepare_model(bench: Bench, variant: str) -> torch.nn.Module:
+    model = bench.model
+    if variant.startswith("swaa"):
+        apply_swaa(model, bench.swaa_config)
+    else:
+        remove_swaa(model)
+    return model
+
+
+def run_row(bench: Bench, variant: str, batch: int, context: int, ids: torch.Tensor) -> Row:
+    args = bench.args
+    model = prepare_model(bench, variant)
+    steps = args.steps if variant.startswith("swaa") else args.stock_steps
+    clock = StepClock(bench.sync)
+    if bench.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = graph_count()
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
+            do_sample=False, pad_token_id=0, stopping_criteria=[clock], return_dict_in_generate=True,
+            **generate_kwargs(bench, variant),
+        )  # fmt: skip
+    row = Row(batch, context, variant, graphs=graph_count() - before)
+    durations = [b - a for a, b in zip(clock.times, clock.times[1:])]  # decode steps only
+    timed = durations[args.warmup :]
+    row.step_ms = statistics.median(timed) * 1e3
+    row.tps = batch / (row.step_ms / 1e3)
+    if variant in COMPILED:
+        row.compile_s = max(0.0, sum(durations[: args.warmup]) - args.warmup * row.step_ms / 1e3)
+    row.kv_gib = cache_gib(output_cache(out))
+    if bench.device.type == "cuda":
+        row.peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    new_tokens = out.sequences[:, ids.shape[1] :]
+    if variant == "swaa_bounded":
+        bench.tokens[(batch, context)] = new_tokens
+    if variant == "swaa_static_compile":
+        check_against_bounded(bench, row, new_tokens, ids)
+    del out
+    return row
+
+
+def check_against_bounded(bench: Bench, row: Row, new_tokens: torch.Tensor, ids: torch.Tensor) -> None:
+    """Same tokens as the eager bounded path over every timed step, and the same logits on the
+    first steps (recomputed in a short call of each path on the same prompts)."""
+    if row.batch in bench.batches_compiled and row.graphs:
+        row.ok, row.note = False, f"recompiled: {row.graphs} graphs added at a batch size already compiled"
+    bench.batches_compiled.add(row.batch)
+    reference = bench.tokens.get((row.batch, row.context))
+    if reference is None:
+        return
+    same = (new_tokens == reference).all(dim=0)
+    first_diff = int((~same).nonzero()[0]) if not bool(same.all()) else None
+    logits = {}
+    first = ids[:1]  # batch 1: its compiled graphs exist already, and one prompt is enough for the logits
+    for variant in ("swaa_bounded", "swaa_static_compile"):
+        with torch.no_grad():
+            out = bench.model.generate(
+                first, attention_mask=torch.ones_like(first), max_new_tokens=CHECK_STEPS, min_new_tokens=CHECK_STEPS,
+                do_sample=False, pad_token_id=0, return_dict_in_generate=True, output_logits=True,
+                **generate_kwargs(bench, variant),
+            )  # fmt: skip
+        logits[variant] = torch.stack(out.logits, 1).float()
+    a, b = logits["swaa_static_compile"], logits["swaa_bounded"]
+    rel = float((a - b).norm() / b.norm())
+    tol = 5e-2 if bench.dtype == torch.bfloat16 else 1e-4
+    tokens = "tokens = bounded" if first_diff is None else f"tokens differ from step {first_diff}"
+    row.check = f"{tokens}; logits {rel:.1e} over {CHECK_STEPS} steps of row 0"
+    if rel > tol or math.isnan(rel):
+        row.ok, row.note = False, f"logits differ from the bounded path by {rel:.1e} > {tol}"
+
+
+def eval_throughput(bench: Bench, compile_decode: bool) -> tuple[float, float]:
+    """Samples/s of ``swaa eval``'s batching on the SWAA model: left-padded prompts of mixed
+    lengths (context/2 .. context), longest first, greedy, eval_new_tokens each. Returns
+    (samples/s, seconds); a first call of the compiled path is a warm-up, not timed."""
+    args = bench.args
+    apply_swaa(bench.model, bench.swaa_config)
+    g = torch.Generator().manual_seed(args.seed)
+    lengths = sorted(torch.randint(args.eval_context // 2, args.eval_context + 1, (args.eval_prompts,), generator=g)
+                     .tolist(), reverse=True)  # fmt: skip
+    batches = [lengths[i : i + args.eval_batch] for i in range(0, len(lengths), args.eval_batch)]
+    kwargs = generate_kwargs(bench, "swaa_static_compile") if compile_decode else {}
+
+    def run_all() -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            width = max(batch)
+            ids = torch.randint(3, bench.shape["vocab_size"], (len(batch), width), generator=g).to(bench.device)
+            mask = torch.zeros_like(ids)
+            for row, n in enumerate(batch):
+                mask[row, width - n :] = 1
+            with torch.no_grad():
+                bench.model.generate(ids, attention_mask=mask, max_new_tokens=args.eval_new_tokens,
+                                     min_new_tokens=args.eval_new_tokens, do_sample=False, pad_token_id=0, **kwargs)
+        bench.sync()
+        return time.perf_counter() - start
+
+    if compile_decode:
+        run_all()  # compile + graph capture for these shapes
+    seconds = run_all()
+    return args.eval_prompts / seconds, seconds
+
+
+def fmt(x: float, spec: str) -> str:
+    return "-" if x != x else format(x, spec)
+
+
+def format_row(bench: Bench, row: Row) -> str:
+    verdict = ("ok" if row.ok else "FAIL") + (f" ({row.note})" if row.note and row.ok else "")
+    if not row.ok:
+        verdict = f"FAIL: {row.note}"
+    return (
+        f"| {row.batch} | {row.context} | {LABELS[row.variant]} | {fmt(row.step_ms, '.2f')} | {fmt(row.tps, '.1f')} | "
+        f"{fmt(row.compile_s, '.1f')} | {row.graphs} | {fmt(row.kv_gib, '.2f')} | {fmt(row.peak_gib, '.1f')} | "
+        f"{row.check} | {verdict} |"
+    )
+
+
+def report(bench: Bench, rows: list[Row], eval_lines: list[str]) -> str:
+    args, shape = bench.args, bench.shape
+    device = torch.cuda.get_device_name() if bench.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    lines = [
+        "# Decode speed: stock HF (dynamic, static + compile) vs SWAA (bounded, static + compile)",
+        "",
+        f"- date: {datetime.date.today()}; device: {device}; rows from {args_invocations(args)} invocation(s) "
+        "of this script on one machine (--resume)",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
+        f"- model: Qwen3 {'tiny' if args.tiny else '4B'} shape ({shape['num_hidden_layers']} layers, hidden "
+        f"{shape['hidden_size']}, {shape['num_attention_heads']} q / {shape['num_key_value_heads']} kv heads, "
+        f"head_dim {shape['head_dim']}, vocab {shape['vocab_size']}), random {str(bench.dtype).removeprefix('torch.')} "
+        f"weights, sdpa; SWAA W={args.window}, keep_first={args.keep_first}, every layer bounded",
+        f"- each row: one generate() of {args.steps} (SWAA) / {args.stock_steps} (stock) greedy steps after a prompt of "
+        f"`context` random tokens; step ms = median after {args.warmup} warm-up steps; tok/s = batch / step",
+        "- compile: transformers' automatic compilation of the decode step (CompileConfig(fullgraph=True, "
+        "mode='reduce-overhead')); compile s = warm-up steps beyond the median; graphs = dynamo graphs the row added",
+        "",
+        "| batch | context | path | step ms | tok/s | compile s | graphs | KV GiB | peak GiB | check | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [format_row(bench, r) for r in rows]
+    return "\n".join(lines + [""] + eval_lines) + "\n"
+
+
+def state_path(args: DecodeSpeedArgs) -> str:
+    return os.path.splitext(args.out)[0] + ".json"
+
+
+def save_state(args: DecodeSpeedArgs, rows: list[Row], eval_lines: list[str]) -> None:
+    state = {"rows": [dataclasses.asdict(r) for r in rows], "eval": eval_lines, "invocations": args_invocations(args)}
+    atomic_write_text(state_path(args), json.dumps(state, indent=1))
+
+
+def args_invocations(args: DecodeSpeedArgs) -> int:
+    return getattr(args, "_invocations", 1)
+
+
+def load_state(args: DecodeSpeedArgs) -> tuple[list[Row], list[str], int]:
+    """Rows an earlier invocation finished (--resume), so a run split over two device calls on one
+    machine ends in one table."""
+    if not args.resume or not os.path.exists(state_path(args)):
+        return [], [], 0
+    with open(state_path(args)) as f:
+        state = json.load(f)
+    return [Row(**r) for r in state["rows"]], state["eval"], state["invocations"]
+
+
+def cases(args: DecodeSpeedArgs) -> list[tuple[int, int]]:
+    out = [(1, c) for c in args.contexts]
+    out += [(b, args.batch_context) for b in args.batches if (b, args.batch_context) not in out]
+    return out
+
+
+def build_model(bench: Bench) -> None:
+    torch.manual_seed(bench.args.seed)
+    with bench.device:
+        model = AutoModelForCausalLM.from_config(Qwen3Config(**bench.shape), attn_implementation="sdpa",
+                                                 dtype=bench.dtype)  # fmt: skip
+    bench.model = model.eval()
+
+
+def main(args: DecodeSpeedArgs) -> int:
+    if args.tiny:
+        full = DecodeSpeedArgs()
+        args = replace(args, **{k: v for k, v in TINY_DEFAULTS.items() if getattr(args, k) == getattr(full, k)})
+        device, dtype, shape = torch.device("cpu"), torch.float32, TINY
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("decode_speed.py needs a CUDA device (or --tiny)")
+        device, dtype, shape = torch.device("cuda"), torch.bfloat16, QWEN3_4B
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    bench = Bench(args, device, dtype, shape)
+    build_model(bench)
+    rows, eval_lines, invocations = load_state(args)
+    object.__setattr__(args, "_invocations", invocations + 1)
+    done = {(r.batch, r.context, r.variant) for r in rows}
+    for batch, context in cases(args):
+        if all((batch, context, v) in done for v in args.variants):
+            continue
+        g = torch.Generator().manual_seed(args.seed + context + batch)
+        ids = torch.randint(3, shape["vocab_size"], (batch, context), generator=g).to(device)
+        for variant in args.variants:
+            if (batch, context, variant) in done:
+                continue
+            reason = skip_reason(bench, variant, batch, context)
+            log.info("batch %d context %d %s %s", batch, context, variant, reason)
+            try:
+                row = Row(batch, context, variant, note=reason) if reason else run_row(bench, variant, batch, context, ids)
+            except torch.cuda.OutOfMemoryError as err:
+                row = Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}")
+            except Exception as err:  # one failing row must not cost the rest of the run's device time
+                log.exception("row failed")
+                row = Row(batch, context, variant, ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
+            rows.append(row)
+            log.info("%s", format_row(bench, row))
+            atomic_write_text(args.out, report(bench, rows, eval_lines))  # partial results survive a kill
+            save_state(args, rows, eval_lines)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if args.eval_prompts and not eval_lines:
+        eval_lines = eval_table(bench)
+        save_state(args, rows, eval_lines)
+    text = report(bench, rows, eval_lines)
+    atomic_write_text(args.out, text)
+    sys.stdout.write(text)
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def eval_table(bench: Bench) -> list[str]:
+    args = bench.args
+    off_sps, off_s = eval_throughput(bench, compile_decode=False)
+    on_sps, on_s = eval_throughput(bench, compile_decode=True)
+    return [
+        f"## swaa eval batching: {args.eval_prompts} prompts of {args.eval_context // 2}-{args.eval_context} tokens, "
+        f"batch {args.eval_batch}, {args.eval_new_tokens} new tokens each",
+        "",
+        "| generation.compile | samples/s | seconds | ratio |",
+        "| --- | --- | --- | --- |",
+        f"| off (bounded SWAACache, eager) | {off_sps:.2f} | {off_s:.1f} | 1.00x |",
+        f"| on (StaticSWAACache + compile, after a warm-up call) | {on_sps:.2f} | {on_s:.1f} | {on_sps / off_sps:.2f}x |",
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
+    d = DecodeSpeedArgs()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--contexts", default=",".join(map(str, d.contexts)), help="batch-1 prompt lengths")
+    p.add_argument("--batches", default=",".join(map(str, d.batches)), help="batch sizes at --batch-context")
+    p.add_argument("--batch-context", type=int, default=d.batch_context)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--stock-steps", type=int, default=d.stock_steps)
+    p.add_argument("--variants", default=",".join(d.variants), help=f"comma-separated subset of {VARIANTS}")
+    p.add_argument("--eval-prompts", type=int, default=d.eval_prompts, help="0 skips the eval table")
+    p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (compile: dynamo only)")
+    p.add_argument("--resume", action="store_true", help="keep the rows an earlier invocation wrote to --out")
+    p.add_argument("--out", default=d.out)
+    a = p.parse_args(argv)
+    return DecodeSpeedArgs(
+        contexts=tuple(int(s) for s in a.contexts.split(",")),
+        batches=tuple(int(s) for s in a.batches.split(",")),
+        batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps,
+        variants=tuple(a.variants.split(",")), eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
+        resume=a.resume,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.exit(main(parse_args()))
