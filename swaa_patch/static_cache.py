@@ -5,12 +5,14 @@ is flat in the context length but CPU-bound: every decode step launches hundreds
 from Python. ``StaticSWAACache`` holds the same keys in buffers that never change shape or
 address, so a decode step can run under ``torch.compile(mode="reduce-overhead", fullgraph=True)``:
 
-- a *bounded* layer (sliding, no ``force_fa_decode``) has one buffer of ``keep_first + W`` slots:
-  ``keep_first`` sink slots (slot s holds each row's position-s token) and a ring of ``W`` slots
-  where the token of cache column ``c`` lives in slot ``keep_first + c % W``. Writing the new
-  token first and then attending to every valid slot is exactly the rule: the ring then holds the
-  last ``W`` columns, all inside the window; tokens at positions below ``keep_first`` live in the
-  sink slots only, so nothing is counted twice;
+- a *bounded* layer (sliding, no ``force_fa_decode``) has one buffer of ``keep_first + 1 + W``
+  slots: ``keep_first`` sink slots (slot s holds each row's position-s token), one spare slot, and
+  a ring of ``W`` slots where the token of cache column ``c`` lives in slot ``keep_first + 1 +
+  c % W``. Writing the new token first and then attending to every valid slot is exactly the rule:
+  the ring then holds the last ``W`` columns, all inside the window; tokens at positions below
+  ``keep_first`` count from their sink slot only, so nothing is counted twice. A decode step writes
+  its token with one scatter per tensor: to its ring slot and to its sink slot, or to the spare
+  slot (never attended) for rows past their sinks;
 - a *full* layer (``non_sliding_layers``, ``force_fa_decode`` layers) has ``max_cache_len`` slots
   indexed by column, like transformers' ``StaticCache``.
 
@@ -46,8 +48,7 @@ class _Pass:
 
     decode: bool
     # decode steps
-    ring_slot: Tensor | None = None  # (1,) long: buffer slot of the new token in bounded layers
-    sink_select: Tensor | None = None  # (B, keep_first) bool: rows whose new token is a sink
+    write_slots: Tensor | None = None  # (B, 2) long: ring slot and sink-or-spare slot of the new token
     column: Tensor | None = None  # (1,) long: column of the new token (full layers' slot)
     # multi-token passes
     order: Tensor | None = None  # (S,) long: buffer slots of the stored keys, in position order
@@ -106,7 +107,12 @@ class StaticSWAACache(Cache):
 
     @property
     def bounded_slots(self) -> int:
-        return self.keep_first + self.ring_size
+        return self.ring_start + self.ring_size
+
+    @property
+    def ring_start(self) -> int:
+        """First ring slot of a bounded layer's buffer: after the sinks and the spare slot."""
+        return self.keep_first + 1
 
     def columns(self) -> int:
         """Columns written so far, as a Python int (a host sync: never inside a compiled step)."""
@@ -151,7 +157,7 @@ class StaticSWAACache(Cache):
             )
         stored = min(columns, ring - 1)
         ring_order = (torch.arange(columns - stored, columns, device=device) % ring).long()
-        order = torch.cat([torch.arange(keep, device=device), keep + ring_order])
+        order = torch.cat([torch.arange(keep, device=device), self.ring_start + ring_order])
         stored_pos = torch.cat([torch.arange(keep, device=device).expand(batch, keep), self.ring_pos[:, ring_order]], 1)
         stored_valid = torch.cat([self.sink_valid, self.ring_valid[:, ring_order]], 1)
         # sinks: slot s takes the real token at position s, from the slot itself or from this pass
@@ -169,7 +175,7 @@ class StaticSWAACache(Cache):
             sink_source=source,
             sink_found=found,
             ring_from=total - kept,
-            ring_slots=keep + ring_columns % ring,
+            ring_slots=self.ring_start + ring_columns % ring,
             first_column=columns,
             new_tokens=n,
         )
@@ -204,10 +210,13 @@ class StaticSWAACache(Cache):
         if self.full_valid.shape[1]:
             self.full_valid.index_fill_(1, column, True)
             full_mask = self.full_valid[:, None, None, :]
-        self.current = _Pass(decode=True, ring_slot=keep + slot, sink_select=sink_select, column=column.clone())
+        sink_or_spare = torch.where(is_sink, pos, keep)  # slot keep is the spare one
+        write_slots = torch.stack([(self.ring_start + slot).expand_as(pos), sink_or_spare], dim=1)
+        self.current = _Pass(decode=True, write_slots=write_slots, column=column.clone())
         self.seen.add_(1)
         self.column.add_(1)
-        bounded_mask = torch.cat([self.sink_valid, self.ring_valid], 1)[:, None, None, :]
+        spare = torch.zeros_like(self.sink_valid[:, :1])
+        bounded_mask = torch.cat([self.sink_valid, spare, self.ring_valid], 1)[:, None, None, :]
         return bounded_mask, full_mask
 
     def get_seq_length(self, layer_idx: int = 0) -> Tensor | int:
@@ -268,7 +277,7 @@ class _StaticLayer(CacheLayerMixin):
 
 
 class _BoundedStaticLayer(_StaticLayer):
-    """keep_first sink slots followed by a ring of W slots."""
+    """keep_first sink slots, a spare slot, then a ring of W slots."""
 
     is_sliding = True
 
@@ -280,11 +289,10 @@ class _BoundedStaticLayer(_StaticLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if current.decode:
-            select = current.sink_select[:, None, :, None]
-            keep = self._cache.keep_first
             for buffer, new in ((self.keys, key_states), (self.values, value_states)):
-                buffer.index_copy_(2, current.ring_slot, new)
-                buffer[:, :, :keep].copy_(torch.where(select, new, buffer[:, :, :keep]))
+                batch, heads, _, dim = new.shape
+                index = current.write_slots[:, None, :, None].expand(batch, heads, 2, dim)
+                buffer.scatter_(2, index, new.expand(batch, heads, 2, dim))
             return self.keys, self.values
         keys = torch.cat([self.keys[:, :, current.order], key_states], dim=2)
         values = torch.cat([self.values[:, :, current.order], value_states], dim=2)

@@ -62,7 +62,7 @@ def test_bounded_layers_hold_sinks_plus_window_at_any_length():
             )
         for i, layer in enumerate(cache.layers):
             # the full layer holds what generate asked for (the last new token is never fed back)
-            slots = length + 4 - 1 if i == 2 else 3 + 5
+            slots = length + 4 - 1 if i == 2 else 3 + 1 + 5  # sinks, the spare slot, the ring
             assert layer.keys.shape[2] == slots
 
 
