@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config, StoppingCriteria
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
+from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
 from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
@@ -69,6 +69,7 @@ class DecodeSpeedArgs:
     batches: tuple[int, ...] = (1, 8, 32)  # at batch_context
     batch_context: int = 32768
     reference_context: int = 2048  # a stock static row whose cache is SWAA's size (keep_first + W slots)
+    prefill_tokens: int = 1 << 18  # larger batch x context prompts are prefilled in chunks first (memory)
     window: int = 2048
     keep_first: int = 100
     steps: int = 200  # decode steps of the compiled SWAA rows (the recompile check covers all of them)
@@ -86,7 +87,7 @@ class DecodeSpeedArgs:
     seed: int = 0
 
 
-TINY_DEFAULTS = dict(contexts=(40, 90), batches=(1, 3), batch_context=40, reference_context=10, window=8,
+TINY_DEFAULTS = dict(contexts=(40, 90), batches=(1, 3), batch_context=40, reference_context=10, prefill_tokens=100, window=8,
                      keep_first=2, steps=24,
                      eager_steps=12, stock_steps=12, eval_prompts=4, eval_batch=2, eval_context=40, eval_new_tokens=8)  # fmt: skip
 
@@ -147,6 +148,8 @@ def kv_gib_estimate(bench: Bench, variant: str, batch: int, tokens: int) -> floa
 
 
 def skip_reason(bench: Bench, variant: str, batch: int, context: int) -> str:
+    if variant.startswith("stock") and batch * context > bench.args.prefill_tokens:
+        return f"not run: stock prompts of {batch} x {context} tokens are not prefilled in chunks here"
     if bench.device.type != "cuda":
         return ""
     need = kv_gib_estimate(bench, variant, batch, context + bench.args.steps) + WEIGHTS_GIB[bench.args.tiny]
@@ -185,6 +188,24 @@ def prepare_model(bench: Bench, variant: str) -> torch.nn.Module:
     return model
 
 
+def prefilled_kwargs(bench: Bench, variant: str, ids: torch.Tensor) -> dict:
+    """generate() arguments for the row. A prompt batch too large for one forward's activations is
+    prefilled first by ``chunked_prefill`` (all but its last token) into the row's cache, which
+    generate() then continues: its first step feeds the last prompt token."""
+    kwargs = generate_kwargs(bench, variant)
+    if ids.numel() <= bench.args.prefill_tokens:
+        return kwargs
+    if variant.startswith("stock"):
+        raise ValueError(f"prefill_tokens: a {tuple(ids.shape)} stock prompt is only run in one forward")
+    cache = None
+    if variant == "swaa_static_compile":
+        cache = StaticSWAACache(bench.swaa_config, bench.shape["num_hidden_layers"])
+        kwargs.pop("cache_implementation")
+    chunk = max(1, bench.args.prefill_tokens // ids.shape[0])
+    result = chunked_prefill(bench.model, ids[:, :-1], chunk_size=chunk, cache=cache)
+    return {**kwargs, **cache_kwargs(bench.model, result.cache)}
+
+
 def reset_compiled(bench: Bench) -> None:
     """Drop every compiled graph: CUDA graph trees keep the static inputs of earlier shapes (a 128K
     StaticCache is 18 GiB) alive, so stock rows of new shapes would run out of memory. SWAA's next
@@ -208,7 +229,7 @@ def run_row(bench: Bench, variant: str, batch: int, context: int, ids: torch.Ten
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
             do_sample=False, pad_token_id=0, stopping_criteria=[clock], return_dict_in_generate=True,
-            **generate_kwargs(bench, variant),
+            **prefilled_kwargs(bench, variant, ids),
         )  # fmt: skip
     row = Row(batch, context, variant, graphs=graph_count() - before, run=args_invocations(args))
     durations = [b - a for a, b in zip(clock.times, clock.times[1:])]  # decode steps only
