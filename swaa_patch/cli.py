@@ -96,7 +96,7 @@ class MergeArgs:
 def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
     """``loader(args.settings)`` with the command line's overrides applied (None: not given), or
     None after logging why the settings file is invalid (the command then exits with 2)."""
-    from .evaluation.settings import SettingsError
+    from .jobs.validate import SettingsError
 
     try:
         settings = loader(args.settings)
@@ -136,7 +136,7 @@ def report_main(args: ReportArgs) -> int:
 
 
 def make_data_main(args: MakeDataArgs) -> int:
-    from .data.make import make_data
+    from .jobs.make_data import make_data
 
     for path in make_data(args.tasks, args.lengths, args.depths, args.samples, args.seed,
                           args.tokenizer, Path(args.out_dir), args.format):

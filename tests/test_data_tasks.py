@@ -21,7 +21,7 @@ from swaa_patch.data.synthetic import (
     tokenizer_counter,
 )
 from swaa_patch.data.tasks import TASKS, Needle
-from swaa_patch.testing import build_tiny_tokenizer
+from swaa_patch.jobs.builtin_models import build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa
 from swaa_patch.data.synthetic import generate_task, tokenizer_counter
-from swaa_patch.evaluation.generation import load_model, prompt_ids
-from swaa_patch.evaluation.settings import SettingsError
-from swaa_patch.testing import resolve_builtin_model
+from swaa_patch.jobs.builtin_models import resolve_builtin_model
+from swaa_patch.jobs.loading import load_model
+from swaa_patch.jobs.prompts import prompt_ids
+from swaa_patch.jobs.validate import SettingsError
 from swaa_patch.training.adapter import load_swaa_adapter, merge_swaa_adapter, read_swaa_config
 from swaa_patch.training.data import encode_example
 from swaa_patch.training.settings import load_sft_settings, parse_sft

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 FORMATS = (".parquet", ".jsonl", ".json")
+# Sample fields copied into each response and training row (the prompt is not: it can be huge).
+METADATA_FIELDS = ("question", "answer", "task", "context_length", "depth", "question_type", "seed")
 REQUIRED_ONE_OF = (("prompt",), ("context", "question"))
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.io import current_umask
+from ..jobs.io import current_umask
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_bytes, atomic_write_text, read_jsonl
+from ..jobs.io import atomic_write_bytes, atomic_write_text, read_jsonl
 from .layout import Layout
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """(prompt, response) rows -> token ids with the loss on the response only, ready for packing.
 
-Prompts are tokenised exactly as ``swaa eval`` and ``swaa distill`` tokenise them (one user turn
-through the chat template, no extra special tokens), so the student is trained on the very
+Prompts are tokenised exactly as ``swaa eval`` and ``swaa distill`` tokenise them
+(:func:`~swaa_patch.jobs.prompts.prompt_ids`: one user turn through the chat template, no extra
+special tokens), so the student is trained on the very
 prompt ids it will see at inference; the response tokens (the assistant turn, end-of-turn token
 included) are the only ones with labels, prompt tokens carry -100.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.loaders import read_rows
-from ..evaluation.generation import prompt_ids
+from ..jobs.prompts import prompt_ids
 from ..plan import IGNORE_INDEX
 from .settings import DataSettings
 

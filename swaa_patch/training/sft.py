@@ -27,10 +27,10 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..config import SWAAConfig
-from ..evaluation.io import atomic_write_json
-from ..evaluation.settings import settings_to_dict
+from ..jobs.io import atomic_write_json
+from ..jobs.loading import local_model_path
+from ..jobs.validate import settings_to_dict
 from ..patch import apply_swaa
-from ..testing import is_builtin, resolve_builtin_model
 from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
@@ -61,15 +61,6 @@ def training_dtype(settings: SFTSettings) -> torch.dtype:
     if settings.dtype == "auto":
         return torch.bfloat16 if on_gpu() and settings.lora is not None else torch.float32
     return getattr(torch, settings.dtype)
-
-
-def local_model_path(settings: SFTSettings) -> str:
-    if not is_builtin(settings.model):
-        return settings.model
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        return str(resolve_builtin_model(settings.model, Path(settings.output_dir) / "_builtin"))
 
 
 def load_training_model(path: str, settings: SFTSettings):
@@ -195,7 +186,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests)."""
     from transformers import AutoTokenizer
 
-    path = local_model_path(settings)
+    path = local_model_path(settings.model, settings.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

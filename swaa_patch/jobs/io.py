@@ -7,6 +7,7 @@ log loses at most the line being written, which :func:`read_jsonl` ignores.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,12 @@ def current_umask() -> int:
 
 # mkstemp creates 0600 files; results should get the usual permissions of a new file.
 _FILE_MODE = 0o666 & ~current_umask()
+
+
+def short_hash(data: Any) -> str:
+    """A stable 10-hex-digit fingerprint of JSON-able data."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def _dumps(record: Any) -> str:
