@@ -171,7 +171,7 @@ def test_file_dataset_with_fake_judge(tmp_path, tiny_model):
         tiny_model,
         datasets=[{"path": str(data), "scoring": "judge"}],
         chat_template=False,
-        judge={"base_url": "http://judge.invalid/v1", "model": "never-called"},
+        judge={"base_url": "https://judge.invalid/v1", "model": "never-called"},
     )
     (full, swa) = run_eval(settings, judge=fake_judge)
     assert len(calls) == 6 and calls[0][0] == "What is the code?"

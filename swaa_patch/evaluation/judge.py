@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .scoring import JUDGE, SCORERS, Answer, final_answer
-from .settings import JudgeSettings
+from .settings import JudgeSettings, parse_api_key_env, parse_judge_url
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,12 @@ class OpenAICompatibleJudge:
 
 
 def make_judge(settings: JudgeSettings | None) -> Judge | None:
-    return None if settings is None else OpenAICompatibleJudge(settings)
+    """The configured judge; its URL and key variable are checked again, however the settings were made."""
+    if settings is None:
+        return None
+    parse_judge_url(settings.base_url, "judge.base_url")
+    parse_api_key_env(settings.api_key_env, "judge.api_key_env")
+    return OpenAICompatibleJudge(settings)
 
 
 def score_response(method: str, record: dict[str, Any], response: str, judge: Judge | None) -> float:

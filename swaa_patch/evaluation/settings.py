@@ -14,13 +14,16 @@ executed from them. ``swaa distill`` reads its datasets and judge with the same
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..config import SWAAConfig
-from ..data.loaders import FORMATS, dataset_columns, missing_fields
+from ..data.loaders import load_records
 from ..data.synthetic import generate_task, tokenizer_counter
 from ..data.tasks import TASKS
 from ..jobs.loading import ATTN_IMPLEMENTATIONS, DTYPES, parse_model
@@ -37,11 +40,13 @@ from ..jobs.validate import (
     load_json_file,
     parse_device,
     parse_swaa_config,
+    read_dataset,
     resolve_path,
 )
 from .scoring import SCORING_METHODS
 
 SYNTHETIC_PREFIX = "synthetic:"
+API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]*_(API_KEY|TOKEN)")
 TRUNCATION = ("middle", "skip")
 
 
@@ -128,14 +133,7 @@ def parse_run(data: Any, path: str, base: Path) -> RunSpec:
 
 def parse_file_dataset(raw: str, path: str, base: Path, extra: Mapping[str, Any]) -> DatasetSpec:
     file = resolve_path(raw, base)
-    if file.suffix.lower() not in FORMATS:
-        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
-    try:
-        missing = missing_fields(dataset_columns(file))
-    except (OSError, ValueError) as err:  # unreadable, corrupt, not JSON...
-        raise fail(path, f"cannot read dataset {file}: {err}") from None
-    if missing:
-        raise fail(path, f"dataset {file} lacks field(s) {missing}")
+    read_dataset(file, path, load_records)  # every row checked now, before any model loads
     return DatasetSpec(name=extra.get("name") or file.stem, path=file, **_common_dataset_fields(extra, path))
 
 
@@ -190,17 +188,48 @@ def parse_datasets(value: Any, path: str, base: Path) -> tuple[DatasetSpec, ...]
     return specs
 
 
+def parse_judge_url(value: Any, path: str) -> str:
+    """An https URL, or http to this machine (loopback): prompts and the key must not travel in clear."""
+    url = as_str(value, path)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise fail(path, f"must be an https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise fail(path, "must not hold credentials (the key comes from api_key_env)")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise fail(path, f"must use https (http only to localhost, 127.0.0.0/8 or ::1), got {url!r}")
+    return url
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_api_key_env(value: Any, path: str) -> str | None:
+    """The name of the environment variable holding the judge's key: ``*_API_KEY`` or ``*_TOKEN``."""
+    name = as_str(value, path, allow_none=True)
+    if name is not None and not API_KEY_ENV.fullmatch(name):
+        raise fail(path, f"must name an environment variable ending in _API_KEY or _TOKEN "
+                         f"(e.g. OPENAI_API_KEY), got {name!r}")
+    return name
+
+
 def parse_judge(data: Any, path: str) -> JudgeSettings | None:
     if data is None:
         return None
     names = [f.name for f in fields(JudgeSettings)]
     check_keys(data, path, names, required=("base_url", "model"))
     out: dict[str, Any] = {
-        "base_url": as_str(data["base_url"], join(path, "base_url")),
+        "base_url": parse_judge_url(data["base_url"], join(path, "base_url")),
         "model": as_str(data["model"], join(path, "model")),
     }
     if "api_key_env" in data:
-        out["api_key_env"] = as_str(data["api_key_env"], join(path, "api_key_env"), allow_none=True)
+        out["api_key_env"] = parse_api_key_env(data["api_key_env"], join(path, "api_key_env"))
     if "timeout_s" in data:
         out["timeout_s"] = as_float(data["timeout_s"], join(path, "timeout_s"), 1.0, 3600.0)
     if "max_retries" in data:

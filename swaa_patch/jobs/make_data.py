@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data.synthetic import generate_task, tokenizer_counter
 from ..data.tasks import TASKS
 from .builtin_models import BUILTIN_MODELS, build_tiny_tokenizer, builtin_key, is_builtin
+from .errors import SettingsError
 from .io import atomic_write_jsonl, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,15 @@ logger = logging.getLogger(__name__)
 def load_counting_tokenizer(name: str) -> Any:
     """A tokenizer folder, or a built-in model's tokenizer (trained offline, no model built)."""
     if is_builtin(name):
-        return build_tiny_tokenizer(BUILTIN_MODELS[builtin_key(name)])
+        try:
+            key = builtin_key(name)
+        except ValueError as err:
+            raise SettingsError(f"tokenizer: {err}") from None
+        return build_tiny_tokenizer(BUILTIN_MODELS[key])
     from transformers import AutoTokenizer
 
     if not Path(name).is_dir():
-        raise FileNotFoundError(f"tokenizer folder not found: {name} (hub ids are not fetched: offline)")
+        raise SettingsError(f"tokenizer: folder not found: {name} (hub ids are not fetched: offline)")
     return AutoTokenizer.from_pretrained(name)
 
 
@@ -42,7 +47,7 @@ def make_data(
     names = sorted(TASKS) if list(tasks) == ["all"] else list(tasks)
     unknown = [t for t in names if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+        raise SettingsError(f"tasks: unknown task(s) {unknown}; known: {sorted(TASKS)}")
     counter = tokenizer_counter(load_counting_tokenizer(tokenizer))
     written = []
     for task in tqdm(names, desc="tasks", unit="task"):

@@ -12,16 +12,15 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config import SWAAConfig
+from ..data.loaders import FORMATS, DatasetError, UnreadableDataset
+from .errors import SettingsError
 
 NOTE_PREFIX = "_"
 Reader = Callable[[Any, str], Any]
-
-
-class SettingsError(ValueError):
-    """A settings file is invalid; the message names the JSON path of the bad field."""
+T = TypeVar("T")
 
 
 def fail(path: str, message: str) -> SettingsError:
@@ -106,6 +105,21 @@ def resolve_path(raw: str, base: Path) -> Path:
     """``raw`` as an absolute path; a relative one is taken relative to ``base``."""
     path = Path(raw).expanduser()
     return (path if path.is_absolute() else base / path).resolve()
+
+
+def read_dataset(file: Path, path: str, read: Callable[[Path], list[T]], hint: str = "") -> list[T]:
+    """``read(file)``, every row checked; a bad file or row, or no row, is a SettingsError at ``path``."""
+    if file.suffix.lower() not in FORMATS:
+        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
+    try:
+        rows = read(file)
+    except UnreadableDataset as err:
+        raise fail(path, f"cannot read dataset {err}") from None
+    except DatasetError as err:
+        raise fail(path, f"dataset {err}{hint}") from None
+    if not rows:
+        raise fail(path, f"dataset {file} holds no rows")
+    return rows
 
 
 def parse_device(value: Any, path: str) -> str:

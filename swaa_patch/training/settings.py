@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SWAAConfig
-from ..data.loaders import FORMATS, dataset_columns
+from ..data.loaders import load_pairs
 from ..evaluation.scoring import SCORING_METHODS
 from ..evaluation.settings import DatasetSpec, JudgeSettings, parse_datasets, parse_judge
 from ..jobs.loading import ATTN_IMPLEMENTATIONS, DTYPES, parse_model
@@ -29,6 +29,7 @@ from ..jobs.validate import (
     load_json_file,
     parse_device,
     parse_swaa_config,
+    read_dataset,
     read_fields,
     resolve_path,
 )
@@ -267,17 +268,10 @@ def parse_training(value: Any, path: str) -> TrainSettings:
 
 
 def parse_sft_dataset(value: Any, path: str, base: Path, data: DataSettings) -> Path:
-    """A local jsonl/parquet/json file whose rows have the prompt and response fields."""
+    """A local jsonl/parquet/json file whose every row has the prompt and response fields."""
     file = resolve_path(as_str(value, path), base)
-    if file.suffix.lower() not in FORMATS:
-        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
-    try:
-        columns = dataset_columns(file)
-    except (OSError, ValueError) as err:
-        raise fail(path, f"cannot read dataset {file}: {err}") from None
-    missing = [f for f in (data.prompt_field, data.response_field) if f not in columns]
-    if missing:
-        raise fail(path, f"dataset {file} lacks field(s) {missing} (see data.prompt_field / data.response_field)")
+    hint = " (see data.prompt_field / data.response_field)"
+    read_dataset(file, path, lambda f: load_pairs(f, data.prompt_field, data.response_field), hint)
     return file
 
 
