@@ -3,7 +3,9 @@
 Each block keeps its responses in per-process logs (:class:`~swaa_patch.jobs.run.ShardedRun`:
 appended and fsynced after every batch, pending samples split over the processes of an
 ``accelerate launch``); its metrics line is written atomically once all its samples are in, so a
-killed run restarts exactly where it stopped.
+killed run restarts exactly where it stopped. Before anything runs, every block's stored
+generation settings are compared with the new ones: a difference is refused (or, with
+``recompute``, the block's responses are discarded and made again), finished blocks included.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from typing import Any
 from ..config import SWAAConfig
 from ..data.loaders import METADATA_FIELDS, load_records
 from ..jobs.io import atomic_write_jsonl, read_jsonl, short_hash, write_parquet
-from ..jobs.loading import load_model, load_tokenizer, local_model_path, model_display_name
-from ..jobs.prompts import Prepared, PromptOptions, prepare
-from ..jobs.run import BatchAnswer, ShardedRun, logged_rows
+from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
+from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
+from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes
 from ..patch import apply_swaa
 from .generation import generate_batch
 from .judge import Judge, make_judge, score_response
 from .layout import Layout
-from .metrics import block_metrics
+from .metrics import block_metrics, read_metrics
 from .scoring import resolve_method
 from .settings import DatasetSpec, EvalSettings
 
@@ -126,6 +128,13 @@ class ModelSlot:
         self.path, self.settings, self.device = path, settings, device
         self._tokenizer: Any = None
         self._model: Any = None
+        self._max_positions: int | None = None
+
+    @property
+    def max_positions(self) -> int | None:
+        if self._max_positions is None:
+            self._max_positions = max_positions(self.path)
+        return self._max_positions
 
     @property
     def tokenizer(self) -> Any:
@@ -155,8 +164,11 @@ class ModelSlot:
 class EvalRun(ShardedRun):
     """Holds the state of one ``swaa eval`` invocation; :meth:`run` does the work."""
 
-    def __init__(self, settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None):
-        super().__init__(Path(settings.output_dir), settings.device)
+    kind = "eval"
+
+    def __init__(self, settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None,
+                 force: bool = False, recompute: bool = False):
+        super().__init__(Path(settings.output_dir), settings.device, force=force, recompute=recompute)
         self.settings = settings
         self.layout = Layout(self.root)
         self.on_batch = on_batch
@@ -165,10 +177,13 @@ class EvalRun(ShardedRun):
         self._records: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._prepared: dict[tuple[str, str], list[Prepared]] = {}  # tokenised once per model
 
-    def run(self) -> list[dict[str, Any]]:
+    def work(self) -> list[dict[str, Any]]:
         """Evaluate all blocks; returns the metrics records of this output folder."""
-        self.save_settings(self.settings)
         blocks = plan_blocks(self.settings)
+        by_name = {f"{b.run_name}/{b.dataset.name}": b for b in blocks}
+        changed = {name: self.meta_changes(block) for name, block in by_name.items()}
+        self.settle_changed_meta({n: c for n, c in changed.items() if c}, lambda n: self.discard(by_name[n]))
+        self.save_settings(self.settings)
         for model in dict.fromkeys(b.model for b in blocks):
             slot = ModelSlot(local_model_path(model, self.root), self.settings, self.device)
             for block in (b for b in blocks if b.model == model):
@@ -176,7 +191,17 @@ class EvalRun(ShardedRun):
             slot.release()
             self._prepared.clear()
         self.state.wait_for_everyone()
-        return read_jsonl(self.layout.metrics)
+        return self.metrics()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.layout.metrics)
+
+    def progress(self) -> str:
+        blocks = plan_blocks(self.settings)
+        done = {(r["run_name"], r["dataset"]) for r in self.metrics()}
+        finished = sum((b.run_name, b.dataset.name) in done for b in blocks)
+        return (f"{finished} of {len(blocks)} blocks finished in {self.root} "
+                "(the responses of unfinished blocks are kept)")
 
     # -- data -------------------------------------------------------------------------------
     def records(self, block: Block, slot: ModelSlot) -> list[dict[str, Any]]:
@@ -200,15 +225,23 @@ class EvalRun(ShardedRun):
 
     # -- one block --------------------------------------------------------------------------
     def finished(self, block: Block, sel_key: str) -> bool:
-        for record in read_jsonl(self.layout.metrics):
+        for record in self.metrics():
             if (record["run_name"], record["dataset"]) == (block.run_name, block.dataset.name):
                 return record.get("selection_key") == sel_key
         return False
 
-    def check_meta(self, block: Block) -> None:
-        path = self.layout.block_meta(block.run_name, block.dataset.name)
-        what = f"responses for {block.run_name}/{block.dataset.name}"
-        self.check_generation_meta(path, generation_meta(self.settings), what)
+    def meta_changes(self, block: Block) -> dict[str, tuple[Any, Any]]:
+        """Generation settings that differ from those the block's stored responses were made with."""
+        return meta_changes(self.layout.block_meta(block.run_name, block.dataset.name), generation_meta(self.settings))
+
+    def discard(self, block: Block) -> None:
+        """Delete a block's responses and metrics line, so it is computed again."""
+        name = block.dataset.name
+        paths = self.layout.shards(block.run_name, name)
+        paths += [self.layout.parquet(block.run_name, name), self.layout.block_meta(block.run_name, name)]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        atomic_write_jsonl(self.layout.metrics, other_blocks(self.layout.metrics, (block.run_name, name)))
 
     def prepared(self, block: Block, slot: ModelSlot, records: dict[str, dict]) -> list[Prepared]:
         """The block's samples as token ids (same for every config of a model: cached)."""
@@ -216,7 +249,8 @@ class EvalRun(ShardedRun):
         if key not in self._prepared:
             spec = block.dataset
             limit = spec.limit if spec.limit is not None else self.settings.limit
-            self._prepared[key] = prepare(slot.tokenizer, list(records.values()), self.options, limit)
+            options = within_model(self.options, slot.max_positions, self.settings.max_new_tokens)
+            self._prepared[key] = prepare(slot.tokenizer, list(records.values()), options, limit)
         return self._prepared[key]
 
     def run_block(self, block: Block, slot: ModelSlot) -> None:
@@ -225,7 +259,7 @@ class EvalRun(ShardedRun):
         if self.finished(block, sel_key):
             logger.info("%s | %s: already finished, skipped", block.run_name, spec.name)
             return
-        self.check_meta(block)
+        self.record_meta(self.layout.block_meta(block.run_name, spec.name), generation_meta(self.settings))
         records = {r["id"]: r for r in self.records(block, slot)}
         selected = self.prepared(block, slot, records)
         new = self.answer_pending(
@@ -268,6 +302,7 @@ class EvalRun(ShardedRun):
             run_name=block.run_name,
             dataset=block.dataset.name,
             input_tokens=len(prepared.input_ids),
+            prompt_tokens=prepared.prompt_tokens,
             truncated=prepared.truncated,
             scoring=method,
             score=score_response(method, record, output["response"], self.judge),
@@ -298,13 +333,21 @@ class EvalRun(ShardedRun):
         )
 
 
+def other_blocks(path: Path, key: tuple[str, str]) -> list[dict[str, Any]]:
+    """The metrics lines of every block but ``key`` (run_name, dataset)."""
+    return [r for r in read_jsonl(path) if (r.get("run_name"), r.get("dataset")) != key]
+
+
 def upsert_metrics(path: Path, record: dict[str, Any]) -> None:
     """Replace the block's line (same run_name and dataset) or add it; atomic rewrite."""
-    key = (record["run_name"], record["dataset"])
-    rows = [r for r in read_jsonl(path) if (r.get("run_name"), r.get("dataset")) != key]
-    atomic_write_jsonl(path, [*rows, record])
+    atomic_write_jsonl(path, [*other_blocks(path, (record["run_name"], record["dataset"])), record])
 
 
-def run_eval(settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None) -> list[dict]:
-    """Evaluate every block of ``settings``, resuming whatever an earlier run finished."""
-    return EvalRun(settings, on_batch=on_batch, judge=judge).run()
+def run_eval(settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None,
+             force: bool = False, recompute: bool = False) -> list[dict]:
+    """Evaluate every block of ``settings``, resuming whatever an earlier run finished.
+
+    ``force``: use an output folder that holds files of another kind of run; ``recompute``: discard
+    and recompute blocks whose responses were made with other generation settings.
+    """
+    return EvalRun(settings, on_batch=on_batch, judge=judge, force=force, recompute=recompute).run()

@@ -136,3 +136,13 @@ def load_model(model_path: str, dtype: str, attn_implementation: str, device: st
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     return model.to(device).eval()
+
+
+def max_positions(model_path: str) -> int | None:
+    """The model's ``max_position_embeddings`` (None when its config sets none), read from config.json."""
+    from transformers import AutoConfig
+
+    folder = local_adapter_base(model_path) if is_adapter_folder(model_path) else model_path
+    config = AutoConfig.from_pretrained(folder)
+    value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None

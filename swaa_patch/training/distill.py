@@ -29,9 +29,9 @@ from ..evaluation.judge import Judge, make_judge, score_response
 from ..evaluation.scoring import resolve_method
 from ..evaluation.settings import DatasetSpec
 from ..jobs.io import atomic_write_json, atomic_write_jsonl, short_hash
-from ..jobs.loading import load_model, load_tokenizer, local_model_path, model_display_name
-from ..jobs.prompts import Prepared, PromptOptions, prepare
-from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, rank_shards
+from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
+from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
+from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
 from ..patch import remove_swaa
 from .settings import DistillSettings
 
@@ -119,9 +119,11 @@ def _generation(row: list[int], stops: set[int], tokenizer: Any) -> Generation:
 class DistillRun(ShardedRun):
     """One ``swaa distill`` invocation; :meth:`run` does the work and returns the dataset path."""
 
+    kind = "distill"
+
     def __init__(self, settings: DistillSettings, judge: Judge | None = None,
-                 on_batch: Callable[[int], None] | None = None):
-        super().__init__(Path(settings.output_dir), settings.device)
+                 on_batch: Callable[[int], None] | None = None, force: bool = False, recompute: bool = False):
+        super().__init__(Path(settings.output_dir), settings.device, force=force, recompute=recompute)
         self.settings = settings
         self.layout = DistillLayout(self.root)
         self.judge = judge if judge is not None else make_judge(settings.judge)
@@ -130,8 +132,11 @@ class DistillRun(ShardedRun):
         self.options = PromptOptions(settings.chat_template, settings.max_prompt_tokens, "skip")
         self._model: Any = None
 
-    def run(self) -> Path:
-        self.check_generation_meta(self.layout.generation_meta, generation_meta(self.settings), "answers")
+    def work(self) -> Path:
+        meta = generation_meta(self.settings)
+        changes = meta_changes(self.layout.generation_meta, meta)
+        self.settle_changed_meta({"generations": changes} if changes else {}, lambda name: self.discard())
+        self.record_meta(self.layout.generation_meta, meta)
         self.save_settings(self.settings)
         self.model_path = local_model_path(self.settings.model, self.root)
         self.tokenizer = load_tokenizer(self.model_path)
@@ -142,6 +147,15 @@ class DistillRun(ShardedRun):
             self.write_dataset()
         self.state.wait_for_everyone()
         return self.layout.dataset
+
+    def progress(self) -> str:
+        answered = sum(len(logged_rows(self.layout.shards(spec.name))) for spec in self.settings.datasets)
+        return f"{answered} prompts answered in {self.layout.generations}"
+
+    def discard(self) -> None:
+        """Delete every answer and the training set made from them, so they are generated again."""
+        for path in [*self.layout.generations.glob("*.jsonl"), self.layout.dataset, self.layout.summary]:
+            path.unlink(missing_ok=True)
 
     def teacher(self) -> Any:
         """The full-attention model, loaded on first use (a finished run never loads it)."""
@@ -165,7 +179,8 @@ class DistillRun(ShardedRun):
     def run_dataset(self, spec: DatasetSpec) -> None:
         records = {r["id"]: r for r in self.records(spec)}
         limit = spec.limit if spec.limit is not None else self.settings.limit
-        selected = prepare(self.tokenizer, list(records.values()), self.options, limit)
+        options = within_model(self.options, max_positions(self.model_path), self.settings.max_new_tokens)
+        selected = prepare(self.tokenizer, list(records.values()), options, limit)
         pending = self.answer_pending(
             selected, self.layout.generations, spec.name, start=lambda: self.answerer(spec, records),
             desc=f"distill | {spec.name}", unit="prompt", batch_size=self.settings.batch_size,
@@ -258,6 +273,10 @@ def training_row(record: dict, logged: dict, answer: dict, model: str) -> dict[s
 
 
 def run_distill(settings: DistillSettings, judge: Judge | None = None,
-                on_batch: Callable[[int], None] | None = None) -> Path:
-    """Generate (or finish generating) the self-distillation set; returns dataset.jsonl's path."""
-    return DistillRun(settings, judge=judge, on_batch=on_batch).run()
+                on_batch: Callable[[int], None] | None = None, force: bool = False, recompute: bool = False) -> Path:
+    """Generate (or finish generating) the self-distillation set; returns dataset.jsonl's path.
+
+    ``force``: use an output folder that holds files of another kind of run; ``recompute``: discard
+    answers made with other generation settings and generate them again.
+    """
+    return DistillRun(settings, judge=judge, on_batch=on_batch, force=force, recompute=recompute).run()
