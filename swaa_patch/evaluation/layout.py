@@ -9,6 +9,7 @@
       data/MODEL/DATASET-HASH.jsonl          synthetic samples generated for MODEL's tokenizer
       _builtin/NAME/                         built-in tiny models, built on first use
       report.md, plots/*.png                 written by ``swaa report``
+      swaa_run.json, .swaa-rankK.lock        the folder's kind and each process's lock (jobs/output.py)
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ needs. Its best-fit-decreasing packer keeps documents whole and records their le
 padding-free collator concatenates a batch into one row whose ``position_ids`` restart at 0 for
 each document, without an attention mask. SWAA's plan reads exactly that as document
 boundaries (each document gets its own window and sinks and never sees another), so no custom
-collator is needed. Examples longer than ``max_length`` are dropped here rather than truncated
-by the packer, which would cut off the answer at the end of the sequence.
+collator is needed. Examples longer than ``max_length`` (or the model's
+``max_position_embeddings``) are dropped here rather than truncated by the packer, which would cut
+off the answer at the end of the sequence.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ sample; samples are split over the processes of ``accelerate launch`` (:class:`~
       generations/DATASET.rankR.jsonl every answer with its score (the resume log)
       dataset.jsonl                   the training set: prompt, response + metadata (kept rows)
       summary.json                    per dataset: prompts, answers, kept, teacher accuracy
+      data/DATASET-HASH.jsonl         synthetic prompts generated for the teacher's tokenizer
+      swaa_run.json, .swaa-rankK.lock the folder's kind and each process's lock (jobs/output.py)
 """
 
 from __future__ import annotations
