@@ -103,24 +103,33 @@ def test_finished_distill_refuses_changed_generation_settings(tmp_path, tiny_mod
 
 
 # -- 5. one process per output folder ------------------------------------------------------------
-def test_a_live_lock_refuses_and_a_dead_one_is_taken_over(tmp_path, tiny_model, caplog):
-    settings = eval_settings(tmp_path, tiny_model, limit=1)
-    lock = Path(settings.output_dir) / LOCK_PATTERN.format(rank=0)
-    lock.parent.mkdir(parents=True)
-    import socket
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from swaa_patch.jobs.output import OutputLock
+OutputLock(Path(sys.argv[1]), 0).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
 
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
-        lock.write_text(json.dumps({"pid": live.pid, "host": socket.gethostname(), "started": "now"}))
-        with pytest.raises(RunRefused, match=f"in use by process {live.pid}"):
+
+def test_a_live_lock_refuses_and_a_killed_one_is_taken_over(tmp_path, tiny_model, caplog):
+    settings = eval_settings(tmp_path, tiny_model, limit=1)
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True,
+                          env=env) as other:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(RunRefused, match=f"in use by process {other.pid} on"):
             run_eval(settings)
-        assert not Layout(settings.output_dir).metrics.exists()
-        live.kill()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then"}))
+        assert not Layout(out).metrics.exists()
+        other.kill()  # SIGKILL: its lock file stays behind, naming a process that is gone
+    assert (out / LOCK_PATTERN.format(rank=0)).is_file()
     with caplog.at_level(logging.WARNING):
         assert len(run_eval(settings)) == 1
-    assert f"its process {int(dead.stdout)} is gone" in caplog.text
-    assert not lock.exists()  # released at the end
+    assert f"its process {other.pid} on" in caplog.text and "is gone" in caplog.text
+    assert not (out / LOCK_PATTERN.format(rank=0)).exists()  # released at the end
 
 
 # -- 6. prompts longer than the model's positions ------------------------------------------------

@@ -1,25 +1,26 @@
 """One job per output folder, and only a folder that holds nothing but this kind of run.
 
-:func:`claim_output_dir` runs before a job writes anything:
+:func:`claimed_output_dir` holds a folder while a job runs; before the job writes anything:
 
 * a system folder (``/etc``, ``/usr``, ``/``, the home folder itself...) is always refused;
 * a folder holding another kind of run (an SFT folder given to ``swaa eval``), or files no swaa
   run of this kind writes (another tool's ``metrics.jsonl`` without ``run_name``), is refused
   unless ``force``; ``swaa_run.json`` records the kind of a folder once a job has claimed it;
-* each process takes a lock file with its PID (``.swaa-rankK.lock``: the processes of one
-  ``accelerate launch`` each hold their own rank's lock, a second job on the folder is refused).
-  A lock whose process is gone (a killed job) is taken over with a log line.
+* each process locks ``.swaa-rankK.lock``, which names its PID and host: the processes of one
+  ``accelerate launch`` each hold their own rank's lock, a second job on the folder is refused.
+  The lock file of a killed job (its process is gone) is taken over with a log line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import RunRefused
@@ -34,7 +35,6 @@ SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
 SYSTEM_FOLDERS = ("/", "/home", "/root", "/var", "/opt", "/srv", "/mnt", "/media", "/tmp", "/run")
 # Files any kind of job writes (settings record, built-in models, synthetic data cache).
 NEUTRAL_ENTRIES = frozenset({RUN_FILE, "settings.resolved.json", "_builtin", "data"})
-FRESH_LOCK_S = 10.0  # an unreadable lock younger than this is being written, not abandoned
 
 
 # What each kind of job writes; the entries of MARKS show that a folder holds such a run.
@@ -122,78 +122,71 @@ def record_kind(root: Path, kind: str) -> None:
 
 
 # -- the lock -----------------------------------------------------------------------------------
-def process_alive(pid: int) -> bool:
+def _read_holder(fd: int) -> dict | None:
+    """The PID / host / start time in a lock file (None when empty: a clean release leaves none)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode("utf-8", errors="replace")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return {"pid": "?", "host": "?", "started": "?"}
 
 
 class OutputLock:
-    """An exclusive lock file holding this process's PID and host, removed on release."""
+    """An exclusive ``flock`` on a file that names the process holding it (PID, host, start time).
+
+    The operating system drops the lock when its process dies, so the lock file of a killed run is
+    free: it is taken over with a warning naming the process that is gone.
+    """
 
     def __init__(self, root: Path, rank: int):
         self.path = root / LOCK_PATTERN.format(rank=rank)
-        self.held = False
+        self._fd: int | None = None
 
     def acquire(self) -> None:
-        for _ in range(3):  # a lost race on a stale lock: look again
-            if self._create():
-                self.held = True
-                return
-            holder = self._holder()
-            if holder is None:
-                continue
-            if not self._stale(holder):
-                raise RunRefused(f"{self.path.parent} is in use by process {holder.get('pid')} on "
-                                 f"{holder.get('host')} (since {holder.get('started')}); wait for it to finish, "
-                                 f"or remove {self.path} if that process is gone")
-            logger.warning("taking over %s: its process %s is gone (a killed run)", self.path, holder.get("pid"))
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-        raise RunRefused(f"could not take the lock {self.path}; another job keeps creating it")
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
+        fd = self._lock_current_file()
+        previous = _read_holder(fd)
+        if previous is not None:
+            logger.warning("taking over %s: its process %s on %s is gone (a killed run)", self.path,
+                           previous.get("pid"), previous.get("host"))
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(info) + "\n")
-        return True
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+        self._fd = fd
 
-    def _holder(self) -> dict | None:
+    def _lock_current_file(self) -> int:
+        """A descriptor of the lock file, locked; refused while another process holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd) or {}
+                os.close(fd)
+                raise RunRefused(f"{self.path.parent} is in use by process {holder.get('pid')} on "
+                                 f"{holder.get('host')} (since {holder.get('started')}); wait for it to finish "
+                                 "or stop it") from None
+            if self._is_current(fd):
+                return fd
+            os.close(fd)  # its holder removed it while we opened it: lock the new one
+
+    def _is_current(self, fd: int) -> bool:
         try:
-            text = self.path.read_text(encoding="utf-8")
-            age = time.time() - self.path.stat().st_mtime
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
-            return None  # released meanwhile
-        try:
-            return json.loads(text)
-        except ValueError:
-            # Empty or torn: being written right now, or its writer died while creating it.
-            return {"pid": "?", "host": socket.gethostname(), "started": "just now", "writing": age < FRESH_LOCK_S}
-
-    @staticmethod
-    def _stale(holder: dict) -> bool:
-        if holder.get("writing") or holder.get("host") != socket.gethostname():
-            return False  # being created, or on another machine whose processes we cannot see
-        pid = holder.get("pid")
-        return not isinstance(pid, int) or not process_alive(pid)
+            return False
 
     def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self.held = False
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # while still holding it: nobody locks a removed file
+            os.close(self._fd)
+            self._fd = None
 
 
 @contextlib.contextmanager
-def claimed_output_dir(root: Path, kind: str, force: bool, rank: int, wait_for_everyone) -> Iterator[None]:
+def claimed_output_dir(root: Path, kind: str, force: bool, rank: int,
+                       wait_for_everyone: Callable[[], None]) -> Iterator[None]:
     """Hold ``root`` for this process while the job runs (see the module docstring)."""
     refuse_system_folder(root)
     root.mkdir(parents=True, exist_ok=True)
