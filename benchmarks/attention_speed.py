@@ -42,7 +42,7 @@ from swaa_patch.backends import (
 )
 from swaa_patch.backends.flex import build_block_mask, flex_swaa_attention  # noqa: E402
 from swaa_patch.backends.triton_swa import chosen_config, swa_sink_attention  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 log = logging.getLogger("attention_speed")

@@ -19,7 +19,7 @@ import transformers
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, remove_swaa
-from swaa_patch.evaluation.io import atomic_write_text
+from swaa_patch.jobs.io import atomic_write_text
 
 SHAPE = dict(
     vocab_size=8192,

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa  # noqa: E402
 from swaa_patch.backends import BACKENDS, AttentionCall, run_attention  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 

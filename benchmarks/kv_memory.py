@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 from swaa_patch import SWAAConfig, apply_swaa, chunked_prefill, default_prefill_chunk, remove_swaa
 from swaa_patch.compat import cache_kwargs, output_cache
-from swaa_patch.evaluation.io import atomic_write_text
+from swaa_patch.jobs.io import atomic_write_text
 
 from shapes import QWEN3_4B  # benchmarks/shapes.py (a script's folder is on sys.path)
 

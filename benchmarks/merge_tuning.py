@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from attention_speed import OUT_TOL, SpeedArgs, bench_ms, environment_lines, rel  # noqa: E402
 
 from swaa_patch.backends.triton_swa import MERGE_CONFIG, KernelConfig, merge_sinks, swa_sink_attention  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("merge_tuning")
 CONFIGS = ((64, 64, 4, 2), (64, 32, 4, 3), (64, 32, 4, 2), (32, 32, 4, 3), (128, 64, 4, 2), (64, 128, 4, 1))

@@ -59,7 +59,7 @@ from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.fused_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
 

@@ -35,7 +35,7 @@ from attention_speed import (  # noqa: E402
 )
 
 from swaa_patch.backends.triton_swa import KernelConfig, swa_sink_attention  # noqa: E402
-from swaa_patch.evaluation.io import atomic_write_text  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("triton_tuning")
 

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
 from swaa_patch.evaluation.report import environment_lines
+from swaa_patch.jobs.io import atomic_write_text, read_jsonl
 
 CONFIG_KEYS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
 

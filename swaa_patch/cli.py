@@ -4,6 +4,9 @@ Each subcommand is a dataclass of arguments (fields become flags; defaults live 
 plus a ``main(args) -> int`` that tests call directly, without a subprocess. To add one
 (``distill``, ``sft``, ``merge``...), write its dataclass and main and add a table row.
 Heavy imports (torch, transformers) happen inside the mains so ``swaa --help`` stays fast.
+
+Bad input and refusals (:data:`~swaa_patch.jobs.errors.ONE_LINE_ERRORS`) print one line and exit
+with 2; Ctrl-C prints one line saying what finished and how to resume, and exits with 130.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any
 
 from .demo.train import TrainDemoArgs
 from .demo.train import main as train_demo_main
+from .jobs.errors import ONE_LINE_ERRORS, Interrupted, SettingsError
+from .jobs.loading import is_adapter_folder
 
 logger = logging.getLogger("swaa")
 
@@ -37,6 +42,10 @@ class EvalArgs:
     output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
     limit: int | None = field(default=None, metadata=_help("override the settings' sample limit per dataset"))
     report: bool = field(default=True, metadata=_help("write report.md and plots when done"))
+    recompute: bool = field(default=False, metadata=_help(
+        "discard and recompute blocks whose responses were made with other generation settings"))
+    force: bool = field(default=False, metadata=_help(
+        "use an output folder that holds files of another kind of run, and replace a report.md not written by swaa"))
 
 
 @dataclass
@@ -44,6 +53,7 @@ class ReportArgs:
     """Write report.md (accuracy tables) and plots/*.png for an eval output folder."""
 
     output_dir: str = field(metadata=_help("folder written by `swaa eval`", positional=True))
+    force: bool = field(default=False, metadata=_help("replace a report.md that `swaa report` did not write"))
 
 
 @dataclass
@@ -69,6 +79,9 @@ class DistillArgs:
     settings: str = field(metadata=_help("distill settings JSON (see sft/README.md)", positional=True))
     output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
     limit: int | None = field(default=None, metadata=_help("override the settings' prompt limit per dataset"))
+    recompute: bool = field(default=False, metadata=_help(
+        "discard and recompute answers made with other generation settings"))
+    force: bool = field(default=False, metadata=_help("use an output folder that holds files of another kind of run"))
 
 
 @dataclass
@@ -78,7 +91,9 @@ class SFTArgs:
     settings: str = field(metadata=_help("SFT settings JSON (see sft/README.md)", positional=True))
     output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
     max_steps: int | None = field(default=None, metadata=_help("override training.max_steps"))
-    resume: bool | None = field(default=None, metadata=_help("override the settings' resume"))
+    resume: bool | None = field(default=None, metadata=_help(
+        "override the settings' resume (--no-resume: train from scratch, replacing earlier results)"))
+    force: bool = field(default=False, metadata=_help("use an output folder that holds files of another kind of run"))
 
 
 @dataclass
@@ -94,15 +109,9 @@ class MergeArgs:
 
 
 def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
-    """``loader(args.settings)`` with the command line's overrides applied (None: not given), or
-    None after logging why the settings file is invalid (the command then exits with 2)."""
-    from .evaluation.settings import SettingsError
-
-    try:
-        settings = loader(args.settings)
-    except SettingsError as err:
-        logger.error("invalid settings: %s", err)
-        return None
+    """``loader(args.settings)`` with the command line's overrides applied (None: not given);
+    an invalid settings file raises SettingsError (one line, exit 2)."""
+    settings = loader(args.settings)
     if overrides.get("output_dir") is not None:
         overrides["output_dir"] = Path(overrides["output_dir"])
     return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
@@ -114,11 +123,9 @@ def eval_main(args: EvalArgs) -> int:
     from .evaluation.settings import load_settings
 
     settings = load_with_overrides(load_settings, args, output_dir=args.output_dir, limit=args.limit)
-    if settings is None:
-        return 2
-    run_eval(settings)
+    run_eval(settings, force=args.force, recompute=args.recompute)
     if args.report and _is_main_process():
-        write_report(settings.output_dir)
+        write_report(settings.output_dir, force=args.force)
     return 0
 
 
@@ -131,12 +138,12 @@ def _is_main_process() -> bool:
 def report_main(args: ReportArgs) -> int:
     from .evaluation.report import write_report
 
-    logger.info("report: %s", write_report(args.output_dir))
+    logger.info("report: %s", write_report(args.output_dir, force=args.force))
     return 0
 
 
 def make_data_main(args: MakeDataArgs) -> int:
-    from .data.make import make_data
+    from .jobs.make_data import make_data
 
     for path in make_data(args.tasks, args.lengths, args.depths, args.samples, args.seed,
                           args.tokenizer, Path(args.out_dir), args.format):
@@ -149,9 +156,7 @@ def distill_main(args: DistillArgs) -> int:
     from .training.settings import load_distill_settings
 
     settings = load_with_overrides(load_distill_settings, args, output_dir=args.output_dir, limit=args.limit)
-    if settings is None:
-        return 2
-    logger.info("distill dataset: %s", run_distill(settings))
+    logger.info("distill dataset: %s", run_distill(settings, force=args.force, recompute=args.recompute))
     return 0
 
 
@@ -159,14 +164,12 @@ def sft_main(args: SFTArgs) -> int:
     from .training.settings import load_sft_settings
 
     settings = load_with_overrides(load_sft_settings, args, output_dir=args.output_dir, resume=args.resume)
-    if settings is None:
-        return 2
     if args.max_steps is not None:
         settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training,
                                                                              max_steps=args.max_steps))
     from .training.sft import run_sft
 
-    run_sft(settings)
+    run_sft(settings, force=args.force)
     return 0
 
 
@@ -175,6 +178,8 @@ def merge_main(args: MergeArgs) -> int:
 
     from .training.adapter import merge_swaa_adapter
 
+    if not is_adapter_folder(args.adapter):
+        raise SettingsError(f"adapter: {args.adapter} holds no adapter_config.json (a LoRA adapter saved by swaa sft)")
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     merge_swaa_adapter(args.adapter, args.output, base=args.base, dtype=dtype, keep_swaa_config=args.keep_swaa_config)
     return 0
@@ -243,7 +248,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     namespace = vars(parser.parse_args(argv))
     logging.basicConfig(level=namespace.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = SUBCOMMANDS[namespace.pop("command")]
-    return command.main(command.args(**namespace))
+    return run_command(command, command.args(**namespace))
+
+
+def run_command(command: Subcommand, args: Any) -> int:
+    """``command.main(args)``, with bad input and refusals as one line (exit 2) and Ctrl-C as one line (130)."""
+    try:
+        return command.main(args)
+    except Interrupted as err:
+        if not err.quiet:
+            logger.error("%s", err)
+        return 130
+    except KeyboardInterrupt:
+        logger.error("interrupted; what was saved is kept: run the same command again to resume")
+        return 130
+    except SettingsError as err:
+        logger.error("invalid settings: %s", err)
+        return 2
+    except ONE_LINE_ERRORS as err:
+        logger.error("%s", err)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from swaa_patch.demo.data import TRAIN_SEED_BASE, VALIDATION_SEED
-from swaa_patch.evaluation.generation import load_model
 from swaa_patch.evaluation.runner import run_eval
 from swaa_patch.evaluation.settings import load_settings
-from swaa_patch.training.adapter import adapter_base_path, read_swaa_config
+from swaa_patch.jobs.loading import adapter_base_path, load_model
+from swaa_patch.training.adapter import read_swaa_config
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = REPO / "settings"

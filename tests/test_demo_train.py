@@ -183,7 +183,7 @@ def test_time_budget_shortens_the_schedule(tmp_path):
 
 def test_settings_notes_are_ignored_and_unknown_keys_still_fail(trained, tmp_path):
     from swaa_patch.evaluation.settings import parse_settings
-    from swaa_patch.evaluation.validate import SettingsError
+    from swaa_patch.jobs.validate import SettingsError
 
     run = {"swaa_config": None, "model_list": [str(trained)], "_why": "a note"}
     assert len(parse_settings({"settings": [run], "_about": "a note"}).runs) == 1

@@ -10,16 +10,12 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from swaa_patch import SWAAConfig, apply_swaa
-from swaa_patch.evaluation.generation import (
-    PromptOptions,
-    generate_batch,
-    load_model,
-    load_tokenizer,
-    prepare,
-)
-from swaa_patch.evaluation.io import read_jsonl
-from swaa_patch.evaluation.settings import SettingsError
-from swaa_patch.testing import resolve_builtin_model
+from swaa_patch.evaluation.generation import generate_batch
+from swaa_patch.jobs.builtin_models import resolve_builtin_model
+from swaa_patch.jobs.io import read_jsonl
+from swaa_patch.jobs.loading import load_model, load_tokenizer
+from swaa_patch.jobs.prompts import PromptOptions, prepare
+from swaa_patch.jobs.validate import SettingsError
 from swaa_patch.training.distill import run_distill
 from swaa_patch.training.settings import FilterSettings, load_distill_settings, parse_distill
 

@@ -10,12 +10,12 @@ import torch
 
 from swaa_patch.cli import main as cli_main
 from swaa_patch.evaluation import runner as runner_module
-from swaa_patch.evaluation.io import read_jsonl
 from swaa_patch.evaluation.layout import Layout
 from swaa_patch.evaluation.report import write_report
 from swaa_patch.evaluation.runner import run_eval
 from swaa_patch.evaluation.settings import parse_settings
-from swaa_patch.testing import build_tiny_model
+from swaa_patch.jobs.builtin_models import build_tiny_model
+from swaa_patch.jobs.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SWA = {"sliding_window_size": 32, "keep_first": 2, "force_fa_decode": True, "non_sliding_layers": []}
@@ -171,7 +171,7 @@ def test_file_dataset_with_fake_judge(tmp_path, tiny_model):
         tiny_model,
         datasets=[{"path": str(data), "scoring": "judge"}],
         chat_template=False,
-        judge={"base_url": "http://judge.invalid/v1", "model": "never-called"},
+        judge={"base_url": "https://judge.invalid/v1", "model": "never-called"},
     )
     (full, swa) = run_eval(settings, judge=fake_judge)
     assert len(calls) == 6 and calls[0][0] == "What is the code?"

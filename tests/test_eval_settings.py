@@ -9,11 +9,10 @@ import pytest
 
 from swaa_patch.evaluation.settings import (
     DatasetSpec,
-    SettingsError,
     load_settings,
     parse_settings,
-    settings_to_dict,
 )
+from swaa_patch.jobs.validate import SettingsError, settings_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 SWA = {"sliding_window_size": 64, "keep_first": 4, "force_fa_decode": True, "non_sliding_layers": [1]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,10 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa
 from swaa_patch.data.synthetic import generate_task, tokenizer_counter
-from swaa_patch.evaluation.generation import load_model, prompt_ids
-from swaa_patch.evaluation.settings import SettingsError
-from swaa_patch.testing import resolve_builtin_model
+from swaa_patch.jobs.builtin_models import resolve_builtin_model
+from swaa_patch.jobs.errors import Interrupted, RunRefused
+from swaa_patch.jobs.loading import load_model
+from swaa_patch.jobs.prompts import prompt_ids
+from swaa_patch.jobs.validate import SettingsError
 from swaa_patch.training.adapter import load_swaa_adapter, merge_swaa_adapter, read_swaa_config
+from swaa_patch.training.checkpoints import COMPLETE_MARKER
 from swaa_patch.training.data import encode_example
 from swaa_patch.training.settings import load_sft_settings, parse_sft
 from swaa_patch.training.sft import build_trainer, run_sft, save_final
@@ -261,9 +265,95 @@ def test_resume_continues_from_the_step_it_stopped_at(tiny, tmp_path):
     result = run_sft(settings, callbacks=(steps,))
     assert result.resumed_from.endswith("checkpoint-4")
     assert steps.seen == [5, 6] and result.global_step == 6
-    history = json.loads((tmp_path / "run" / "train_metrics.json").read_text())["log_history"]
-    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((tmp_path / "run" / "train_metrics.json").read_text())
+    losses = [h["loss"] for h in saved["log_history"] if "loss" in h]
+    assert [h["step"] for h in saved["log_history"] if "loss" in h] == [1, 2, 3, 4, 5, 6]
     assert read_swaa_config(result.final_dir) == settings.swaa_config
+    # train_loss covers every step, not only the two run after the resume.
+    assert saved["metrics"]["train_loss"] == pytest.approx(sum(losses) / 6, rel=1e-9)
+    assert abs(saved["metrics"]["train_loss"] - sum(losses[4:]) / 2) > 1e-6
+
+
+def test_a_half_saved_newest_checkpoint_is_skipped_and_redone(tiny, tmp_path, caplog):
+    settings = make_settings(tiny, tmp_path / "run", max_steps=4, save_steps=2, logging_steps=2)
+    run_sft(settings)
+    for step in (2, 4):
+        folder = tmp_path / "run" / f"checkpoint-{step}"
+        assert json.loads((folder / COMPLETE_MARKER).read_text()) == {"global_step": step}
+        assert read_swaa_config(folder) == settings.swaa_config
+    # A kill in the middle of saving checkpoint-4: weights torn, no swaa_config.json, no marker, no final/.
+    torn = tmp_path / "run" / "checkpoint-4"
+    weights = torn / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (torn / "swaa_config.json").unlink()
+    (torn / COMPLETE_MARKER).unlink()
+    shutil.rmtree(tmp_path / "run" / "final")
+    steps = Steps()
+    with caplog.at_level("WARNING"):
+        result = run_sft(dataclasses.replace(settings, training=dataclasses.replace(
+            settings.training, save_total_limit=1)), callbacks=(steps,))
+    assert f"skipping {torn}: incomplete" in caplog.text
+    assert result.resumed_from.endswith("checkpoint-2") and steps.seen == [3, 4]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-4"]  # rotated
+    assert (torn / COMPLETE_MARKER).is_file() and read_swaa_config(torn) == settings.swaa_config
+    load_swaa_adapter(None, torn)  # the redone checkpoint loads
+
+
+def test_a_finished_run_refuses_settings_that_change_its_results(tiny, tmp_path, caplog):
+    settings = make_settings(tiny, tmp_path / "run", max_steps=2, save_steps=2)
+    run_sft(settings)
+    final_config = (tmp_path / "run" / "final" / "swaa_config.json").read_text()
+    metrics = (tmp_path / "run" / "train_metrics.json").read_text()
+    other = {**SWAA, "sliding_window_size": 32}
+    with pytest.raises(RunRefused, match=r"swaa_config\.sliding_window_size 16 -> 32.*--no-resume"):
+        run_sft(make_settings(tiny, tmp_path / "run", swaa=other, max_steps=2, save_steps=2))
+    bigger = dataclasses.replace(settings, lora=dataclasses.replace(settings.lora, r=4))
+    with pytest.raises(RunRefused, match=r"lora\.r 8 -> 4"):
+        run_sft(bigger)
+    assert (tmp_path / "run" / "final" / "swaa_config.json").read_text() == final_config  # not relabelled
+    assert (tmp_path / "run" / "train_metrics.json").read_text() == metrics
+
+    # The same settings again: nothing to train, nothing relabelled, the loss still covers every step.
+    again = run_sft(dataclasses.replace(settings, training=dataclasses.replace(settings.training, logging_steps=1)))
+    assert again.global_step == 2 and again.metrics["train_loss"] == pytest.approx(
+        json.loads(metrics)["metrics"]["train_loss"], rel=1e-9)
+
+    # --no-resume trains again from scratch with the new config, replacing the old results.
+    fresh = run_sft(dataclasses.replace(make_settings(tiny, tmp_path / "run", swaa=other, max_steps=2,
+                                                      save_steps=2), resume=False))
+    assert fresh.resumed_from is None and read_swaa_config(fresh.final_dir).sliding_window_size == 32
+    assert "removed the results of the earlier run" in caplog.text
+
+
+class CtrlCAt(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_says_which_checkpoint_a_rerun_resumes(tiny, tmp_path):
+    settings = make_settings(tiny, tmp_path / "run", max_steps=4, save_steps=2)
+    with pytest.raises(Interrupted, match=r"^interrupted: the newest complete checkpoint is checkpoint-2 in .*run "
+                                          r"the same command again to resume$"):
+        run_sft(settings, callbacks=(CtrlCAt(),))
+    assert run_sft(settings).resumed_from.endswith("checkpoint-2")
+
+
+def test_cli_refuses_a_changed_lora_rank_in_one_line(tiny, tmp_path, caplog, capsys):
+    from swaa_patch.cli import main
+
+    model_dir, data, _ = tiny
+    raw = {"model": str(model_dir), "swaa_config": SWAA, "datasets": [str(data)], "output_dir": "out",
+           "lora": {"r": 8}, "data": {"max_length": 512}, "training": {"max_steps": 1, "save_steps": 1}}
+    path = tmp_path / "sft.json"
+    path.write_text(json.dumps(raw))
+    assert main(["sft", str(path)]) == 0
+    path.write_text(json.dumps({**raw, "lora": {"r": 16}}))
+    caplog.clear()
+    assert main(["sft", str(path)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "lora.r 8 -> 16" in errors[0]
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
 
 
 def test_cli_runs_the_shipped_tiny_settings(tmp_path):

@@ -1,6 +1,8 @@
 """Evaluation data: the offline stdlib haystack, synthetic task families, dataset loaders.
 
-Light on purpose (no torch import): ``swaa make-data`` and the generators only need a tokenizer.
+The lowest of the job packages: it imports nothing from ``jobs``, ``evaluation`` or ``training``,
+and no torch (the generators only need a tokenizer). ``swaa make-data`` lives in
+``swaa_patch/jobs/make_data.py``, which writes these rows to files.
 """
 
 from .loaders import load_records

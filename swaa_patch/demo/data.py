@@ -18,7 +18,7 @@ from typing import Any
 
 from ..data.haystack import load_paragraphs
 from ..data.synthetic import generate_task, make_sample, tokenizer_counter
-from ..evaluation.generation import prompt_ids
+from ..jobs.prompts import prompt_ids
 
 TRAIN_SEED_BASE = 1_000_000  # settings files must use task seeds below this
 VALIDATION_SEED = 1  # monitoring during training; settings/demo.json (the reported test) uses 0

@@ -12,8 +12,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from ..evaluation.generation import PromptOptions, batches, generate_batch, prepare
+from ..evaluation.generation import generate_batch
 from ..evaluation.scoring import SCORERS
+from ..jobs.prompts import PromptOptions, batches, prepare
 from .data import collate, encode
 
 

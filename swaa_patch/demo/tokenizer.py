@@ -15,7 +15,7 @@ from typing import Any
 
 from ..data.haystack import load_paragraphs
 from ..data.tasks import TASKS
-from ..testing import CHAT_TEMPLATE, SPECIAL_TOKENS
+from ..jobs.builtin_models import CHAT_TEMPLATE, SPECIAL_TOKENS
 from .data import answer_text
 
 TASK_TEXTS_PER_FAMILY = 300

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.io import current_umask
+from ..jobs.io import current_umask
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def save_checkpoint(folder: Path, model: Any, optimizer: Any, state: TrainState,
 def load_checkpoint(folder: Path, model: Any, optimizer: Any, args: TrainDemoArgs) -> TrainState:
     import torch
 
-    payload = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+    payload = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     changed = {k: (v, payload["recipe"].get(k)) for k, v in recipe(args).items() if payload["recipe"].get(k) != v}
     if changed:
         raise ValueError(f"checkpoint {folder} was made with another recipe {changed} (now, then); "

@@ -1,6 +1,7 @@
 """JSON-driven, resumable long-context evaluation of SWAA configurations (``swaa eval``)."""
 
-from .settings import EvalSettings, SettingsError, load_settings, parse_settings
+from ..jobs.validate import SettingsError
+from .settings import EvalSettings, load_settings, parse_settings
 
 __all__ = ["EvalSettings", "SettingsError", "load_settings", "parse_settings", "run_eval", "write_report"]
 

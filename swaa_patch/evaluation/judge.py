@@ -4,6 +4,7 @@
 :class:`OpenAICompatibleJudge` posts to any OpenAI-compatible ``/chat/completions`` endpoint
 (OpenAI, Azure-style gateways, a local vLLM server) with :mod:`urllib`: no extra dependency.
 Tests use a fake judge or a fake ``opener``; nothing here runs unless ``scoring: "judge"``.
+:func:`score_response` scores one response with a rule scorer or the judge (eval and distill).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .scoring import Answer, final_answer
-from .settings import JudgeSettings
+from .scoring import JUDGE, SCORERS, Answer, final_answer
+from .settings import JudgeSettings, parse_api_key_env, parse_judge_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,4 +84,20 @@ class OpenAICompatibleJudge:
 
 
 def make_judge(settings: JudgeSettings | None) -> Judge | None:
-    return None if settings is None else OpenAICompatibleJudge(settings)
+    """The configured judge; its URL and key variable are checked again, however the settings were made."""
+    if settings is None:
+        return None
+    parse_judge_url(settings.base_url, "judge.base_url")
+    parse_api_key_env(settings.api_key_env, "judge.api_key_env")
+    return OpenAICompatibleJudge(settings)
+
+
+def score_response(method: str, record: dict[str, Any], response: str, judge: Judge | None) -> float:
+    """The score of ``response`` against the record's answer with scorer ``method`` (or the judge)."""
+    if method == JUDGE:
+        if judge is None:
+            raise RuntimeError("scoring 'judge' needs a 'judge' block in the settings")
+        return judge(record.get("question", ""), record["answer"], response)
+    if method not in SCORERS:
+        raise ValueError(f"sample {record['id']}: unknown scoring {method!r}; use one of {sorted(SCORERS)}")
+    return SCORERS[method](response, record["answer"])

@@ -9,21 +9,15 @@
       data/MODEL/DATASET-HASH.jsonl          synthetic samples generated for MODEL's tokenizer
       _builtin/NAME/                         built-in tiny models, built on first use
       report.md, plots/*.png                 written by ``swaa report``
+      swaa_run.json, .swaa-rankK.lock        the folder's kind and each process's lock (jobs/output.py)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-
-def short_hash(data: Any) -> str:
-    """A stable 10-hex-digit fingerprint of JSON-able data."""
-    blob = json.dumps(data, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:10]
+from ..jobs.run import rank_shard, rank_shards
 
 
 @dataclass(frozen=True)
@@ -33,14 +27,6 @@ class Layout:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "settings.resolved.json"
-
-    @property
-    def builtin(self) -> Path:
-        return self.root / "_builtin"
 
     @property
     def plots(self) -> Path:
@@ -54,10 +40,10 @@ class Layout:
         return self.root / "responses" / run_name
 
     def shard(self, run_name: str, dataset: str, rank: int) -> Path:
-        return self.block_dir(run_name) / f"{dataset}.rank{rank}.jsonl"
+        return rank_shard(self.block_dir(run_name), dataset, rank)
 
     def shards(self, run_name: str, dataset: str) -> list[Path]:
-        return sorted(self.block_dir(run_name).glob(f"{dataset}.rank*.jsonl"))
+        return rank_shards(self.block_dir(run_name), dataset)
 
     def parquet(self, run_name: str, dataset: str) -> Path:
         return self.block_dir(run_name) / f"{dataset}.parquet"

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+from ..jobs.io import read_jsonl
 from .scoring import THINK_END
 
 # The reference's prompt-length bins (tokens), extended downwards for small models.
 LENGTH_BINS = (0, 4_000, 16_000, 32_000, 64_000, 128_000)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The block lines of a ``metrics.jsonl`` (lines of other tools, let in by --force, left out)."""
+    return [r for r in read_jsonl(path) if "run_name" in r and "dataset" in r]
 
 
 def _mean(values: Sequence[float]) -> float:

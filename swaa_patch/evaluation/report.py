@@ -14,11 +14,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_bytes, atomic_write_text, read_jsonl
+from ..jobs.errors import RunRefused
+from ..jobs.io import atomic_write_bytes, atomic_write_text, read_jsonl
 from .layout import Layout
+from .metrics import read_metrics
 
 logger = logging.getLogger(__name__)
 
+REPORT_TITLE = "# SWAA evaluation report"
 CONFIG_COLUMNS = ("sliding_window_size", "keep_first", "force_fa_decode", "non_sliding_layers")
 
 
@@ -177,12 +180,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def write_report(output_dir: str | Path) -> Path:
+def check_report_target(path: Path, force: bool) -> None:
+    """An existing ``report.md`` is replaced only if ``swaa report`` wrote it (or with ``force``)."""
+    if force or not path.is_file():
+        return
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        if handle.readline().rstrip("\n") != REPORT_TITLE:
+            raise RunRefused(f"{path} was not written by `swaa report`; move it away, or pass --force to replace it")
+
+
+def write_report(output_dir: str | Path, force: bool = False) -> Path:
     """Write ``report.md`` and ``plots/*.png`` for an eval output folder; returns report.md."""
     layout = Layout(Path(output_dir))
-    metrics = read_jsonl(layout.metrics)
+    metrics = read_metrics(layout.metrics)
     if not metrics:
-        raise FileNotFoundError(f"no finished blocks in {layout.metrics}; run `swaa eval` first")
+        raise RunRefused(f"no finished blocks in {layout.metrics}; run `swaa eval` first")
+    check_report_target(layout.report, force)
     plots = [plot_by_config(metrics, layout.plots / "accuracy_by_config.png")]
     plots.append(plot_by_key(metrics, "accuracy_by_context_length", "context length (tokens)",
                              layout.plots / "accuracy_by_context_length.png"))
@@ -190,7 +203,7 @@ def write_report(output_dir: str | Path) -> Path:
     plots.extend(plot_heatmaps(layout, metrics))
     images = "\n\n".join(f"![{p.stem}](plots/{p.name})" for p in plots if p is not None)
     text = (
-        f"# SWAA evaluation report\n\nSource: `{layout.metrics}` ({len(metrics)} blocks).\n\n"
+        f"{REPORT_TITLE}\n\nSource: `{layout.metrics}` ({len(metrics)} blocks).\n\n"
         f"Computed on:\n\n{environment_lines(metrics)}\n\n"
         f"## Accuracy\n\n{accuracy_table(metrics)}\n\n## Configurations\n\n{config_table(metrics)}\n\n"
         f"## Plots\n\n{images}\n"

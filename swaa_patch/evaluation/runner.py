@@ -1,10 +1,11 @@
 """Run every (model, SWAA config, dataset) block of a settings file; resumable per sample.
 
-Each finished batch is appended (and fsynced) to the block's responses log before the next one
-starts, and a block's metrics line is written atomically once all its samples are in; a killed
-run therefore restarts exactly where it stopped. Samples are split over the processes of an
-``accelerate launch`` (data parallel, one model copy per GPU); each process appends to its own
-log, so no two processes ever write the same file.
+Each block keeps its responses in per-process logs (:class:`~swaa_patch.jobs.run.ShardedRun`:
+appended and fsynced after every batch, pending samples split over the processes of an
+``accelerate launch``); its metrics line is written atomically once all its samples are in, so a
+killed run restarts exactly where it stopped. Before anything runs, every block's stored
+generation settings are compared with the new ones: a difference is refused (or, with
+``recompute``, the block's responses are discarded and made again), finished blocks included.
 """
 
 from __future__ import annotations
@@ -19,24 +20,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..config import SWAAConfig
-from ..data.loaders import load_records
-from ..data.synthetic import generate_task, tokenizer_counter
-from ..testing import is_builtin, resolve_builtin_model
-from .generation import Prepared, PromptOptions, batches, generate_batch, load_model, load_tokenizer, prepare
-from .io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl, write_parquet
-from .judge import Judge, make_judge
-from .layout import Layout, short_hash
-from .metrics import block_metrics
-from .scoring import JUDGE, SCORERS, resolve_method
-from .settings import DatasetSpec, EvalSettings, settings_to_dict
+from ..data.loaders import METADATA_FIELDS, load_records
+from ..jobs.io import atomic_write_jsonl, read_jsonl, short_hash, write_parquet
+from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
+from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
+from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes
+from ..patch import apply_swaa
+from .generation import generate_batch
+from .judge import Judge, make_judge, score_response
+from .layout import Layout
+from .metrics import block_metrics, read_metrics
+from .scoring import resolve_method
+from .settings import DatasetSpec, EvalSettings
 
 logger = logging.getLogger(__name__)
 
-# Sample fields copied into each response record (the prompt itself is not: it can be huge).
-KEEP_FIELDS = ("question", "answer", "task", "context_length", "depth", "question_type", "seed")
 JUDGE_THREADS = 8
 
 
@@ -68,17 +67,6 @@ class BatchDone:
 
 
 BatchHook = Callable[[BatchDone], None]
-
-
-def model_display_name(model: str) -> str:
-    """``Qwen3-4B`` for ``/m/Qwen3-4B``; ``run-checkpoint-100`` for ``/m/run/checkpoint-100``."""
-    if is_builtin(model):
-        return model.split(":", 1)[1]
-    parts = Path(model).parts
-    last = parts[-1]
-    if len(parts) > 1 and ("checkpoint" in last or "merged" in last or last == "final"):
-        return f"{parts[-2]}-{last}"
-    return last
 
 
 def unique_model_names(models: list[str]) -> dict[str, str]:
@@ -140,6 +128,13 @@ class ModelSlot:
         self.path, self.settings, self.device = path, settings, device
         self._tokenizer: Any = None
         self._model: Any = None
+        self._max_positions: int | None = None
+
+    @property
+    def max_positions(self) -> int | None:
+        if self._max_positions is None:
+            self._max_positions = max_positions(self.path)
+        return self._max_positions
 
     @property
     def tokenizer(self) -> Any:
@@ -148,8 +143,6 @@ class ModelSlot:
         return self._tokenizer
 
     def model(self, swaa: SWAAConfig | None) -> Any:
-        from .. import apply_swaa
-
         if self._model is None:
             logger.info("loading %s on %s", self.path, self.device)
             s = self.settings
@@ -168,49 +161,47 @@ class ModelSlot:
                 torch.cuda.empty_cache()
 
 
-class EvalRun:
+class EvalRun(ShardedRun):
     """Holds the state of one ``swaa eval`` invocation; :meth:`run` does the work."""
 
-    def __init__(self, settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None):
-        import torch
-        from accelerate import PartialState
+    kind = "eval"
 
+    def __init__(self, settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None,
+                 force: bool = False, recompute: bool = False):
+        super().__init__(Path(settings.output_dir), settings.device, force=force, recompute=recompute)
         self.settings = settings
-        self.layout = Layout(Path(settings.output_dir))
-        # cpu=True lets torchrun / `accelerate launch --cpu` split work over CPU processes (gloo);
-        # without it accelerate treats a CPU-only launch as one process and every rank redoes all.
-        self.state = PartialState(cpu=settings.device == "cpu" or not torch.cuda.is_available())
+        self.layout = Layout(self.root)
         self.on_batch = on_batch
         self.judge = judge if judge is not None else make_judge(settings.judge)
         self.options = PromptOptions(settings.chat_template, settings.max_prompt_tokens, settings.truncation)
         self._records: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._prepared: dict[tuple[str, str], list[Prepared]] = {}  # tokenised once per model
 
-    @property
-    def device(self) -> str:
-        if self.settings.device == "auto" or self.state.num_processes > 1:
-            return str(self.state.device)
-        return self.settings.device
-
-    def run(self) -> list[dict[str, Any]]:
+    def work(self) -> list[dict[str, Any]]:
         """Evaluate all blocks; returns the metrics records of this output folder."""
-        if self.state.is_main_process:
-            atomic_write_json(self.layout.settings, settings_to_dict(self.settings))
         blocks = plan_blocks(self.settings)
+        by_name = {f"{b.run_name}/{b.dataset.name}": b for b in blocks}
+        changed = {name: self.meta_changes(block) for name, block in by_name.items()}
+        self.settle_changed_meta({n: c for n, c in changed.items() if c}, lambda n: self.discard(by_name[n]))
+        self.save_settings(self.settings)
         for model in dict.fromkeys(b.model for b in blocks):
-            slot = ModelSlot(self.local_model_path(model), self.settings, self.device)
+            slot = ModelSlot(local_model_path(model, self.root), self.settings, self.device)
             for block in (b for b in blocks if b.model == model):
                 self.run_block(block, slot)
             slot.release()
             self._prepared.clear()
         self.state.wait_for_everyone()
-        return read_jsonl(self.layout.metrics)
+        return self.metrics()
 
-    def local_model_path(self, model: str) -> str:
-        if not is_builtin(model):
-            return model
-        with self.state.main_process_first():
-            return str(resolve_builtin_model(model, self.layout.builtin))
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.layout.metrics)
+
+    def progress(self) -> str:
+        blocks = plan_blocks(self.settings)
+        done = {(r["run_name"], r["dataset"]) for r in self.metrics()}
+        finished = sum((b.run_name, b.dataset.name) in done for b in blocks)
+        return (f"{finished} of {len(blocks)} blocks finished in {self.root} "
+                "(the responses of unfinished blocks are kept)")
 
     # -- data -------------------------------------------------------------------------------
     def records(self, block: Block, slot: ModelSlot) -> list[dict[str, Any]]:
@@ -222,37 +213,35 @@ class EvalRun:
 
     def _synthetic(self, block: Block, slot: ModelSlot) -> list[dict[str, Any]]:
         spec = block.dataset
-        seed = self.settings.seed if spec.seed is None else spec.seed
+        seed = spec.task_seed(self.settings.seed)
         # The haystack depends on the Python version (stdlib docstrings), so it is in the key.
         key = short_hash({"spec": asdict(spec), "seed": seed, "python": sys.version_info[:2]})
-        cache = self.layout.synthetic_cache(block.model_name, spec.name, key)
-        with self.state.main_process_first():
-            if not cache.is_file():
-                logger.info("generating %s for %s's tokenizer", spec.name, block.model_name)
-                counter = tokenizer_counter(slot.tokenizer)
-                rows = generate_task(spec.task, counter, spec.lengths, spec.depths, spec.samples, seed)
-                atomic_write_jsonl(cache, rows)
-        return read_jsonl(cache)
+
+        def build() -> list[dict[str, Any]]:
+            logger.info("generating %s for %s's tokenizer", spec.name, block.model_name)
+            return spec.synthetic_rows(slot.tokenizer, self.settings.seed)
+
+        return self.cached_rows(self.layout.synthetic_cache(block.model_name, spec.name, key), build)
 
     # -- one block --------------------------------------------------------------------------
     def finished(self, block: Block, sel_key: str) -> bool:
-        for record in read_jsonl(self.layout.metrics):
+        for record in self.metrics():
             if (record["run_name"], record["dataset"]) == (block.run_name, block.dataset.name):
                 return record.get("selection_key") == sel_key
         return False
 
-    def check_meta(self, block: Block) -> None:
-        path = self.layout.block_meta(block.run_name, block.dataset.name)
-        meta = generation_meta(self.settings)
-        old = read_jsonl(path)[0] if path.is_file() else None
-        if old is not None and old != meta:
-            changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-            raise RuntimeError(
-                f"{self.layout.root} holds responses for {block.run_name}/{block.dataset.name} made with "
-                f"other generation settings {changed} (old, new); use another output_dir"
-            )
-        if old is None and self.state.is_main_process:
-            atomic_write_jsonl(path, [meta])
+    def meta_changes(self, block: Block) -> dict[str, tuple[Any, Any]]:
+        """Generation settings that differ from those the block's stored responses were made with."""
+        return meta_changes(self.layout.block_meta(block.run_name, block.dataset.name), generation_meta(self.settings))
+
+    def discard(self, block: Block) -> None:
+        """Delete a block's responses and metrics line, so it is computed again."""
+        name = block.dataset.name
+        paths = self.layout.shards(block.run_name, name)
+        paths += [self.layout.parquet(block.run_name, name), self.layout.block_meta(block.run_name, name)]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        atomic_write_jsonl(self.layout.metrics, other_blocks(self.layout.metrics, (block.run_name, name)))
 
     def prepared(self, block: Block, slot: ModelSlot, records: dict[str, dict]) -> list[Prepared]:
         """The block's samples as token ids (same for every config of a model: cached)."""
@@ -260,12 +249,9 @@ class EvalRun:
         if key not in self._prepared:
             spec = block.dataset
             limit = spec.limit if spec.limit is not None else self.settings.limit
-            self._prepared[key] = prepare(slot.tokenizer, list(records.values()), self.options, limit)
+            options = within_model(self.options, slot.max_positions, self.settings.max_new_tokens)
+            self._prepared[key] = prepare(slot.tokenizer, list(records.values()), options, limit)
         return self._prepared[key]
-
-    def done_ids(self, block: Block) -> set[str]:
-        shards = self.layout.shards(block.run_name, block.dataset.name)
-        return {r["id"] for shard in shards for r in read_jsonl(shard)}
 
     def run_block(self, block: Block, slot: ModelSlot) -> None:
         spec = block.dataset
@@ -273,35 +259,31 @@ class EvalRun:
         if self.finished(block, sel_key):
             logger.info("%s | %s: already finished, skipped", block.run_name, spec.name)
             return
-        self.check_meta(block)
+        self.record_meta(self.layout.block_meta(block.run_name, spec.name), generation_meta(self.settings))
         records = {r["id"]: r for r in self.records(block, slot)}
         selected = self.prepared(block, slot, records)
-        done = self.done_ids(block)
-        pending = [p for p in selected if p.id not in done]
-        # Every process must split the same pending list: nobody writes before all have read.
+        new = self.answer_pending(
+            selected, self.layout.block_dir(block.run_name), spec.name,
+            start=lambda: self.answerer(block, slot, records),
+            desc=f"{block.run_name} | {spec.name}", unit="sample", batch_size=self.settings.batch_size,
+            on_batch=None if self.on_batch is None else lambda i, b: self.on_batch(BatchDone(
+                block, i, tuple(p.id for p in b))),
+        )
         self.state.wait_for_everyone()
-        with self.state.split_between_processes(pending) as mine:
-            if mine:
-                self.generate(block, slot, mine, records)
-        self.state.wait_for_everyone()
-        if self.state.is_main_process:
-            self.finish(block, {p.id for p in selected}, len(pending), sel_key)
+        if self.is_main:
+            self.finish(block, {p.id for p in selected}, new, sel_key)
 
-    def generate(self, block: Block, slot: ModelSlot, mine: list, records: dict[str, dict]) -> None:
+    def answerer(self, block: Block, slot: ModelSlot, records: dict[str, dict]) -> BatchAnswer:
+        """Generates and scores one batch with the block's model (loaded on the first call)."""
         model = slot.model(block.swaa)
-        shard = self.layout.shard(block.run_name, block.dataset.name, self.state.process_index)
-        bar = tqdm(total=len(mine), desc=f"{block.run_name} | {block.dataset.name}", unit="sample",
-                   disable=not self.state.is_local_main_process)
-        for index, batch in enumerate(batches(mine, self.settings.batch_size)):
+
+        def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             start = time.perf_counter()
             outputs = generate_batch(model, slot.tokenizer, batch, self.settings.max_new_tokens)
             seconds = (time.perf_counter() - start) / len(batch)
-            rows = self.batch_records(block, batch, outputs, records, seconds)
-            append_jsonl(shard, rows)
-            bar.update(len(batch))
-            if self.on_batch is not None:
-                self.on_batch(BatchDone(block, index, tuple(p.id for p in batch)))
-        bar.close()
+            return self.batch_records(block, batch, outputs, records, seconds)
+
+        return answer
 
     def batch_records(self, block: Block, batch: list, outputs: list[dict], records: dict, seconds: float) -> list:
         """Response records of a batch, scored concurrently (a judge is a remote call)."""
@@ -314,36 +296,23 @@ class EvalRun:
 
     def response_record(self, block: Block, prepared: Any, output: dict, record: dict, seconds: float) -> dict:
         method = resolve_method(block.dataset.scoring, self.settings.scoring, record)
-        row = {"id": prepared.id, **{k: record[k] for k in KEEP_FIELDS if k in record}}
+        row = {"id": prepared.id, **{k: record[k] for k in METADATA_FIELDS if k in record}}
         row.update(output)
         row.update(
             run_name=block.run_name,
             dataset=block.dataset.name,
             input_tokens=len(prepared.input_ids),
+            prompt_tokens=prepared.prompt_tokens,
             truncated=prepared.truncated,
             scoring=method,
-            score=self.score(method, record, output["response"]),
+            score=score_response(method, record, output["response"], self.judge),
             seconds=round(seconds, 4),
         )
         return row
 
-    def score(self, method: str, record: dict, response: str) -> float:
-        if method == JUDGE:
-            if self.judge is None:
-                raise RuntimeError("scoring 'judge' needs a 'judge' block in the settings")
-            return self.judge(record.get("question", ""), record["answer"], response)
-        if method not in SCORERS:
-            raise ValueError(f"sample {record['id']}: unknown scoring {method!r}; use one of {sorted(SCORERS)}")
-        return SCORERS[method](response, record["answer"])
-
     def finish(self, block: Block, selected: set[str], new: int, sel_key: str) -> None:
-        shards = self.layout.shards(block.run_name, block.dataset.name)
-        by_id: dict[str, dict] = {}
-        for shard in shards:
-            for row in read_jsonl(shard):
-                if row["id"] in selected:
-                    by_id.setdefault(row["id"], row)
-        responses = sorted(by_id.values(), key=lambda r: r["id"])
+        logged = logged_rows(self.layout.shards(block.run_name, block.dataset.name))
+        responses = sorted((row for i, row in logged.items() if i in selected), key=lambda r: r["id"])
         metrics = {
             "run_name": block.run_name,
             "model_name": block.model_name,
@@ -364,13 +333,21 @@ class EvalRun:
         )
 
 
+def other_blocks(path: Path, key: tuple[str, str]) -> list[dict[str, Any]]:
+    """The metrics lines of every block but ``key`` (run_name, dataset)."""
+    return [r for r in read_jsonl(path) if (r.get("run_name"), r.get("dataset")) != key]
+
+
 def upsert_metrics(path: Path, record: dict[str, Any]) -> None:
     """Replace the block's line (same run_name and dataset) or add it; atomic rewrite."""
-    key = (record["run_name"], record["dataset"])
-    rows = [r for r in read_jsonl(path) if (r.get("run_name"), r.get("dataset")) != key]
-    atomic_write_jsonl(path, [*rows, record])
+    atomic_write_jsonl(path, [*other_blocks(path, (record["run_name"], record["dataset"])), record])
 
 
-def run_eval(settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None) -> list[dict]:
-    """Evaluate every block of ``settings``, resuming whatever an earlier run finished."""
-    return EvalRun(settings, on_batch=on_batch, judge=judge).run()
+def run_eval(settings: EvalSettings, on_batch: BatchHook | None = None, judge: Judge | None = None,
+             force: bool = False, recompute: bool = False) -> list[dict]:
+    """Evaluate every block of ``settings``, resuming whatever an earlier run finished.
+
+    ``force``: use an output folder that holds files of another kind of run; ``recompute``: discard
+    and recompute blocks whose responses were made with other generation settings.
+    """
+    return EvalRun(settings, on_batch=on_batch, judge=judge, force=force, recompute=recompute).run()

@@ -8,38 +8,45 @@ Two shapes are accepted:
 
 Relative paths inside a file (models, datasets, output_dir) are relative to the file's folder,
 so a settings file works from any working directory. Settings are data: nothing is imported or
-executed from them.
+executed from them. ``swaa distill`` reads its datasets and judge with the same
+:func:`parse_dataset` and :func:`parse_judge`.
 """
 
 from __future__ import annotations
 
-import json
+import ipaddress
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..backends import BACKENDS
 from ..config import SWAAConfig
-from ..data.loaders import FORMATS, dataset_columns, missing_fields
+from ..data.loaders import load_records
+from ..data.synthetic import generate_task, tokenizer_counter
 from ..data.tasks import TASKS
-from ..testing import BUILTIN_MODELS, BUILTIN_PREFIX, is_builtin
-from .scoring import SCORING_METHODS
-from .validate import (
-    SettingsError,
+from ..jobs.loading import ATTN_IMPLEMENTATIONS, DTYPES, parse_model
+from ..jobs.validate import (
     as_bool,
     as_float,
     as_int,
     as_list,
     as_str,
     check_keys,
+    check_unique_names,
     fail,
     join,
+    load_json_file,
+    parse_device,
+    parse_swaa_config,
+    read_dataset,
+    resolve_path,
 )
+from .scoring import SCORING_METHODS
 
 SYNTHETIC_PREFIX = "synthetic:"
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-ATTN_IMPLEMENTATIONS = tuple(BACKENDS)  # the kernels the SWAA patch supports
+API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]*_(API_KEY|TOKEN)")
 TRUNCATION = ("middle", "skip")
 
 
@@ -71,6 +78,15 @@ class DatasetSpec:
     @property
     def synthetic(self) -> bool:
         return self.task is not None
+
+    def task_seed(self, run_seed: int) -> int:
+        """The seed of a synthetic task: its own, else the run's."""
+        return run_seed if self.seed is None else self.seed
+
+    def synthetic_rows(self, tokenizer: Any, run_seed: int) -> list[dict[str, Any]]:
+        """The synthetic task's samples, sized in ``tokenizer``'s tokens."""
+        counter = tokenizer_counter(tokenizer)
+        return generate_task(self.task, counter, self.lengths, self.depths, self.samples, self.task_seed(run_seed))
 
 
 @dataclass(frozen=True)
@@ -107,48 +123,17 @@ RUN_KEYS = ("swaa_config", "model_list")
 TOP_KEYS = tuple(f.name for f in fields(EvalSettings) if f.name not in ("runs", "source")) + ("settings",)
 
 
-def _resolve(raw: str, base: Path) -> Path:
-    path = Path(raw).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
-
-
-def parse_model(value: Any, path: str, base: Path) -> str:
-    """A built-in name, a local model folder, or a local LoRA adapter folder (never a hub id)."""
-    name = as_str(value, path)
-    if is_builtin(name):
-        if name[len(BUILTIN_PREFIX) :] not in BUILTIN_MODELS:
-            raise fail(path, f"unknown built-in model {name!r}; known: {[BUILTIN_PREFIX + k for k in BUILTIN_MODELS]}")
-        return name
-    folder = _resolve(name, base)
-    if not folder.is_dir():
-        raise fail(path, f"model path does not exist or is not a folder: {folder}")
-    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-        raise fail(path, f"no config.json or adapter_config.json in model folder {folder}")
-    return str(folder)
-
-
 def parse_run(data: Any, path: str, base: Path) -> RunSpec:
     check_keys(data, path, RUN_KEYS, required=RUN_KEYS)
-    raw = data["swaa_config"]
-    try:
-        swaa = None if raw is None else SWAAConfig.from_dict(raw, join(path, "swaa_config"))
-    except ValueError as err:  # SWAAConfig names the path already; one error type for callers
-        raise SettingsError(str(err)) from None
+    swaa = parse_swaa_config(data["swaa_config"], join(path, "swaa_config"))
     models_path = join(path, "model_list")
     models = as_list(data["model_list"], models_path)
     return RunSpec(swaa, tuple(parse_model(m, join(models_path, i), base) for i, m in enumerate(models)))
 
 
 def parse_file_dataset(raw: str, path: str, base: Path, extra: Mapping[str, Any]) -> DatasetSpec:
-    file = _resolve(raw, base)
-    if file.suffix.lower() not in FORMATS:
-        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
-    try:
-        missing = missing_fields(dataset_columns(file))
-    except (OSError, ValueError) as err:  # unreadable, corrupt, not JSON...
-        raise fail(path, f"cannot read dataset {file}: {err}") from None
-    if missing:
-        raise fail(path, f"dataset {file} lacks field(s) {missing}")
+    file = resolve_path(raw, base)
+    read_dataset(file, path, load_records)  # every row checked now, before any model loads
     return DatasetSpec(name=extra.get("name") or file.stem, path=file, **_common_dataset_fields(extra, path))
 
 
@@ -196,38 +181,60 @@ def parse_dataset(data: Any, path: str, base: Path) -> DatasetSpec:
     return parse_file_dataset(as_str(data["path"], join(path, "path")), join(path, "path"), base, data)
 
 
+def parse_datasets(value: Any, path: str, base: Path) -> tuple[DatasetSpec, ...]:
+    """A non-empty list of dataset specs with distinct names (they name output files)."""
+    specs = tuple(parse_dataset(d, join(path, i), base) for i, d in enumerate(as_list(value, path)))
+    check_unique_names([spec.name for spec in specs], path, "dataset")
+    return specs
+
+
+def parse_judge_url(value: Any, path: str) -> str:
+    """An https URL, or http to this machine (loopback): prompts and the key must not travel in clear."""
+    url = as_str(value, path)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise fail(path, f"must be an https:// URL, got {url!r}")
+    if parts.username or parts.password:
+        raise fail(path, "must not hold credentials (the key comes from api_key_env)")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise fail(path, f"must use https (http only to localhost, 127.0.0.0/8 or ::1), got {url!r}")
+    return url
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_api_key_env(value: Any, path: str) -> str | None:
+    """The name of the environment variable holding the judge's key: ``*_API_KEY`` or ``*_TOKEN``."""
+    name = as_str(value, path, allow_none=True)
+    if name is not None and not API_KEY_ENV.fullmatch(name):
+        raise fail(path, f"must name an environment variable ending in _API_KEY or _TOKEN "
+                         f"(e.g. OPENAI_API_KEY), got {name!r}")
+    return name
+
+
 def parse_judge(data: Any, path: str) -> JudgeSettings | None:
     if data is None:
         return None
     names = [f.name for f in fields(JudgeSettings)]
     check_keys(data, path, names, required=("base_url", "model"))
     out: dict[str, Any] = {
-        "base_url": as_str(data["base_url"], join(path, "base_url")),
+        "base_url": parse_judge_url(data["base_url"], join(path, "base_url")),
         "model": as_str(data["model"], join(path, "model")),
     }
     if "api_key_env" in data:
-        out["api_key_env"] = as_str(data["api_key_env"], join(path, "api_key_env"), allow_none=True)
+        out["api_key_env"] = parse_api_key_env(data["api_key_env"], join(path, "api_key_env"))
     if "timeout_s" in data:
         out["timeout_s"] = as_float(data["timeout_s"], join(path, "timeout_s"), 1.0, 3600.0)
     if "max_retries" in data:
         out["max_retries"] = as_int(data["max_retries"], join(path, "max_retries"), minimum=0)
     return JudgeSettings(**out)
-
-
-def _parse_device(value: Any, path: str) -> str:
-    device = as_str(value, path)
-    head, _, index = device.partition(":")
-    if head not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
-        raise fail(path, f"must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
-    return device
-
-
-def _unique_names(datasets: tuple[DatasetSpec, ...]) -> None:
-    seen: set[str] = set()
-    for i, spec in enumerate(datasets):
-        if spec.name in seen:
-            raise fail(f"datasets[{i}].name", f"duplicate dataset name {spec.name!r}; set a distinct 'name'")
-        seen.add(spec.name)
 
 
 def parse_settings(data: Any, source: Path | None = None) -> EvalSettings:
@@ -239,11 +246,9 @@ def parse_settings(data: Any, source: Path | None = None) -> EvalSettings:
     runs = as_list(data["settings"], "settings")
     out: dict[str, Any] = {"runs": tuple(parse_run(r, f"settings[{i}]", base) for i, r in enumerate(runs))}
     if "datasets" in data:
-        items = as_list(data["datasets"], "datasets")
-        out["datasets"] = tuple(parse_dataset(d, f"datasets[{i}]", base) for i, d in enumerate(items))
-        _unique_names(out["datasets"])
+        out["datasets"] = parse_datasets(data["datasets"], "datasets", base)
     if "output_dir" in data:
-        out["output_dir"] = _resolve(as_str(data["output_dir"], "output_dir"), base)
+        out["output_dir"] = resolve_path(as_str(data["output_dir"], "output_dir"), base)
     elif source is not None:
         out["output_dir"] = Path("eval_output") / source.stem
     readers = {
@@ -255,7 +260,7 @@ def parse_settings(data: Any, source: Path | None = None) -> EvalSettings:
         "seed": lambda v, p: as_int(v, p, minimum=0),
         "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
         "dtype": lambda v, p: as_str(v, p, DTYPES),
-        "device": _parse_device,
+        "device": parse_device,
         "chat_template": as_bool,
         "scoring": lambda v, p: as_str(v, p, SCORING_METHODS),
         "judge": parse_judge,
@@ -280,24 +285,5 @@ def _check_judge_use(settings: EvalSettings) -> None:
 
 def load_settings(path: str | Path) -> EvalSettings:
     """Read and validate a settings JSON file; raises :class:`SettingsError` on any bad field."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise SettingsError(f"{path}: cannot read settings file: {err}") from None
-    except json.JSONDecodeError as err:
-        raise SettingsError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
-    return parse_settings(data, source=path.resolve())
-
-
-def settings_to_dict(settings: Any) -> Any:
-    """A JSON-ready snapshot of resolved settings (eval, distill or SFT), written next to the outputs."""
-    if isinstance(settings, Path):
-        return str(settings)
-    if isinstance(settings, SWAAConfig):
-        return settings.to_dict()
-    if isinstance(settings, (tuple, list)):
-        return [settings_to_dict(v) for v in settings]
-    if hasattr(settings, "__dataclass_fields__"):
-        return {f.name: settings_to_dict(getattr(settings, f.name)) for f in fields(settings)}
-    return settings
+    data, source = load_json_file(path)
+    return parse_settings(data, source=source)

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SWAAConfig
-from ..evaluation.io import atomic_write_json
+from ..jobs.io import atomic_write_json
+from ..jobs.loading import adapter_base_path
+from ..patch import apply_swaa, remove_swaa
 
 logger = logging.getLogger(__name__)
 
 SWAA_CONFIG_FILE = "swaa_config.json"
-ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def save_swaa_config(folder: str | os.PathLike, swaa: SWAAConfig | None) -> Path:
@@ -49,23 +50,6 @@ def save_swaa_adapter(model: Any, folder: str | os.PathLike, swaa: SWAAConfig | 
     return folder
 
 
-def adapter_base_path(adapter_dir: str | os.PathLike) -> str:
-    """The base model folder an adapter names (``base_model_name_or_path``).
-
-    A relative path is read relative to the adapter folder first (so an adapter shipped next to
-    its base, e.g. ``"../model"``, loads from any working directory), then to the working
-    directory; a name that is neither is returned as is (a hub id, for users with a hub).
-    """
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise ValueError(f"{adapter_dir}: adapter_config.json names no base model; pass the base explicitly")
-    beside = Path(adapter_dir) / base
-    if not Path(base).is_absolute() and beside.is_dir():
-        return str(beside.resolve())
-    return base
-
-
 def load_swaa_adapter(
     base: str | os.PathLike | Any,
     adapter_dir: str | os.PathLike,
@@ -81,8 +65,6 @@ def load_swaa_adapter(
     """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from ..patch import apply_swaa
 
     swaa = read_swaa_config(adapter_dir)
     if base is None:
@@ -106,8 +88,6 @@ def merge_swaa_adapter(
     loads as the SWA model it was trained to be; otherwise it is saved as a plain model.
     """
     from transformers import AutoTokenizer
-
-    from ..patch import remove_swaa
 
     output_dir = Path(output_dir)
     model = load_swaa_adapter(base, adapter_dir, dtype=dtype)

@@ -1,7 +1,8 @@
 """(prompt, response) rows -> token ids with the loss on the response only, ready for packing.
 
-Prompts are tokenised exactly as ``swaa eval`` and ``swaa distill`` tokenise them (one user turn
-through the chat template, no extra special tokens), so the student is trained on the very
+Prompts are tokenised exactly as ``swaa eval`` and ``swaa distill`` tokenise them
+(:func:`~swaa_patch.jobs.prompts.prompt_ids`: one user turn through the chat template, no extra
+special tokens), so the student is trained on the very
 prompt ids it will see at inference; the response tokens (the assistant turn, end-of-turn token
 included) are the only ones with labels, prompt tokens carry -100.
 
@@ -10,8 +11,9 @@ needs. Its best-fit-decreasing packer keeps documents whole and records their le
 padding-free collator concatenates a batch into one row whose ``position_ids`` restart at 0 for
 each document, without an attention mask. SWAA's plan reads exactly that as document
 boundaries (each document gets its own window and sinks and never sees another), so no custom
-collator is needed. Examples longer than ``max_length`` are dropped here rather than truncated
-by the packer, which would cut off the answer at the end of the sequence.
+collator is needed. Examples longer than ``max_length`` (or the model's
+``max_position_embeddings``) are dropped here rather than truncated by the packer, which would cut
+off the answer at the end of the sequence.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.loaders import read_rows
-from ..evaluation.generation import prompt_ids
+from ..data.loaders import load_pairs
+from ..jobs.errors import SettingsError
+from ..jobs.prompts import prompt_ids
 from ..plan import IGNORE_INDEX
 from .settings import DataSettings
 
@@ -60,13 +63,8 @@ def encode_example(tokenizer: Any, prompt: str, response: str, chat_template: bo
 
 def load_rows(paths: Iterable[Path], data: DataSettings) -> list[dict[str, Any]]:
     """Rows of every training file, in order, with their prompt and response as strings."""
-    rows: list[dict[str, Any]] = []
-    for path in paths:
-        for index, row in enumerate(read_rows(path)):
-            prompt, response = row.get(data.prompt_field), row.get(data.response_field)
-            if prompt is None or response is None:
-                raise ValueError(f"{path}: row {index} lacks {data.prompt_field!r} or {data.response_field!r}")
-            rows.append({"prompt": str(prompt), "response": _as_text(response)})
+    rows = [{"prompt": prompt, "response": _as_text(response)}
+            for path in paths for prompt, response in load_pairs(path, data.prompt_field, data.response_field)]
     return rows[: data.limit] if data.limit is not None else rows
 
 
@@ -75,22 +73,26 @@ def _as_text(value: Any) -> str:
     return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], data: DataSettings) -> list[Encoded]:
-    """Encode rows, dropping those outside [min_length, max_length] tokens (counted, logged)."""
+def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], data: DataSettings,
+                max_positions: int | None = None) -> list[Encoded]:
+    """Encode rows, dropping those outside [min_length, max_length] tokens or longer than the model's
+    positions (counted, logged)."""
+    longest = data.max_length if max_positions is None else min(data.max_length, max_positions)
     kept: list[Encoded] = []
     too_long = too_short = 0
     for row in rows:
         encoded = encode_example(tokenizer, row["prompt"], row["response"], data.chat_template)
-        if len(encoded.input_ids) > data.max_length:
+        if len(encoded.input_ids) > longest:
             too_long += 1
         elif len(encoded.input_ids) < data.min_length:
             too_short += 1
         else:
             kept.append(encoded)
     logger.info("training examples: %d kept, %d longer than %d tokens, %d shorter than %d dropped",
-                len(kept), too_long, data.max_length, too_short, data.min_length)
+                len(kept), too_long, longest, too_short, data.min_length)
     if not kept:
-        raise ValueError(f"no training example fits data.max_length={data.max_length} / min_length={data.min_length}")
+        raise SettingsError(f"data: no training example fits between min_length={data.min_length} and "
+                            f"{longest} tokens (max_length, or the model's max_position_embeddings)")
     return kept
 
 
@@ -101,6 +103,6 @@ def build_dataset(encoded: list[Encoded]):
     return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
 
 
-def load_training_set(tokenizer: Any, paths: Iterable[Path], data: DataSettings):
+def load_training_set(tokenizer: Any, paths: Iterable[Path], data: DataSettings, max_positions: int | None = None):
     """Read, encode and filter the training files into a ``datasets.Dataset``."""
-    return build_dataset(encode_rows(tokenizer, load_rows(paths, data), data))
+    return build_dataset(encode_rows(tokenizer, load_rows(paths, data), data, max_positions))

@@ -5,7 +5,7 @@ the teacher is the full-attention model), generates answers in left-padded batch
 sampled ``num_generations`` times), scores them against the reference answers with the
 evaluation scorers, and writes the training set. Each finished batch is appended (fsynced) to
 a per-process log before the next starts, so a killed run resumes at the first unfinished
-sample; samples are split over the processes of ``accelerate launch``.
+sample; samples are split over the processes of ``accelerate launch`` (:class:`~swaa_patch.jobs.run.ShardedRun`).
 
     OUTPUT/
       settings.resolved.json          the validated settings
@@ -13,6 +13,8 @@ sample; samples are split over the processes of ``accelerate launch``.
       generations/DATASET.rankR.jsonl every answer with its score (the resume log)
       dataset.jsonl                   the training set: prompt, response + metadata (kept rows)
       summary.json                    per dataset: prompts, answers, kept, teacher accuracy
+      data/DATASET-HASH.jsonl         synthetic prompts generated for the teacher's tokenizer
+      swaa_run.json, .swaa-rankK.lock the folder's kind and each process's lock (jobs/output.py)
 """
 
 from __future__ import annotations
@@ -24,18 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..data.loaders import load_records
-from ..data.synthetic import generate_task, tokenizer_counter
-from ..evaluation.generation import Prepared, PromptOptions, batches, load_model, load_tokenizer, prepare
-from ..evaluation.io import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
-from ..evaluation.judge import Judge, make_judge
-from ..evaluation.layout import short_hash
-from ..evaluation.runner import KEEP_FIELDS, model_display_name
-from ..evaluation.scoring import JUDGE, SCORERS, resolve_method
-from ..evaluation.settings import DatasetSpec, settings_to_dict
-from ..testing import is_builtin, resolve_builtin_model
+from ..data.loaders import METADATA_FIELDS, load_records
+from ..evaluation.judge import Judge, make_judge, score_response
+from ..evaluation.scoring import resolve_method
+from ..evaluation.settings import DatasetSpec
+from ..jobs.io import atomic_write_json, atomic_write_jsonl, short_hash
+from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
+from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
+from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
+from ..patch import remove_swaa
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -46,10 +45,6 @@ class DistillLayout:
     root: Path
 
     @property
-    def settings(self) -> Path:
-        return self.root / "settings.resolved.json"
-
-    @property
     def dataset(self) -> Path:
         return self.root / "dataset.jsonl"
 
@@ -58,18 +53,15 @@ class DistillLayout:
         return self.root / "summary.json"
 
     @property
-    def builtin(self) -> Path:
-        return self.root / "_builtin"
-
-    @property
     def generation_meta(self) -> Path:
         return self.root / "generation.meta.json"
 
-    def shard(self, dataset: str, rank: int) -> Path:
-        return self.root / "generations" / f"{dataset}.rank{rank}.jsonl"
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
 
     def shards(self, dataset: str) -> list[Path]:
-        return sorted((self.root / "generations").glob(f"{dataset}.rank*.jsonl"))
+        return rank_shards(self.generations, dataset)
 
     def synthetic_cache(self, dataset: str, key: str) -> Path:
         return self.root / "data" / f"{dataset}-{key}.jsonl"
@@ -126,69 +118,50 @@ def _generation(row: list[int], stops: set[int], tokenizer: Any) -> Generation:
     return Generation(tokenizer.decode(kept, skip_special_tokens=True), len(kept), end is not None)
 
 
-class DistillRun:
+class DistillRun(ShardedRun):
     """One ``swaa distill`` invocation; :meth:`run` does the work and returns the dataset path."""
 
-    def __init__(self, settings: DistillSettings, judge: Judge | None = None,
-                 on_batch: Callable[[int], None] | None = None):
-        import torch
-        from accelerate import PartialState
+    kind = "distill"
 
+    def __init__(self, settings: DistillSettings, judge: Judge | None = None,
+                 on_batch: Callable[[int], None] | None = None, force: bool = False, recompute: bool = False):
+        super().__init__(Path(settings.output_dir), settings.device, force=force, recompute=recompute)
         self.settings = settings
-        self.layout = DistillLayout(Path(settings.output_dir))
-        self.state = PartialState(cpu=settings.device == "cpu" or not torch.cuda.is_available())
+        self.layout = DistillLayout(self.root)
         self.judge = judge if judge is not None else make_judge(settings.judge)
         self.on_batch = on_batch
         # Over-long prompts are dropped, never cut: the teacher must have read what the student will.
         self.options = PromptOptions(settings.chat_template, settings.max_prompt_tokens, "skip")
         self._model: Any = None
 
-    @property
-    def device(self) -> str:
-        if self.settings.device == "auto" or self.state.num_processes > 1:
-            return str(self.state.device)
-        return self.settings.device
-
-    def run(self) -> Path:
-        self.check_meta()
-        if self.state.is_main_process:
-            atomic_write_json(self.layout.settings, settings_to_dict(self.settings))
-        model_path = self.local_model_path()
-        self.tokenizer = load_tokenizer(model_path)
-        self.model_path = model_path
+    def work(self) -> Path:
+        meta = generation_meta(self.settings)
+        changes = meta_changes(self.layout.generation_meta, meta)
+        self.settle_changed_meta({"generations": changes} if changes else {}, lambda name: self.discard())
+        self.record_meta(self.layout.generation_meta, meta)
+        self.save_settings(self.settings)
+        self.model_path = local_model_path(self.settings.model, self.root)
+        self.tokenizer = load_tokenizer(self.model_path)
         for spec in self.settings.datasets:
             self.run_dataset(spec)
         self.state.wait_for_everyone()
-        if self.state.is_main_process:
+        if self.is_main:
             self.write_dataset()
         self.state.wait_for_everyone()
         return self.layout.dataset
 
-    def check_meta(self) -> None:
-        """Answers made with other generation settings are never mixed into one training set."""
-        meta = generation_meta(self.settings)
-        path = self.layout.generation_meta
-        old = read_jsonl(path)[0] if path.is_file() else None
-        if old is not None and old != meta:
-            changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-            raise RuntimeError(f"{self.layout.root} holds answers made with other generation settings {changed} "
-                               "(old, new); use another output_dir")
-        self.state.wait_for_everyone()
-        if old is None and self.state.is_main_process:
-            atomic_write_jsonl(path, [meta])
+    def progress(self) -> str:
+        answered = sum(len(logged_rows(self.layout.shards(spec.name))) for spec in self.settings.datasets)
+        return f"{answered} prompts answered in {self.layout.generations}"
 
-    def local_model_path(self) -> str:
-        model = self.settings.model
-        if not is_builtin(model):
-            return model
-        with self.state.main_process_first():
-            return str(resolve_builtin_model(model, self.layout.builtin))
+    def discard(self) -> None:
+        """Delete every answer and the training set made from them, so they are generated again."""
+        for path in [*self.layout.generations.glob("*.jsonl"), self.layout.dataset, self.layout.summary]:
+            path.unlink(missing_ok=True)
 
     def teacher(self) -> Any:
         """The full-attention model, loaded on first use (a finished run never loads it)."""
         if self._model is None:
-            from ..patch import remove_swaa
-
             s = self.settings
             logger.info("loading teacher %s on %s", self.model_path, self.device)
             model = load_model(self.model_path, s.dtype, s.attn_implementation, self.device)
@@ -200,50 +173,40 @@ class DistillRun:
     def records(self, spec: DatasetSpec) -> list[dict[str, Any]]:
         if not spec.synthetic:
             return load_records(spec.path)
-        seed = self.settings.seed if spec.seed is None else spec.seed
-        key = short_hash({"spec": asdict(spec), "seed": seed, "python": sys.version_info[:2],
-                          "tokenizer": self.model_path})
-        cache = self.layout.synthetic_cache(spec.name, key)
-        with self.state.main_process_first():
-            if not cache.is_file():
-                rows = generate_task(spec.task, tokenizer_counter(self.tokenizer), spec.lengths, spec.depths,
-                                     spec.samples, seed)
-                atomic_write_jsonl(cache, rows)
-        return read_jsonl(cache)
+        key = short_hash({"spec": asdict(spec), "seed": spec.task_seed(self.settings.seed),
+                          "python": sys.version_info[:2], "tokenizer": self.model_path})
+        path = self.root / "data" / f"{spec.name}-{key}.jsonl"
+        return self.cached_rows(path, lambda: spec.synthetic_rows(self.tokenizer, self.settings.seed))
 
     def run_dataset(self, spec: DatasetSpec) -> None:
         records = {r["id"]: r for r in self.records(spec)}
         limit = spec.limit if spec.limit is not None else self.settings.limit
-        selected = prepare(self.tokenizer, list(records.values()), self.options, limit)
-        done = {row["id"] for shard in self.layout.shards(spec.name) for row in read_jsonl(shard)}
-        pending = [p for p in selected if p.id not in done]
-        logger.info("%s: %d prompts, %d already done", spec.name, len(selected), len(selected) - len(pending))
-        self.state.wait_for_everyone()
-        with self.state.split_between_processes(pending) as mine:
-            if mine:
-                self.generate(spec, mine, records)
+        options = within_model(self.options, max_positions(self.model_path), self.settings.max_new_tokens)
+        selected = prepare(self.tokenizer, list(records.values()), options, limit)
+        pending = self.answer_pending(
+            selected, self.layout.generations, spec.name, start=lambda: self.answerer(spec, records),
+            desc=f"distill | {spec.name}", unit="prompt", batch_size=self.settings.batch_size,
+            on_batch=None if self.on_batch is None else lambda index, batch: self.on_batch(index),
+        )
+        logger.info("%s: %d prompts, %d already done", spec.name, len(selected), len(selected) - pending)
 
-    def generate(self, spec: DatasetSpec, mine: list[Prepared], records: dict[str, dict]) -> None:
+    def answerer(self, spec: DatasetSpec, records: dict[str, dict]) -> BatchAnswer:
+        """Answers and scores one batch with the teacher (loaded on the first call)."""
         model = self.teacher()
-        shard = self.layout.shard(spec.name, self.state.process_index)
-        bar = tqdm(total=len(mine), desc=f"distill | {spec.name}", unit="prompt",
-                   disable=not self.state.is_local_main_process)
-        for index, batch in enumerate(batches(mine, self.settings.batch_size)):
+
+        def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             seed = int(short_hash([self.settings.seed, [p.id for p in batch]]), 16) % (2**31)
             answers = generate_answers(model, self.tokenizer, batch, self.settings, seed)
-            rows = [self.row(spec, p, records[p.id], answers[i]) for i, p in enumerate(batch)]
-            append_jsonl(shard, rows)
-            bar.update(len(batch))
-            if self.on_batch is not None:
-                self.on_batch(index)
-        bar.close()
+            return [self.row(spec, p, records[p.id], answers[i]) for i, p in enumerate(batch)]
+
+        return answer
 
     def row(self, spec: DatasetSpec, prepared: Prepared, record: dict, answers: list[Generation]) -> dict:
         """One prompt's log line: its answers, each scored and marked kept or not."""
         method = self.scoring_method(spec, record)
         scored = []
         for g, answer in enumerate(answers):
-            score = self.score(method, record, answer.text)
+            score = score_response(method, record, answer.text, self.judge)
             scored.append({"generation": g, "response": answer.text, "response_tokens": answer.tokens,
                            "finished": answer.finished, "score": score})
         return {"id": prepared.id, "dataset": spec.name, "prompt_tokens": len(prepared.input_ids),
@@ -252,13 +215,6 @@ class DistillRun:
     def scoring_method(self, spec: DatasetSpec, record: dict) -> str:
         run_method = self.settings.filter.scoring if self.settings.filter is not None else "auto"
         return resolve_method(spec.scoring, run_method, record)
-
-    def score(self, method: str, record: dict, response: str) -> float:
-        if method == JUDGE:
-            if self.judge is None:
-                raise RuntimeError("scoring 'judge' needs a 'judge' block in the settings")
-            return self.judge(record.get("question", ""), record["answer"], response)
-        return SCORERS[method](response, record["answer"])
 
     def keep(self, answer: dict) -> bool:
         """Applied when the set is written, so a changed filter needs no new generation."""
@@ -273,10 +229,7 @@ class DistillRun:
         summary: dict[str, Any] = {"model": self.settings.model, "datasets": {}}
         for spec in self.settings.datasets:
             records = {r["id"]: r for r in self.records(spec)}
-            logged = {}
-            for shard in self.layout.shards(spec.name):
-                for row in read_jsonl(shard):
-                    logged.setdefault(row["id"], row)
+            logged = logged_rows(self.layout.shards(spec.name))
             kept = [training_row(records[i], logged[i], a, self.settings.model)
                     for i in sorted(logged) for a in logged[i]["answers"] if self.keep(a)]
             rows.extend(kept)
@@ -317,11 +270,15 @@ def training_row(record: dict, logged: dict, answer: dict, model: str) -> dict[s
         "finished": answer["finished"],
         "prompt_tokens": logged["prompt_tokens"],
         "response_tokens": answer["response_tokens"],
-        **{k: record[k] for k in KEEP_FIELDS if k in record},
+        **{k: record[k] for k in METADATA_FIELDS if k in record},
     }
 
 
 def run_distill(settings: DistillSettings, judge: Judge | None = None,
-                on_batch: Callable[[int], None] | None = None) -> Path:
-    """Generate (or finish generating) the self-distillation set; returns dataset.jsonl's path."""
-    return DistillRun(settings, judge=judge, on_batch=on_batch).run()
+                on_batch: Callable[[int], None] | None = None, force: bool = False, recompute: bool = False) -> Path:
+    """Generate (or finish generating) the self-distillation set; returns dataset.jsonl's path.
+
+    ``force``: use an output folder that holds files of another kind of run; ``recompute``: discard
+    answers made with other generation settings and generate them again.
+    """
+    return DistillRun(settings, judge=judge, on_batch=on_batch, force=force, recompute=recompute).run()

@@ -8,40 +8,32 @@ dataclasses below and nowhere else.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import SWAAConfig
-from ..data.loaders import FORMATS, dataset_columns
+from ..data.loaders import load_pairs
 from ..evaluation.scoring import SCORING_METHODS
-from ..evaluation.settings import (
-    ATTN_IMPLEMENTATIONS,
-    DTYPES,
-    DatasetSpec,
-    JudgeSettings,
-    _parse_device,
-    _resolve,
-    _unique_names,
-    parse_dataset,
-    parse_judge,
-    parse_model,
-)
-from ..evaluation.validate import (
-    SettingsError,
+from ..evaluation.settings import DatasetSpec, JudgeSettings, parse_datasets, parse_judge
+from ..jobs.loading import ATTN_IMPLEMENTATIONS, DTYPES, parse_model
+from ..jobs.validate import (
+    Reader,
     as_bool,
     as_float,
     as_int,
     as_list,
     as_str,
-    check_keys,
     fail,
     join,
+    load_json_file,
+    parse_device,
+    parse_swaa_config,
+    read_dataset,
+    read_fields,
+    resolve_path,
 )
 
-Reader = Callable[[Any, str], Any]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
@@ -147,21 +139,8 @@ class SFTSettings:
 
 
 # -- shared readers -----------------------------------------------------------------------------
-def read_fields(data: Any, path: str, readers: Mapping[str, Reader], required: tuple[str, ...] = ()) -> dict:
-    """Validate an object whose keys are ``readers``' keys; returns the read values."""
-    check_keys(data, path or "settings file", readers, required=required)
-    return {key: read(data[key], join(path, key)) for key, read in readers.items() if key in data}
-
-
 def _str_list(value: Any, path: str) -> tuple[str, ...]:
     return tuple(as_str(v, join(path, i)) for i, v in enumerate(as_list(value, path)))
-
-
-def _swaa(value: Any, path: str) -> SWAAConfig | None:
-    try:
-        return None if value is None else SWAAConfig.from_dict(value, path)
-    except ValueError as err:
-        raise SettingsError(str(err)) from None
 
 
 def _positive(value: Any, path: str) -> float:
@@ -175,16 +154,6 @@ COMMON_RUNTIME: dict[str, Reader] = {
     "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
     "dtype": lambda v, p: as_str(v, p, DTYPES),
 }
-
-
-def _load_json(path: str | Path) -> tuple[Any, Path]:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), path.resolve()
-    except OSError as err:
-        raise SettingsError(f"{path}: cannot read settings file: {err}") from None
-    except json.JSONDecodeError as err:
-        raise SettingsError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
 
 
 # -- distill parsing ----------------------------------------------------------------------------
@@ -202,15 +171,10 @@ def parse_distill(data: Any, source: Path | None = None) -> DistillSettings:
     """Validate a parsed distill settings document into :class:`DistillSettings`."""
     base = source.parent if source is not None else Path.cwd()
 
-    def datasets(value: Any, path: str) -> tuple[DatasetSpec, ...]:
-        specs = tuple(parse_dataset(d, join(path, i), base) for i, d in enumerate(as_list(value, path)))
-        _unique_names(specs)
-        return specs
-
     readers: dict[str, Reader] = {
         "model": lambda v, p: parse_model(v, p, base),
-        "datasets": datasets,
-        "output_dir": lambda v, p: _resolve(as_str(v, p), base),
+        "datasets": lambda v, p: parse_datasets(v, p, base),
+        "output_dir": lambda v, p: resolve_path(as_str(v, p), base),
         "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
         "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
         "batch_size": lambda v, p: as_int(v, p, minimum=1),
@@ -221,7 +185,7 @@ def parse_distill(data: Any, source: Path | None = None) -> DistillSettings:
         "drop_unfinished": as_bool,
         "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
         "seed": lambda v, p: as_int(v, p, minimum=0),
-        "device": _parse_device,
+        "device": parse_device,
         "chat_template": as_bool,
         "judge": parse_judge,
         **COMMON_RUNTIME,
@@ -245,7 +209,7 @@ def _check_distill(settings: DistillSettings) -> None:
 
 def load_distill_settings(path: str | Path) -> DistillSettings:
     """Read and validate a distill settings file; raises :class:`SettingsError` on any bad field."""
-    data, source = _load_json(path)
+    data, source = load_json_file(path)
     return parse_distill(data, source)
 
 
@@ -304,17 +268,10 @@ def parse_training(value: Any, path: str) -> TrainSettings:
 
 
 def parse_sft_dataset(value: Any, path: str, base: Path, data: DataSettings) -> Path:
-    """A local jsonl/parquet/json file whose rows have the prompt and response fields."""
-    file = _resolve(as_str(value, path), base)
-    if file.suffix.lower() not in FORMATS:
-        raise fail(path, f"unsupported dataset format {file.suffix!r}; use one of {list(FORMATS)}")
-    try:
-        columns = dataset_columns(file)
-    except (OSError, ValueError) as err:
-        raise fail(path, f"cannot read dataset {file}: {err}") from None
-    missing = [f for f in (data.prompt_field, data.response_field) if f not in columns]
-    if missing:
-        raise fail(path, f"dataset {file} lacks field(s) {missing} (see data.prompt_field / data.response_field)")
+    """A local jsonl/parquet/json file whose every row has the prompt and response fields."""
+    file = resolve_path(as_str(value, path), base)
+    hint = " (see data.prompt_field / data.response_field)"
+    read_dataset(file, path, lambda f: load_pairs(f, data.prompt_field, data.response_field), hint)
     return file
 
 
@@ -324,8 +281,8 @@ def parse_sft(data: Any, source: Path | None = None) -> SFTSettings:
     readers: dict[str, Reader] = {
         "model": lambda v, p: parse_model(v, p, base),
         "datasets": lambda v, p: as_list(v, p),  # checked below, once `data` is known
-        "swaa_config": _swaa,
-        "output_dir": lambda v, p: _resolve(as_str(v, p), base),
+        "swaa_config": parse_swaa_config,
+        "output_dir": lambda v, p: resolve_path(as_str(v, p), base),
         "lora": parse_lora,
         "data": parse_data,
         "training": parse_training,
@@ -349,5 +306,5 @@ def parse_sft(data: Any, source: Path | None = None) -> SFTSettings:
 
 def load_sft_settings(path: str | Path) -> SFTSettings:
     """Read and validate an SFT settings file; raises :class:`SettingsError` on any bad field."""
-    data, source = _load_json(path)
+    data, source = load_json_file(path)
     return parse_sft(data, source)

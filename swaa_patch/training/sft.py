@@ -8,10 +8,12 @@ tests/test_sft.py checks against the float64 reference.
 
     OUTPUT/
       settings.resolved.json   the validated settings
-      checkpoint-N/            trainer checkpoints (+ swaa_config.json); a rerun resumes the newest
+      training.meta.json       the settings and data the results were trained with (checked on resume)
+      checkpoint-N/            trainer checkpoints (+ swaa_config.json, then the swaa_checkpoint.json
+                               marker); a rerun resumes the newest complete one (checkpoints.py)
       final/                   adapter_config.json, adapter weights, swaa_config.json, tokenizer
       merged/                  with "merge": true, the adapter merged into the base
-      train_metrics.json       final metrics and the log history
+      train_metrics.json       final metrics (train_loss over every step, resumes included) and the log history
 """
 
 from __future__ import annotations
@@ -27,19 +29,34 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from ..config import SWAAConfig
-from ..evaluation.io import atomic_write_json
-from ..evaluation.settings import settings_to_dict
+from ..jobs.errors import Interrupted
+from ..jobs.io import atomic_write_json
+from ..jobs.loading import local_model_path, max_positions
+from ..jobs.output import claimed_output_dir
+from ..jobs.run import SETTINGS_FILE
+from ..jobs.validate import settings_to_dict
 from ..patch import apply_swaa
-from ..testing import is_builtin, resolve_builtin_model
 from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
+from .checkpoints import (
+    FINAL_DIR,
+    MERGED_DIR,
+    META_FILE,
+    METRICS_FILE,
+    CheckpointCommit,
+    LogAtSaves,
+    check_training_settings,
+    clear_results,
+    complete_checkpoints,
+    has_results,
+    resume_point,
+    train_loss,
+    training_meta,
+)
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
 from .settings import LoraSettings, SFTSettings
 
 logger = logging.getLogger(__name__)
-
-FINAL_DIR = "final"
-MERGED_DIR = "merged"
 
 
 @dataclass(frozen=True)
@@ -61,15 +78,6 @@ def training_dtype(settings: SFTSettings) -> torch.dtype:
     if settings.dtype == "auto":
         return torch.bfloat16 if on_gpu() and settings.lora is not None else torch.float32
     return getattr(torch, settings.dtype)
-
-
-def local_model_path(settings: SFTSettings) -> str:
-    if not is_builtin(settings.model):
-        return settings.model
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():
-        return str(resolve_builtin_model(settings.model, Path(settings.output_dir) / "_builtin"))
 
 
 def load_training_model(path: str, settings: SFTSettings):
@@ -122,7 +130,7 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # CheckpointCommit rotates, only ever after a checkpoint is complete
         seed=t.seed,
         report_to=t.report_to,
         bf16=on_gpu() and settings.dtype in ("auto", "bfloat16"),  # autocast: bf16 on GPU, fp32 on CPU
@@ -163,17 +171,6 @@ class SWAASFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-class SWAAConfigCallback(TrainerCallback):
-    """Writes swaa_config.json into every checkpoint, so any checkpoint restores the SWA behaviour."""
-
-    def __init__(self, swaa: SWAAConfig | None):
-        self.swaa = swaa
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            save_swaa_config(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.swaa)
-
-
 class LogLineCallback(TrainerCallback):
     """One logging line per trainer log (loss, learning rate, throughput), for log files."""
 
@@ -185,21 +182,15 @@ class LogLineCallback(TrainerCallback):
             logger.info("step %d/%d: %s", state.global_step, state.max_steps, ", ".join(parts))
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-
-
 def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SWAASFTTrainer:
     """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests)."""
     from transformers import AutoTokenizer
 
-    path = local_model_path(settings)
+    path = local_model_path(settings.model, settings.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = load_training_set(tokenizer, settings.datasets, settings.data)
+    dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
     model = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,
@@ -207,7 +198,8 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora) if settings.lora is not None else None,
-        callbacks=[SWAAConfigCallback(settings.swaa_config), LogLineCallback(), *callbacks],
+        callbacks=[CheckpointCommit(settings.swaa_config, settings.training.save_total_limit), LogAtSaves(),
+                   LogLineCallback(), *callbacks],
         swaa=settings.swaa_config,
         peak_tflops=settings.peak_tflops,
     )
@@ -228,23 +220,59 @@ def save_final(trainer: SWAASFTTrainer, settings: SFTSettings) -> Path:
     return final
 
 
-def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SFTResult:
-    """Train (resuming the newest checkpoint when ``settings.resume``) and save OUTPUT/final."""
+def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), force: bool = False) -> SFTResult:
+    """Train (resuming the newest complete checkpoint when ``settings.resume``) and save OUTPUT/final.
+
+    ``force``: use an output folder that holds files of another kind of run.
+    """
+    from accelerate import PartialState
+
     output = Path(settings.output_dir)
+    state = PartialState()
+    with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
+        try:
+            return train_in_folder(settings, callbacks, state)
+        except KeyboardInterrupt:
+            complete = complete_checkpoints(output)
+            done = f"the newest complete checkpoint is {complete[-1].name}" if complete else "no checkpoint yet"
+            raise Interrupted(f"interrupted: {done} in {output}; run the same command again to resume",
+                              quiet=not state.is_main_process) from None
+
+
+def prepare_folder(settings: SFTSettings, state: Any) -> None:
+    """Refuse results made with other settings (resume), or clear them (no resume); record the new settings."""
+    output = Path(settings.output_dir)
+    meta = training_meta(settings)
+    if has_results(output) and settings.resume:
+        check_training_settings(output, meta)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if has_results(output) and not settings.resume:
+            clear_results(output)
+        atomic_write_json(output / SETTINGS_FILE, settings_to_dict(settings))
+        atomic_write_json(output / META_FILE, meta)
+    state.wait_for_everyone()
+
+
+def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any) -> SFTResult:
+    output = Path(settings.output_dir)
+    prepare_folder(settings, state)
     trainer = build_trainer(settings, callbacks)
-    if trainer.accelerator.is_main_process:
-        atomic_write_json(output / "settings.resolved.json", settings_to_dict(settings))
-    resume = last_checkpoint(output) if settings.resume else None
-    if resume:
+    resume = resume_point(output) if settings.resume else None
+    if resume is not None:
         logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     final = save_final(trainer, settings)
     trainer.accelerator.wait_for_everyone()
+    history = trainer.state.log_history
     metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos}
+    loss = train_loss(history)  # over every step: the trainer's own covers only this invocation's
+    if loss is not None:
+        metrics["train_loss"] = loss
     if trainer.accelerator.is_main_process:
-        atomic_write_json(output / "train_metrics.json", {"metrics": metrics, "log_history": trainer.state.log_history})
+        atomic_write_json(output / METRICS_FILE, {"metrics": metrics, "log_history": history})
         if settings.merge:
             merge_swaa_adapter(final, output / MERGED_DIR, dtype=training_dtype(settings))
     trainer.accelerator.wait_for_everyone()
-    logger.info("saved %s after %d steps", final, trainer.state.global_step)
-    return SFTResult(final, trainer.state.global_step, resume, metrics)
+    logger.info("saved %s after %d steps (train_loss %s)", final, trainer.state.global_step, metrics["train_loss"])
+    return SFTResult(final, trainer.state.global_step, None if resume is None else str(resume), metrics)

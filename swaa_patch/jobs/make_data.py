@@ -1,4 +1,4 @@
-"""Write synthetic task files (``swaa make-data``), sized for a given tokenizer."""
+"""``swaa make-data``: write synthetic task files, sized for a given tokenizer."""
 
 from __future__ import annotations
 
@@ -9,25 +9,27 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .synthetic import generate_task, tokenizer_counter
-from .tasks import TASKS
+from ..data.synthetic import generate_task, tokenizer_counter
+from ..data.tasks import TASKS
+from .builtin_models import BUILTIN_MODELS, build_tiny_tokenizer, builtin_key, is_builtin
+from .errors import SettingsError
+from .io import atomic_write_jsonl, write_parquet
 
 logger = logging.getLogger(__name__)
 
 
 def load_counting_tokenizer(name: str) -> Any:
     """A tokenizer folder, or a built-in model's tokenizer (trained offline, no model built)."""
-    from ..testing import BUILTIN_MODELS, BUILTIN_PREFIX, build_tiny_tokenizer, is_builtin
-
     if is_builtin(name):
-        key = name[len(BUILTIN_PREFIX) :]
-        if key not in BUILTIN_MODELS:
-            raise ValueError(f"unknown built-in model {name!r}; known: {[BUILTIN_PREFIX + k for k in BUILTIN_MODELS]}")
+        try:
+            key = builtin_key(name)
+        except ValueError as err:
+            raise SettingsError(f"tokenizer: {err}") from None
         return build_tiny_tokenizer(BUILTIN_MODELS[key])
     from transformers import AutoTokenizer
 
     if not Path(name).is_dir():
-        raise FileNotFoundError(f"tokenizer folder not found: {name} (hub ids are not fetched: offline)")
+        raise SettingsError(f"tokenizer: folder not found: {name} (hub ids are not fetched: offline)")
     return AutoTokenizer.from_pretrained(name)
 
 
@@ -42,12 +44,10 @@ def make_data(
     fmt: str = "jsonl",
 ) -> list[Path]:
     """One ``TASK.jsonl`` (or ``.parquet``) per task in ``out_dir``; ``["all"]`` means every task."""
-    from ..evaluation.io import atomic_write_jsonl, write_parquet
-
     names = sorted(TASKS) if list(tasks) == ["all"] else list(tasks)
     unknown = [t for t in names if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+        raise SettingsError(f"tasks: unknown task(s) {unknown}; known: {sorted(TASKS)}")
     counter = tokenizer_counter(load_counting_tokenizer(tokenizer))
     written = []
     for task in tqdm(names, desc="tasks", unit="task"):

@@ -1,9 +1,9 @@
-"""Tiny random models with a real tokenizer, built offline, for tests, CI and smoke runs.
+"""The built-in models: tiny random models with a real tokenizer, built offline on first use.
 
 ``build_tiny_model(folder)`` trains a small byte-level BPE tokenizer on the stdlib-docstring
 haystack (no download) and saves it next to a seeded, randomly initialised Qwen3 model of a few
-hundred thousand parameters. Settings files can name it as ``builtin:tiny-random-qwen3``;
-:func:`resolve_builtin_model` builds it once into a cache folder.
+hundred thousand parameters. Settings files name it ``builtin:tiny-random-qwen3`` (for smoke
+runs, CI and tests); :func:`resolve_builtin_model` builds it once into a cache folder.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..data.haystack import load_paragraphs
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def build_tiny_tokenizer(spec: TinySpec = TinySpec()):
     """A byte-level BPE tokenizer (digits split one by one) trained on stdlib docstrings."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from .data.haystack import load_paragraphs
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.Sequence(
@@ -106,11 +106,17 @@ def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
 
-def resolve_builtin_model(name: str, cache_dir: str | os.PathLike) -> Path:
-    """Path of a built-in model, building it into ``cache_dir`` on first use (atomically)."""
+def builtin_key(name: str) -> str:
+    """``NAME`` of ``builtin:NAME`` (or of ``NAME``); ValueError naming the known ones if unknown."""
     key = name[len(BUILTIN_PREFIX) :] if is_builtin(name) else name
     if key not in BUILTIN_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; known: {[BUILTIN_PREFIX + k for k in BUILTIN_MODELS]}")
+    return key
+
+
+def resolve_builtin_model(name: str, cache_dir: str | os.PathLike) -> Path:
+    """Path of a built-in model, building it into ``cache_dir`` on first use (atomically)."""
+    key = builtin_key(name)
     target = Path(cache_dir) / key
     if (target / "config.json").is_file():
         return target

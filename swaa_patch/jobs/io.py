@@ -2,11 +2,13 @@
 
 A job killed at any instant leaves every file either in its old or its new state (whole-file
 writes go to a temp file in the same folder, are fsynced, then ``os.replace``d), and a jsonl
-log loses at most the line being written, which :func:`read_jsonl` ignores.
+log loses at most the line being written: :func:`read_jsonl` skips such a torn line, and
+:func:`compact_jsonl` (called before a log is appended to again) removes it with one warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +29,12 @@ def current_umask() -> int:
 
 # mkstemp creates 0600 files; results should get the usual permissions of a new file.
 _FILE_MODE = 0o666 & ~current_umask()
+
+
+def short_hash(data: Any) -> str:
+    """A stable 10-hex-digit fingerprint of JSON-able data."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def _dumps(record: Any) -> str:
@@ -84,20 +92,40 @@ def _terminate_partial_line(handle: Any, path: Path) -> None:
                 handle.write("\n")
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a jsonl file; missing file -> []; unparsable (torn) lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def _parsed_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a jsonl file and the numbers of its unparsable (torn) lines."""
+    records, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            logger.warning("%s:%d: skipping a torn line (interrupted write)", path, number)
+            torn.append(number)
+    return records, torn
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a jsonl file; missing file -> []; unparsable (torn) lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, torn = _parsed_lines(path)
+    if torn:
+        logger.debug("%s: skipping torn line(s) %s", path, torn)
     return records
+
+
+def compact_jsonl(path: str | os.PathLike) -> int:
+    """Rewrite a jsonl log without its torn lines (atomically), warning once; returns how many went."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    records, torn = _parsed_lines(path)
+    if torn:
+        atomic_write_jsonl(path, records)
+        logger.warning("%s: removed %d torn line(s) %s left by an interrupted write", path, len(torn), torn)
+    return len(torn)
 
 
 def write_parquet(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
