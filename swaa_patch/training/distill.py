@@ -35,6 +35,7 @@ from ..evaluation.layout import short_hash
 from ..evaluation.runner import KEEP_FIELDS, model_display_name
 from ..evaluation.scoring import JUDGE, SCORERS, resolve_method
 from ..evaluation.settings import DatasetSpec, settings_to_dict
+from ..scope import swaa_enabled
 from ..testing import is_builtin, resolve_builtin_model
 from .settings import DistillSettings
 
@@ -185,16 +186,15 @@ class DistillRun:
             return str(resolve_builtin_model(model, self.layout.builtin))
 
     def teacher(self) -> Any:
-        """The full-attention model, loaded on first use (a finished run never loads it)."""
+        """The teacher model, loaded on first use (a finished run never loads it); it answers inside
+        ``swaa_enabled(model, None)``: full attention, whatever its config.json says."""
         if self._model is None:
-            from ..patch import remove_swaa
-
             s = self.settings
             logger.info("loading teacher %s on %s", self.model_path, self.device)
             model = load_model(self.model_path, s.dtype, s.attn_implementation, self.device)
             if getattr(model.config, "swaa_config", None) is not None:
-                logger.info("removing the model's swaa_config: answers come from full attention")
-            self._model = remove_swaa(model)
+                logger.info("ignoring the model's swaa_config: answers come from full attention")
+            self._model = model
         return self._model
 
     def records(self, spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -230,7 +230,8 @@ class DistillRun:
                    disable=not self.state.is_local_main_process)
         for index, batch in enumerate(batches(mine, self.settings.batch_size)):
             seed = int(short_hash([self.settings.seed, [p.id for p in batch]]), 16) % (2**31)
-            answers = generate_answers(model, self.tokenizer, batch, self.settings, seed)
+            with swaa_enabled(model, None):  # the teacher is the full-attention model
+                answers = generate_answers(model, self.tokenizer, batch, self.settings, seed)
             rows = [self.row(spec, p, records[p.id], answers[i]) for i, p in enumerate(batch)]
             append_jsonl(shard, rows)
             bar.update(len(batch))
