@@ -16,7 +16,7 @@ lm_eval = pytest.importorskip("lm_eval")
 
 from lm_eval.api.registry import get_model  # noqa: E402
 
-from swaa_patch import SWAACache, SWAAConfig  # noqa: E402
+from swaa_patch import SWAACache, SWAAConfig, apply_swaa  # noqa: E402
 from swaa_patch.data.synthetic import generate_task, tokenizer_counter  # noqa: E402
 from swaa_patch.evaluation.generation import load_tokenizer, prompt_ids  # noqa: E402
 from swaa_patch.evaluation.io import read_jsonl  # noqa: E402
@@ -69,6 +69,17 @@ def test_swaa_is_registered_with_lm_eval():
 def test_layer_indices_beyond_the_model_are_refused_at_load():
     with pytest.raises(ValueError, match=r"non_sliding_layers: layer indices must be in \[0, 3\]"):
         SWAALM(pretrained=str(DEMO), sliding_window_size=64, non_sliding_layers="5", device="cpu")
+
+
+def test_without_swaa_args_a_checkpoints_own_swaa_config_applies(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    saved = SWAAConfig(sliding_window_size=64, keep_first=4)
+    model = apply_swaa(AutoModelForCausalLM.from_pretrained(DEMO), saved)
+    model.save_pretrained(tmp_path)
+    load_tokenizer(str(DEMO)).save_pretrained(tmp_path)
+    assert SWAALM(pretrained=str(tmp_path), device="cpu").swaa_config == saved
+    assert SWAALM(pretrained=str(tmp_path), device="cpu", sliding_window_size=None).swaa_config is None
 
 
 # -- loglikelihood: scored as generated --------------------------------------------------------

@@ -35,7 +35,8 @@ Request = tuple[Any, list[int], list[int]]
 
 @register_model("swaa")
 class SWAALM(HFLM):
-    """``lm_eval --model swaa --model_args pretrained=PATH,sliding_window_size=W,keep_first=K,...``
+    """Evaluate with ``--model swaa --model_args pretrained=PATH,sliding_window_size=W,keep_first=K,...``
+    (lm-eval's CLI through ``python -m swaa_patch.lm_eval``, or ``simple_evaluate(model="swaa")``).
 
     Any SWAAConfig field is a model arg (layer lists separated by ``;``: ``non_sliding_layers=1;3``);
     every other arg is HFLM's. With no SWAA field, a ``swaa_config`` stored in the checkpoint's
