@@ -11,6 +11,7 @@ from .cache import SWAACache
 from .config import SWAAConfig
 from .patch import apply_swaa, hack_hf_swaa, is_hacked, remove_swaa, unhack_hf_swaa
 from .prefill import chunked_prefill, default_prefill_chunk
+from .scope import swaa_enabled
 from .static_cache import StaticSWAACache
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "hack_hf_swaa",
     "is_hacked",
     "remove_swaa",
+    "swaa_enabled",
     "unhack_hf_swaa",
 ]
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ from ..jobs.io import atomic_write_json, atomic_write_jsonl, short_hash
 from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
 from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
-from ..patch import remove_swaa
+from ..scope import swaa_enabled
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -160,14 +160,15 @@ class DistillRun(ShardedRun):
             path.unlink(missing_ok=True)
 
     def teacher(self) -> Any:
-        """The full-attention model, loaded on first use (a finished run never loads it)."""
+        """The teacher model, loaded on first use (a finished run never loads it); it answers inside
+        ``swaa_enabled(model, None)``: full attention, whatever its config.json says."""
         if self._model is None:
             s = self.settings
             logger.info("loading teacher %s on %s", self.model_path, self.device)
             model = load_model(self.model_path, s.dtype, s.attn_implementation, self.device)
             if getattr(model.config, "swaa_config", None) is not None:
-                logger.info("removing the model's swaa_config: answers come from full attention")
-            self._model = remove_swaa(model)
+                logger.info("ignoring the model's swaa_config: answers come from full attention")
+            self._model = model
         return self._model
 
     def records(self, spec: DatasetSpec) -> list[dict[str, Any]]:
@@ -196,7 +197,8 @@ class DistillRun(ShardedRun):
 
         def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             seed = int(short_hash([self.settings.seed, [p.id for p in batch]]), 16) % (2**31)
-            answers = generate_answers(model, self.tokenizer, batch, self.settings, seed)
+            with swaa_enabled(model, None):  # the teacher is the full-attention model
+                answers = generate_answers(model, self.tokenizer, batch, self.settings, seed)
             return [self.row(spec, p, records[p.id], answers[i]) for i, p in enumerate(batch)]
 
         return answer

@@ -1,0 +1,74 @@
+"""Peer rows: kvpress's StreamingLLM and DuoAttention presses on the demo's held-out samples.
+
+Runs in kvpress's own venv (``run_peers.sh`` makes it); never imports ``swaa_patch``. The same KV
+budget as SWAA's bounded rows in settings/demo.json: 4 sink tokens + the 64 most recent tokens
+per layer, kept after a full-attention prefill (kvpress compresses the prefill's cache and does
+not evict during decoding, so decode adds up to 15 more tokens per layer). The full-attention row
+is repeated here as the check that this environment reproduces the SWAA environment's baseline.
+
+    python benchmarks/peers/kvpress_rows.py --out OUT.json [--limit N]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from kvpress import DuoAttentionPress, StreamingLLMPress
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from measure import REPO, failed_row, load_samples, prompt_ids, row_options, run_row, summarise, write_rows
+
+SINKS, RECENT = 4, 64  # settings/demo.json's bounded rows: keep_first 4, window 64
+MODEL = REPO / "demo" / "model"
+logger = logging.getLogger("kvpress_rows")
+
+
+def streaming_press(prompt_tokens: int) -> StreamingLLMPress:
+    """A StreamingLLM press keeping exactly SINKS + RECENT of ``prompt_tokens`` keys: kvpress keeps
+    ``int(n * (1 - ratio))`` of n, so the ratio is set per prompt length."""
+    kept = SINKS + RECENT
+    ratio = (prompt_tokens - kept - 0.5) / prompt_tokens  # the 0.5 keeps int() from rounding to kept - 1
+    assert math.floor(prompt_tokens * (1 - ratio)) == kept
+    return StreamingLLMPress(compression_ratio=ratio, n_sink=SINKS)
+
+
+def streaming_llm_row(model, tokenizer, samples) -> dict:
+    lengths = iter([len(prompt_ids(tokenizer, s["prompt"])) for s in samples])
+    results = run_row(model, tokenizer, samples, lambda: streaming_press(next(lengths))(model))
+    return summarise(f"StreamingLLMPress (n_sink {SINKS}, {RECENT} recent)", "peer", results,
+                     note="full-attention prefill, then sinks + recent kept; decode tokens are added")
+
+
+def duo_attention_row(model, tokenizer, samples) -> list[dict]:
+    """DuoAttention needs per-head patterns: published ones are fetched from GitHub for 6 listed
+    checkpoints; ``on_the_fly_scoring`` computes them from BookSum, fetched from the HF hub."""
+    rows = []
+    for name, press in (("DuoAttentionPress (published patterns)", DuoAttentionPress(head_compression_ratio=0.5)),
+                        ("DuoAttentionPress (on-the-fly patterns)",
+                         DuoAttentionPress(head_compression_ratio=0.5, on_the_fly_scoring=True))):
+        try:
+            results = run_row(model, tokenizer, samples, lambda p=press: p(model))
+            rows.append(summarise(name, "peer", results))
+        except Exception as err:  # noqa: BLE001 - the table reports exactly why a peer did not run
+            logger.warning("%s did not run: %s", name, err)
+            rows.append(failed_row(name, "peer", err))
+    return rows
+
+
+def main() -> None:
+    args = row_options(__doc__)
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="sdpa").eval()
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    samples = load_samples(args.limit)
+    rows = [summarise("full attention (kvpress env)", "peer-env baseline", run_row(model, tokenizer, samples))]
+    logger.info("full attention: mean %.3f", rows[-1]["mean"])
+    rows.append(streaming_llm_row(model, tokenizer, samples))
+    logger.info("StreamingLLM: mean %.3f", rows[-1]["mean"])
+    rows.extend(duo_attention_row(model, tokenizer, samples))
+    write_rows(args.out, rows)
+
+
+if __name__ == "__main__":
+    main()
