@@ -97,7 +97,7 @@ class MergeArgs:
 class CalibrateArgs:
     """Choose the full-attention layers (non_sliding_layers) from data; writes a ready SWAAConfig; resumes."""
 
-    settings: str = field(metadata=_help("calibration settings JSON (see eval/README.md)", positional=True))
+    settings: str = field(metadata=_help("calibration settings JSON (see eval/calibrate.md)", positional=True))
     output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
     limit: int | None = field(default=None, metadata=_help("override the settings' prompt limit per dataset"))
 
@@ -189,7 +189,7 @@ def calibrate_main(args: CalibrateArgs) -> int:
         return 2
     try:
         run_calibration(settings)
-    except SettingsError as err:  # the budget, checked against the model's layer count
+    except SettingsError as err:  # layer counts and indices, checked against the model's config
         logger.error("invalid settings: %s", err)
         return 2
     return 0

@@ -180,16 +180,20 @@ def test_budget_resolves_to_a_layer_count(budget, layers, want):
     assert resolve_budget(budget, layers) == want
 
 
-@pytest.mark.parametrize("budget, message", [
-    (4, "calibrate.budget: must give between 1 and 3 full layers for this model (4 layers), got 4"),
-    (0.2, "calibrate.budget: must give between 1 and 3 full layers for this model (4 layers) (0.2 of 4 layers is 0)"),
+@pytest.mark.parametrize("patch, message", [
+    ({"calibrate": {"budget": 4}},
+     "calibrate.budget: must give between 1 and 3 full layers for this model (4 layers), got 4"),
+    ({"calibrate": {"budget": 0.2}},
+     "calibrate.budget: must give between 1 and 3 full layers for this model (4 layers) (0.2 of 4 layers is 0)"),
+    ({"swaa_config": {**RECIPE, "force_fa_decode": [1, 4]}},
+     "swaa_config.force_fa_decode: layer indices must be in [0, 3] for this model (4 layers), got [4]"),
 ])
-def test_budget_outside_the_model_is_refused_before_weights_load(model_dir, qa_file, tmp_path, monkeypatch,
-                                                                   caplog, budget, message):
-    monkeypatch.setattr(run_module, "load_model", lambda *a: pytest.fail("weights loaded before the budget check"))
+def test_layers_outside_the_model_are_refused_before_weights_load(model_dir, qa_file, tmp_path, monkeypatch,
+                                                                    caplog, patch, message):
+    monkeypatch.setattr(run_module, "load_model", lambda *a: pytest.fail("weights loaded before the layer check"))
     path = tmp_path / "calibrate.json"
     path.write_text(json.dumps({"model": str(model_dir), "datasets": [str(qa_file)], "swaa_config": RECIPE,
-                                "calibrate": {"budget": budget}, "output_dir": str(tmp_path / "out")}))
+                                "output_dir": str(tmp_path / "out"), **patch}))
     with caplog.at_level(logging.ERROR):
         assert cli_main(["calibrate", str(path)]) == 2
     assert message in caplog.text

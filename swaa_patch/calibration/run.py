@@ -26,6 +26,7 @@ from ..config import SWAAConfig
 from ..evaluation.generation import PromptOptions, batches, load_model, load_tokenizer, prepare
 from ..evaluation.io import append_jsonl, atomic_write_json, read_jsonl
 from ..evaluation.settings import settings_to_dict
+from ..evaluation.validate import SettingsError
 from ..patch import apply_swaa
 from ..testing import is_builtin, resolve_builtin_model
 from .examples import dataset_records, greedy_answer_ids, reference_examples
@@ -89,6 +90,10 @@ class CalibrationRun:
         self.model_path = self.local_model_path()
         num_layers = num_hidden_layers(self.model_path)
         budget = resolve_budget(self.settings.calibrate.budget, num_layers)
+        try:
+            self.settings.swaa_config.check_layers(num_layers)  # force_fa_decode may list layers
+        except ValueError as err:
+            raise SettingsError(f"swaa_config.{err}") from None
         self.tokenizer = load_tokenizer(self.model_path)
         self.examples = self.load_examples()
         self.store = ScoreStore(self.layout.scores)
@@ -127,7 +132,6 @@ class CalibrationRun:
             s = self.settings
             logger.info("loading %s on %s", self.model_path, self.device)
             self._model = load_model(self.model_path, s.dtype, s.attn_implementation, self.device)
-            s.swaa_config.check_layers(self._model.config.get_text_config().num_hidden_layers)
         return self._model
 
     # -- prompts and targets -----------------------------------------------------------------
