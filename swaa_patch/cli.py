@@ -108,6 +108,15 @@ class MergeArgs:
     keep_swaa_config: bool = field(default=True, metadata=_help("store the SWAAConfig in the merged config.json"))
 
 
+@dataclass
+class CalibrateArgs:
+    """Choose the full-attention layers (non_sliding_layers) from data; writes a ready SWAAConfig; resumes."""
+
+    settings: str = field(metadata=_help("calibration settings JSON (see eval/calibrate.md)", positional=True))
+    output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
+    limit: int | None = field(default=None, metadata=_help("override the settings' prompt limit per dataset"))
+
+
 def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
     """``loader(args.settings)`` with the command line's overrides applied (None: not given);
     an invalid settings file raises SettingsError (one line, exit 2)."""
@@ -173,6 +182,22 @@ def sft_main(args: SFTArgs) -> int:
     return 0
 
 
+def calibrate_main(args: CalibrateArgs) -> int:
+    from .calibration.run import run_calibration
+    from .calibration.settings import load_calibration_settings
+    from .evaluation.settings import SettingsError
+
+    settings = load_with_overrides(load_calibration_settings, args, output_dir=args.output_dir, limit=args.limit)
+    if settings is None:
+        return 2
+    try:
+        run_calibration(settings)
+    except SettingsError as err:  # layer counts and indices, checked against the model's config
+        logger.error("invalid settings: %s", err)
+        return 2
+    return 0
+
+
 def merge_main(args: MergeArgs) -> int:
     import torch
 
@@ -198,6 +223,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "distill": Subcommand(DistillArgs, distill_main),
     "sft": Subcommand(SFTArgs, sft_main),
     "merge": Subcommand(MergeArgs, merge_main),
+    "calibrate": Subcommand(CalibrateArgs, calibrate_main),
     "train-demo": Subcommand(TrainDemoArgs, train_demo_main),
 }
 
