@@ -212,6 +212,9 @@ def reset_compiled(bench: Bench) -> None:
     compiled row then compiles again, and is not counted as a recompile."""
     torch._dynamo.reset()
     bench.batches_compiled.clear()
+    # generate() never shrinks a model's static cache length across calls (a private attribute in
+    # 5.17-5.24): without this a 2K-context row after a 128K one would run on a 128K-slot cache
+    bench.model.__dict__.pop("_previous_max_cache_length", None)
     gc.collect()
     if bench.device.type == "cuda":
         torch.cuda.empty_cache()

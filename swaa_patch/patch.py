@@ -335,8 +335,10 @@ def apply_swaa(model: nn.Module, config: SWAAConfig | Mapping[str, Any] | None) 
 
 
 def remove_swaa(model: nn.Module) -> nn.Module:
-    """Detach SWAA from one model: it becomes the stock model again."""
+    """Detach SWAA from one model: it becomes the stock model again (a StaticSWAACache kept for
+    compiled generation is released)."""
     model.config.swaa_config = None
+    model.__dict__.pop("_swaa_static_cache", None)
     for module in model.modules():
         if isinstance(module, PreTrainedModel):
             _remove_hook(module)

@@ -378,3 +378,17 @@ def decode_compile_config(device: torch.device):
 def static_generate_kwargs(device: torch.device) -> dict:
     """``model.generate`` arguments for compiled SWAA decoding on ``device``."""
     return {"cache_implementation": "static", "compile_config": decode_compile_config(device)}
+
+
+COMPILE_MODES = ("auto", "on", "off")
+
+
+def compiled_generation(mode: str, device: torch.device) -> dict:
+    """``generate`` arguments for the ``compile`` setting of ``swaa eval`` / ``swaa distill``:
+    ``auto`` compiles decode steps on CUDA (CUDA graphs pay there; on a CPU the eager bounded cache
+    is the faster path), ``on`` always, ``off`` never (the dynamic bounded cache)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile: must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and torch.device(device).type != "cuda"):
+        return {}
+    return static_generate_kwargs(torch.device(device))

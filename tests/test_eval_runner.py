@@ -15,6 +15,7 @@ from swaa_patch.evaluation.report import write_report
 from swaa_patch.evaluation.runner import run_eval
 from swaa_patch.evaluation.settings import parse_settings
 from swaa_patch.jobs.builtin_models import build_tiny_model
+from swaa_patch.jobs.errors import SettingsError
 from swaa_patch.jobs.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,3 +286,24 @@ def test_data_parallel_over_two_cpu_processes(tmp_path, tiny_model):
     assert len(ids) == len(set(ids)) == 4 and all(len(read_jsonl(p)) == 2 for p in shards)
     (metrics,) = read_jsonl(layout.metrics)
     assert metrics["num_samples"] == 4
+
+
+def test_compiled_decoding_answers_like_the_eager_path(tmp_path, tiny_model):
+    """`compile: on` (StaticSWAACache + compiled decode steps; dynamo alone on a CPU) gives the
+    answers of `compile: off` (the dynamic bounded cache), batched with left padding, for the
+    full-attention row and the SWAA row."""
+    rows = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        run_eval(make_settings(out, tiny_model, compile=mode, batch_size=3, max_new_tokens=6))
+        rows[mode] = {
+            (p.parent.name, r["id"]): r["response"]
+            for p in (out / "out").glob("responses/*/*.jsonl") for r in read_jsonl(p)
+        }
+    assert len(rows["on"]) == len(rows["off"]) > 0
+    assert rows["on"] == rows["off"]
+
+
+def test_compile_setting_is_validated(tmp_path, tiny_model):
+    with pytest.raises(SettingsError, match=r"compile: must be one of \['auto', 'on', 'off'\], got 'always'"):
+        make_settings(tmp_path, tiny_model, compile="always")

@@ -6,10 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..jobs.prompts import Prepared
+from ..static_cache import compiled_generation
 
 
-def generate_batch(model: Any, tokenizer: Any, batch: Sequence[Prepared], max_new_tokens: int) -> list[dict[str, Any]]:
-    """Greedy generation for one left-padded batch; returns response text and token counts."""
+def generate_batch(
+    model: Any, tokenizer: Any, batch: Sequence[Prepared], max_new_tokens: int, compile_mode: str = "off"
+) -> list[dict[str, Any]]:
+    """Greedy generation for one left-padded batch; returns response text and token counts.
+    ``compile_mode`` (auto / on / off): compiled decode steps on a StaticSWAACache."""
     import torch
 
     padded = tokenizer.pad({"input_ids": [p.input_ids for p in batch]}, padding=True, return_tensors="pt")
@@ -22,6 +26,7 @@ def generate_batch(model: Any, tokenizer: Any, batch: Sequence[Prepared], max_ne
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **compiled_generation(compile_mode, model.device),
         )
     new_tokens = output[:, input_ids.shape[1] :]
     results = []

@@ -279,7 +279,7 @@ class EvalRun(ShardedRun):
 
         def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             start = time.perf_counter()
-            outputs = generate_batch(model, slot.tokenizer, batch, self.settings.max_new_tokens)
+            outputs = generate_batch(model, slot.tokenizer, batch, self.settings.max_new_tokens, self.settings.compile)
             seconds = (time.perf_counter() - start) / len(batch)
             return self.batch_records(block, batch, outputs, records, seconds)
 

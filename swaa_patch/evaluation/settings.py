@@ -43,6 +43,7 @@ from ..jobs.validate import (
     read_dataset,
     resolve_path,
 )
+from ..static_cache import COMPILE_MODES
 from .scoring import SCORING_METHODS
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -108,6 +109,7 @@ class EvalSettings:
     truncation: str = "middle"  # over-long prompts: keep head + tail ("middle") or drop ("skip")
     max_new_tokens: int = 64
     batch_size: int = 1
+    compile: str = "auto"  # decode steps compiled on a StaticSWAACache: auto (on CUDA) / on / off
     limit: int | None = None  # first N samples of each dataset
     seed: int = 0
     attn_implementation: str = "sdpa"
@@ -256,6 +258,7 @@ def parse_settings(data: Any, source: Path | None = None) -> EvalSettings:
         "truncation": lambda v, p: as_str(v, p, TRUNCATION),
         "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
         "batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "compile": lambda v, p: as_str(v, p, COMPILE_MODES),
         "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
         "seed": lambda v, p: as_int(v, p, minimum=0),
         "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),

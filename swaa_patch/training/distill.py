@@ -35,6 +35,7 @@ from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_pos
 from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
 from ..scope import swaa_enabled
+from ..static_cache import compiled_generation
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Prepared], sett
             num_return_sequences=settings.num_generations,
             pad_token_id=tokenizer.pad_token_id,
             **extra,
+            **compiled_generation(settings.compile, model.device),
         )
     stops = _eos_ids(model, tokenizer)
     rows = output[:, padded["input_ids"].shape[1] :].tolist()

@@ -33,6 +33,7 @@ from ..jobs.validate import (
     read_fields,
     resolve_path,
 )
+from ..static_cache import COMPILE_MODES
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
@@ -58,6 +59,7 @@ class DistillSettings:
     max_prompt_tokens: int | None = None  # longer prompts are dropped (the teacher must see all of it)
     max_new_tokens: int = 512
     batch_size: int = 1
+    compile: str = "auto"  # decode steps compiled on a StaticSWAACache: auto (on CUDA) / on / off
     num_generations: int = 1
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -178,6 +180,7 @@ def parse_distill(data: Any, source: Path | None = None) -> DistillSettings:
         "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
         "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
         "batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "compile": lambda v, p: as_str(v, p, COMPILE_MODES),
         "num_generations": lambda v, p: as_int(v, p, minimum=1),
         "temperature": lambda v, p: as_float(v, p, 0.0, 10.0),
         "top_p": lambda v, p: as_float(v, p, 0.0, 1.0),
