@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
+
 from swaa_patch.calibration.report import sensitivity_table
 from swaa_patch.calibration.run import CalibrationRun
 from swaa_patch.calibration.settings import load_calibration_settings
 from swaa_patch.cli import main as swaa
-from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
 from swaa_patch.evaluation.report import environment_lines
 from swaa_patch.evaluation.settings import load_settings
 

@@ -363,7 +363,14 @@ def report(bench: Bench, rows: list[Row], eval_lines: list[str]) -> str:
         f"{args.eager_steps} eager) after a prompt of `context` random tokens; step ms = median after {args.warmup} "
         "warm-up steps; tok/s = batch / step",
         "- compile: transformers' automatic compilation of the decode step (CompileConfig(fullgraph=True, "
-        "mode='reduce-overhead')); compile s = warm-up steps beyond the median; graphs = dynamo graphs the row added",
+        "mode='reduce-overhead')); compile s = warm-up steps beyond the median; graphs = dynamo graphs the row added; "
+        "dynamo is reset before each stock static row (its CUDA graphs hold earlier StaticCaches alive), so a SWAA "
+        "compiled row after one compiles afresh",
+        f"- the {args.reference_context}-token stock static row has a cache of SWAA's size (keep_first + W slots): "
+        "what transformers' compiled path reaches at SWAA's cache size",
+        "- check: tokens of the timed steps against the eager bounded row (random bf16 weights give near-ties "
+        "either path may break); logits teacher-forced on row 0 against the eager bounded path, tolerance 8e-2 in "
+        "bf16 (two exact implementations of this model differ by 4-5e-2), 1e-4 in float32",
         "",
         "| run | batch | context | path | step ms | tok/s | compile s | graphs | KV GiB | peak GiB | check | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -442,7 +449,8 @@ def main(args: DecodeSpeedArgs) -> int:
             reason = skip_reason(bench, variant, batch, context)
             log.info("batch %d context %d %s %s", batch, context, variant, reason)
             try:
-                row = Row(batch, context, variant, note=reason) if reason else run_row(bench, variant, batch, context, ids)
+                row = (Row(batch, context, variant, note=reason, run=args_invocations(args)) if reason
+                       else run_row(bench, variant, batch, context, ids))  # fmt: skip
             except torch.cuda.OutOfMemoryError as err:
                 row = Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}")
             except Exception as err:  # one failing row must not cost the rest of the run's device time
