@@ -28,14 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from swaa_patch.evaluation.io import atomic_write_text, read_jsonl
-
 from swaa_patch.calibration.report import sensitivity_table
 from swaa_patch.calibration.run import CalibrationRun
 from swaa_patch.calibration.settings import load_calibration_settings
 from swaa_patch.cli import main as swaa
 from swaa_patch.evaluation.report import environment_lines
 from swaa_patch.evaluation.settings import load_settings
+from swaa_patch.jobs.io import atomic_write_text, read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("swaa.benchmarks")
@@ -50,11 +49,22 @@ def timed(step: Any) -> tuple[Any, float, float]:
     return result, time.perf_counter() - start, (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
 
 
+class EverySet(CalibrationRun):
+    """Scores every set of ``size`` full layers, holding the output folder as the calibration does."""
+
+    def __init__(self, settings_path: Path, size: int):
+        super().__init__(load_calibration_settings(settings_path))
+        self.size = size
+
+    def work(self) -> dict[tuple[int, ...], dict[str, Any]]:
+        num_layers, _ = self.prepare()
+        sets = itertools.combinations(range(num_layers), self.size)
+        return {layers: self.score(frozenset(layers)) for layers in sets}
+
+
 def score_every_set(settings_path: Path, size: int) -> dict[tuple[int, ...], dict[str, Any]]:
     """Calibration scores of every set of ``size`` full layers (the search's own are reused)."""
-    run = CalibrationRun(load_calibration_settings(settings_path))
-    num_layers, _ = run.prepare()
-    return {layers: run.score(frozenset(layers)) for layers in itertools.combinations(range(num_layers), size)}
+    return EverySet(settings_path, size).run()
 
 
 def accuracy_rows(metrics: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:

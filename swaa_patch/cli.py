@@ -115,6 +115,9 @@ class CalibrateArgs:
     settings: str = field(metadata=_help("calibration settings JSON (see eval/calibrate.md)", positional=True))
     output_dir: str | None = field(default=None, metadata=_help("override the settings' output_dir"))
     limit: int | None = field(default=None, metadata=_help("override the settings' prompt limit per dataset"))
+    recompute: bool = field(default=False, metadata=_help(
+        "discard and recompute scores and teacher answers made with other settings"))
+    force: bool = field(default=False, metadata=_help("use an output folder that holds files of another kind of run"))
 
 
 def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
@@ -185,16 +188,9 @@ def sft_main(args: SFTArgs) -> int:
 def calibrate_main(args: CalibrateArgs) -> int:
     from .calibration.run import run_calibration
     from .calibration.settings import load_calibration_settings
-    from .evaluation.settings import SettingsError
 
     settings = load_with_overrides(load_calibration_settings, args, output_dir=args.output_dir, limit=args.limit)
-    if settings is None:
-        return 2
-    try:
-        run_calibration(settings)
-    except SettingsError as err:  # layer counts and indices, checked against the model's config
-        logger.error("invalid settings: %s", err)
-        return 2
+    run_calibration(settings, force=args.force, recompute=args.recompute)
     return 0
 
 

@@ -21,12 +21,13 @@ from swaa_patch.calibration.search import greedy_select
 from swaa_patch.calibration.settings import load_calibration_settings, parse_calibration, resolve_budget
 from swaa_patch.cli import main as cli_main
 from swaa_patch.compat import cache_kwargs, output_cache
-from swaa_patch.evaluation.generation import load_model, load_tokenizer, prompt_ids
-from swaa_patch.evaluation.io import read_jsonl
 from swaa_patch.evaluation.runner import run_eval
-from swaa_patch.evaluation.settings import SettingsError, load_settings, parse_settings
-from swaa_patch.testing import TinySpec, build_tiny_model
-from swaa_patch.training.data import response_ids
+from swaa_patch.evaluation.settings import load_settings, parse_settings
+from swaa_patch.jobs.builtin_models import TinySpec, build_tiny_model
+from swaa_patch.jobs.errors import Interrupted, RunRefused, SettingsError
+from swaa_patch.jobs.io import read_jsonl
+from swaa_patch.jobs.loading import load_model, load_tokenizer
+from swaa_patch.jobs.prompts import prompt_ids, response_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"sliding_window_size": 8, "keep_first": 2, "force_fa_decode": False}
@@ -250,8 +251,52 @@ def test_resume_scores_only_missing_sets_and_refuses_other_settings(model_dir, q
     assert again["non_sliding_layers"] == result["non_sliding_layers"]
 
     changed = replace(settings, swaa_config=SWAAConfig(**{**RECIPE, "keep_first": 0}))
-    with pytest.raises(RuntimeError, match="other settings .*recipe"):
+    with pytest.raises(RunRefused, match="other settings \\(recipe .*--recompute"):
         run_calibration(changed)
+    monkeypatch.undo()
+    scored.clear()
+    assert run_calibration(changed, on_unit=scored.append, recompute=True)["swaa_config"]["keep_first"] == 0
+    assert len(scored) == len(result["sets"])  # everything scored again, with the new recipe
+    assert len(read_jsonl(out / "targets" / "qa.jsonl")) == 5  # and the teacher answers made again
+
+
+# -- the long-job rules -------------------------------------------------------------------------------
+def test_ctrl_c_says_what_is_scored_and_a_rerun_resumes(model_dir, qa_file, tmp_path):
+    settings = settings_for(model_dir, qa_file, tmp_path / "out")
+    scored: list[frozenset] = []
+
+    def interrupt_after_two(layers):
+        scored.append(layers)
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"^interrupted: 2 layer sets scored in .*run the same command again"):
+        run_calibration(settings, on_unit=interrupt_after_two)
+    assert len(run_calibration(settings, on_unit=scored.append)["sets"]) == len(scored) == 4 + 1 + 4 + 3
+
+
+def write_settings(path: Path, **data) -> Path:
+    path.write_text(json.dumps({"swaa_config": RECIPE, **data}))
+    return path
+
+
+def test_bad_data_and_foreign_folders_are_one_line_errors(model_dir, qa_file, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(run_module, "load_model", lambda *a: pytest.fail("model loaded"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(qa_file.read_text() + '{"id": "x", "prompt": 3}\n')
+    out = tmp_path / "out"
+    settings = write_settings(tmp_path / "bad.json", model=str(model_dir), datasets=[str(bad)], output_dir=str(out))
+    with caplog.at_level(logging.ERROR):
+        assert cli_main(["calibrate", str(settings)]) == 2
+    assert f"invalid settings: datasets[0]: dataset {bad}:6" in caplog.text and not out.exists()
+
+    (out / "responses").mkdir(parents=True)
+    settings = write_settings(tmp_path / "ok.json", model=str(model_dir), datasets=[str(qa_file)], output_dir=str(out))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert cli_main(["calibrate", str(settings)]) == 2
+    assert f"output_dir {out} holds a swaa eval run; use another folder, or --force" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["responses"]
 
 
 # -- the output -------------------------------------------------------------------------------------

@@ -15,13 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.loaders import load_records
-from ..data.synthetic import generate_task, tokenizer_counter
-from ..evaluation.generation import Prepared
-from ..evaluation.io import atomic_write_jsonl, read_jsonl
-from ..evaluation.layout import short_hash
 from ..evaluation.settings import DatasetSpec
-from ..training.data import response_ids
-from ..training.distill import _eos_ids
+from ..jobs.io import atomic_write_jsonl, read_jsonl, short_hash
+from ..jobs.prompts import Prepared, eos_ids, response_ids
 from .measure import Example
 
 
@@ -29,14 +25,12 @@ def dataset_records(spec: DatasetSpec, tokenizer: Any, seed: int, data_dir: Path
     """A dataset's records; synthetic ones are generated for ``tokenizer`` once and cached."""
     if not spec.synthetic:
         return load_records(spec.path)
-    seed = seed if spec.seed is None else spec.seed
     # The haystack depends on the Python version (stdlib docstrings), so it is in the key.
-    key = short_hash({"spec": asdict(spec), "seed": seed, "python": sys.version_info[:2],
+    key = short_hash({"spec": asdict(spec), "seed": spec.task_seed(seed), "python": sys.version_info[:2],
                       "tokenizer": tokenizer.name_or_path})
     cache = data_dir / f"{spec.name}-{key}.jsonl"
     if not cache.is_file():
-        rows = generate_task(spec.task, tokenizer_counter(tokenizer), spec.lengths, spec.depths, spec.samples, seed)
-        atomic_write_jsonl(cache, rows)
+        atomic_write_jsonl(cache, spec.synthetic_rows(tokenizer, seed))
     return read_jsonl(cache)
 
 
@@ -66,7 +60,7 @@ def greedy_answer_ids(model: Any, tokenizer: Any, batch: Sequence[Prepared], max
         output = model.generate(padded["input_ids"].to(model.device),
                                 attention_mask=padded["attention_mask"].to(model.device),
                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    stops = _eos_ids(model, tokenizer)
+    stops = eos_ids(model, tokenizer)
     answers = []
     for row in output[:, padded["input_ids"].shape[1] :].tolist():
         end = next((i for i, token in enumerate(row) if token in stops), None)

@@ -9,6 +9,7 @@
       calibration.json            sensitivity, greedy steps, choice, calibrated config: all scores
       swaa_config.json            the calibrated SWAAConfig (SWAAConfig.from_dict, `swaa eval` settings)
       report.md, plots/layer_scores.png
+      swaa_run.json, .swaa-rank0.lock  the folder's kind and the run's lock (jobs/output.py)
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.io import atomic_write_json
-from ..evaluation.settings import settings_to_dict
+from ..jobs.io import atomic_write_json
+from ..jobs.validate import settings_to_dict
 from .settings import CalibrationSettings
 
 
 @dataclass(frozen=True)
 class CalibrationLayout:
     root: Path
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "settings.resolved.json"
 
     @property
     def meta(self) -> Path:
@@ -42,10 +39,6 @@ class CalibrationLayout:
     @property
     def data(self) -> Path:
         return self.root / "data"
-
-    @property
-    def builtin(self) -> Path:
-        return self.root / "_builtin"
 
     def targets(self, dataset: str) -> Path:
         return self.root / "targets" / f"{dataset}.jsonl"

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.io import atomic_write_bytes, atomic_write_text
+from ..jobs.io import atomic_write_bytes, atomic_write_text
 from .layout import ScoreStore
 from .measure import Example
 from .search import GreedyStep, chosen_layers, layers_key

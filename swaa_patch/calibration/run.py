@@ -6,13 +6,14 @@ teacher answers are appended per batch, so a killed run resumes where it stopped
 never scored again, and a run whose units are all known never loads the model. Scores do not
 depend on the budget or the metric (both metrics are stored), so a rerun with a larger budget
 or the other metric reuses every set already scored. Settings that change a score are stored in
-``calibration.meta.json``; an output folder made with other values is refused. The files are
-listed in ``layout.py``.
+``calibration.meta.json``; an output folder made with other values is refused (``recompute``:
+its scores and teacher answers are discarded). The run holds its output folder and turns Ctrl-C
+into one line as every job does (:class:`~swaa_patch.jobs.run.ShardedRun`; it runs in one
+process). The files are listed in ``layout.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -23,12 +24,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..config import SWAAConfig
-from ..evaluation.generation import PromptOptions, batches, load_model, load_tokenizer, prepare
-from ..evaluation.io import append_jsonl, atomic_write_json, read_jsonl
-from ..evaluation.settings import settings_to_dict
-from ..evaluation.validate import SettingsError
+from ..evaluation.runner import environment
+from ..jobs.errors import RunRefused, SettingsError
+from ..jobs.io import append_jsonl, atomic_write_json, compact_jsonl, read_jsonl
+from ..jobs.loading import load_model, load_tokenizer, local_model_path, text_config
+from ..jobs.prompts import PromptOptions, batches, prepare
+from ..jobs.run import ShardedRun, meta_changes
+from ..jobs.validate import fail
 from ..patch import apply_swaa
-from ..testing import is_builtin, resolve_builtin_model
 from .examples import dataset_records, greedy_answer_ids, reference_examples
 from .layout import CalibrationLayout, ScoreStore, calibration_meta
 from .measure import Example, aggregate, answer_log_probs, example_score
@@ -42,29 +45,27 @@ METRIC_KEYS = {"kl": "kl", "nll": "delta_nll"}  # what the greedy stage minimise
 
 def num_hidden_layers(model_path: str) -> int:
     """The decoder's layer count, read from the config alone (no weights load)."""
-    from transformers import AutoConfig
-
-    from ..evaluation.generation import _adapter_base
-
-    folder = Path(model_path)
-    if not (folder / "config.json").is_file():
-        folder = Path(_adapter_base(folder))
-    return AutoConfig.from_pretrained(folder).get_text_config().num_hidden_layers
+    return text_config(model_path).num_hidden_layers
 
 
-class CalibrationRun:
+class CalibrationRun(ShardedRun):
     """One ``swaa calibrate`` invocation; :meth:`run` does the work and returns the result dict."""
 
-    def __init__(self, settings: CalibrationSettings, on_unit: Callable[[Layers], None] | None = None):
+    kind = "calibrate"
+
+    def __init__(self, settings: CalibrationSettings, on_unit: Callable[[Layers], None] | None = None,
+                 force: bool = False, recompute: bool = False):
+        super().__init__(Path(settings.output_dir), settings.device, force=force, recompute=recompute)
         self.settings = settings
-        self.layout = CalibrationLayout(Path(settings.output_dir))
+        self.layout = CalibrationLayout(self.root)
         self.on_unit = on_unit
         self.metric_key = METRIC_KEYS[settings.calibrate.metric]
+        self.store: ScoreStore | None = None
         self._model: Any = None
         self._reference: list[Any] | None = None
         self.bar: Any = None
 
-    def run(self) -> dict[str, Any]:
+    def work(self) -> dict[str, Any]:
         num_layers, budget = self.prepare()
         total = num_layers + 1 + greedy_sets(num_layers, budget)
         self.bar = tqdm(total=total, desc="calibrate", unit="set")
@@ -73,7 +74,7 @@ class CalibrationRun:
         steps = greedy_select(num_layers, budget, lambda layers: self.score(layers)[self.metric_key])
         self.bar.close()
         result = build_result(self.settings, num_layers, budget, self.examples, self.store, sensitivity,
-                              all_sliding, steps, self.environment())
+                              all_sliding, steps, environment(self.device))
         atomic_write_json(self.layout.config, result["swaa_config"])
         atomic_write_json(self.layout.result, result)
         write_report(result, self.layout.report, self.layout.plot)
@@ -81,13 +82,21 @@ class CalibrationRun:
                     self.metric_key, steps[-1].score, all_sliding[self.metric_key], self.layout.config)
         return result
 
+    def progress(self) -> str:
+        store = self.store if self.store is not None else ScoreStore(self.layout.scores)
+        answers = sum(len(read_jsonl(path)) for path in self.layout.root.glob("targets/*.jsonl"))
+        teacher = f", {answers} teacher answers" if answers else ""
+        return f"{len(store.sets)} layer sets scored{teacher} in {self.root}"
+
     def prepare(self) -> tuple[int, int]:
-        """Check the output folder, resolve the budget against the model's layer count (before any
-        weights load), and make the calibration examples; returns (layers, full layers to choose).
-        After it, :meth:`score` scores any layer set (benchmarks score sets the search skips)."""
+        """Check the settings against the folder's, resolve the budget against the model's layer count
+        (before any weights load), and make the calibration examples; returns (layers, full layers to
+        choose). After it, :meth:`score` scores any layer set (benchmarks score sets the search skips)."""
+        if self.state.num_processes > 1:
+            raise RunRefused("swaa calibrate runs in one process: start it without accelerate launch or torchrun")
         self.check_meta()
-        atomic_write_json(self.layout.settings, settings_to_dict(self.settings))
-        self.model_path = self.local_model_path()
+        self.save_settings(self.settings)
+        self.model_path = local_model_path(self.settings.model, self.root)
         num_layers = num_hidden_layers(self.model_path)
         budget = resolve_budget(self.settings.calibrate.budget, num_layers)
         try:
@@ -100,31 +109,18 @@ class CalibrationRun:
         return num_layers, budget
 
     def check_meta(self) -> None:
+        """Scores and teacher answers made with other settings: refused, or with ``recompute`` discarded."""
         meta = calibration_meta(self.settings)
-        old = json.loads(self.layout.meta.read_text(encoding="utf-8")) if self.layout.meta.is_file() else None
-        if old is not None and old != meta:
-            changed = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-            raise RuntimeError(f"{self.layout.root} holds scores made with other settings {changed} (old, new); "
-                               "use another output_dir")
-        if old is None:
-            atomic_write_json(self.layout.meta, meta)
+        changes = meta_changes(self.layout.meta, meta)
+        self.settle_changed_meta({"scores and teacher answers": changes} if changes else {},
+                                 lambda name: self.discard())
+        self.record_meta(self.layout.meta, meta)
 
-    def local_model_path(self) -> str:
-        model = self.settings.model
-        return str(resolve_builtin_model(model, self.layout.builtin)) if is_builtin(model) else model
-
-    @property
-    def device(self) -> str:
-        import torch
-
-        if self.settings.device != "auto":
-            return self.settings.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def environment(self) -> str:
-        from ..evaluation.runner import environment
-
-        return environment(self.device)
+    def discard(self) -> None:
+        """Delete every score and teacher answer and what was made from them."""
+        results = [self.layout.result, self.layout.config, self.layout.report, self.layout.plot]
+        for path in [self.layout.scores, *self.layout.root.glob("targets/*.jsonl"), *results]:
+            path.unlink(missing_ok=True)
 
     def model(self) -> Any:
         """The model, loaded on first use (a run with every unit already scored never loads it)."""
@@ -149,8 +145,8 @@ class CalibrationRun:
             else:
                 examples += self.teacher_examples(spec.name, prepared)
         if not examples:
-            raise ValueError("no calibration prompt is left (all longer than max_prompt_tokens with truncation "
-                             "'skip'?)")
+            raise fail("max_prompt_tokens", "leaves no calibration prompt (every one is longer, and truncation is "
+                                            "'skip')")
         return examples
 
     def teacher_examples(self, dataset: str, prepared: list) -> list[Example]:
@@ -159,6 +155,7 @@ class CalibrationRun:
         done = {row["id"]: row for row in read_jsonl(path)}
         pending = [p for p in prepared if p.id not in done]
         if pending:
+            compact_jsonl(path)  # a line torn by a killed run goes before this run appends
             model = apply_swaa(self.model(), None)
             for batch in tqdm(list(batches(pending, self.settings.batch_size)), desc=f"teacher answers | {dataset}",
                               unit="batch"):
@@ -231,10 +228,15 @@ class CalibrationRun:
         return self.tokenizer.pad_token_id
 
 
-def run_calibration(settings: CalibrationSettings, on_unit: Callable[[Layers], None] | None = None) -> dict[str, Any]:
+def run_calibration(settings: CalibrationSettings, on_unit: Callable[[Layers], None] | None = None,
+                    force: bool = False, recompute: bool = False) -> dict[str, Any]:
     """Calibrate (or finish calibrating) ``non_sliding_layers``; returns the result written to
-    ``calibration.json``, whose ``swaa_config`` is the calibrated config."""
-    return CalibrationRun(settings, on_unit=on_unit).run()
+    ``calibration.json``, whose ``swaa_config`` is the calibrated config.
+
+    ``force``: use an output folder that holds files of another kind of run; ``recompute``: discard
+    scores and teacher answers made with other settings and compute them again.
+    """
+    return CalibrationRun(settings, on_unit=on_unit, force=force, recompute=recompute).run()
 
 
 def calibrated_config(result: dict[str, Any]) -> SWAAConfig:

@@ -15,17 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SWAAConfig
-from ..evaluation.settings import (
-    TRUNCATION,
-    DatasetSpec,
-    _parse_device,
-    _resolve,
-    _unique_names,
-    parse_dataset,
-    parse_model,
-)
-from ..evaluation.validate import SettingsError, as_bool, as_int, as_list, as_str, fail, join
-from ..training.settings import COMMON_RUNTIME, Reader, _load_json, _swaa, read_fields
+from ..evaluation.settings import TRUNCATION, DatasetSpec, parse_datasets
+from ..jobs.errors import SettingsError
+from ..jobs.loading import model_job_readers
+from ..jobs.validate import Reader, as_int, as_str, fail, join, load_json_file, parse_swaa_config, read_fields
 
 METRICS = ("kl", "nll")  # KL(full || candidate) over answer tokens, or the increase of their NLL
 TARGETS = ("teacher", "reference")  # the full model's own greedy answer, or the dataset's answer
@@ -87,7 +80,7 @@ def parse_options(value: Any, path: str) -> CalibrateOptions:
 
 
 def _recipe(value: Any, path: str) -> SWAAConfig:
-    config = _swaa(value, path)
+    config = parse_swaa_config(value, path)
     if config is None or not config.enabled:
         raise fail(join(path, "sliding_window_size"), "must be an integer >= 1: calibration compares sliding "
                                                        "layers against full ones")
@@ -100,26 +93,12 @@ def _recipe(value: Any, path: str) -> SWAAConfig:
 def parse_calibration(data: Any, source: Path | None = None) -> CalibrationSettings:
     """Validate a parsed calibration settings document into :class:`CalibrationSettings`."""
     base = source.parent if source is not None else Path.cwd()
-
-    def datasets(value: Any, path: str) -> tuple[DatasetSpec, ...]:
-        specs = tuple(parse_dataset(d, join(path, i), base) for i, d in enumerate(as_list(value, path)))
-        _unique_names(specs)
-        return specs
-
     readers: dict[str, Reader] = {
-        "model": lambda v, p: parse_model(v, p, base),
-        "datasets": datasets,
+        **model_job_readers(base),
+        "datasets": lambda v, p: parse_datasets(v, p, base),
         "swaa_config": _recipe,
         "calibrate": parse_options,
-        "output_dir": lambda v, p: _resolve(as_str(v, p), base),
-        "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
         "truncation": lambda v, p: as_str(v, p, TRUNCATION),
-        "batch_size": lambda v, p: as_int(v, p, minimum=1),
-        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
-        "seed": lambda v, p: as_int(v, p, minimum=0),
-        "device": _parse_device,
-        "chat_template": as_bool,
-        **COMMON_RUNTIME,
     }
     out = read_fields(data, "", readers, required=("model", "datasets", "swaa_config"))
     if "output_dir" not in out and source is not None:
@@ -129,7 +108,7 @@ def parse_calibration(data: Any, source: Path | None = None) -> CalibrationSetti
 
 def load_calibration_settings(path: str | Path) -> CalibrationSettings:
     """Read and validate a calibration settings file; raises :class:`SettingsError` on any bad field."""
-    data, source = _load_json(path)
+    data, source = load_json_file(path)
     return parse_calibration(data, source)
 
 

@@ -1,4 +1,4 @@
-"""What every long job (``swaa eval``, ``distill``, ``sft``, ``make-data``) shares.
+"""What every long job (``swaa eval``, ``distill``, ``sft``, ``calibrate``, ``make-data``) shares.
 
     errors.py          the errors printed as one line (bad input, refusals, Ctrl-C)
     io.py              crash-safe files: atomic writes, durable jsonl appends, torn-line handling
@@ -10,7 +10,7 @@
     run.py             the resumable, data-parallel run skeleton (rank shards, settings checks)
     make_data.py       ``swaa make-data``: synthetic task files sized for a tokenizer
 
-Layering: the SWAA core < ``data`` < ``jobs`` < ``evaluation`` < ``training`` / ``demo`` < ``cli``;
-nothing here imports a package above it. Light on import: torch, transformers and accelerate
-are imported by the functions that need them.
+Layering: the SWAA core < ``data`` < ``jobs`` < ``evaluation`` < ``calibration`` / ``training`` /
+``demo`` < ``cli``; nothing here imports a package above it. Light on import: torch,
+transformers and accelerate are imported by the functions that need them.
 """

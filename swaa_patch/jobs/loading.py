@@ -16,7 +16,7 @@ from typing import Any
 
 from ..backends import BACKENDS
 from .builtin_models import builtin_key, is_builtin, resolve_builtin_model
-from .validate import as_str, fail, resolve_path
+from .validate import Reader, as_bool, as_int, as_str, fail, parse_device, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,11 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 ATTN_IMPLEMENTATIONS = tuple(BACKENDS)  # the kernels the SWAA patch supports
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 BUILTIN_DIR = "_builtin"  # OUTPUT/_builtin/NAME: built-in models built on first use
+
+COMMON_RUNTIME: dict[str, Reader] = {
+    "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
+    "dtype": lambda v, p: as_str(v, p, DTYPES),
+}
 
 
 def parse_model(value: Any, path: str, base: Path) -> str:
@@ -41,6 +46,22 @@ def parse_model(value: Any, path: str, base: Path) -> str:
     if not (folder / "config.json").is_file() and not (folder / ADAPTER_CONFIG_FILE).is_file():
         raise fail(path, f"no config.json or {ADAPTER_CONFIG_FILE} in model folder {folder}")
     return str(folder)
+
+
+def model_job_readers(base: Path) -> dict[str, Reader]:
+    """Readers of the keys shared by the jobs that run one model over prompts (``swaa distill``,
+    ``swaa calibrate``): the model, the output folder, prompt options, batching and runtime."""
+    return {
+        "model": lambda v, p: parse_model(v, p, base),
+        "output_dir": lambda v, p: resolve_path(as_str(v, p), base),
+        "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
+        "batch_size": lambda v, p: as_int(v, p, minimum=1),
+        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
+        "seed": lambda v, p: as_int(v, p, minimum=0),
+        "device": parse_device,
+        "chat_template": as_bool,
+        **COMMON_RUNTIME,
+    }
 
 
 def local_model_path(model: str, output_dir: str | os.PathLike) -> str:
@@ -138,11 +159,15 @@ def load_model(model_path: str, dtype: str, attn_implementation: str, device: st
     return model.to(device).eval()
 
 
-def max_positions(model_path: str) -> int | None:
-    """The model's ``max_position_embeddings`` (None when its config sets none), read from config.json."""
+def text_config(model_path: str) -> Any:
+    """The model's (text) config read from config.json, an adapter's from its base's; no weights load."""
     from transformers import AutoConfig
 
     folder = local_adapter_base(model_path) if is_adapter_folder(model_path) else model_path
-    config = AutoConfig.from_pretrained(folder)
-    value = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return AutoConfig.from_pretrained(folder).get_text_config()
+
+
+def max_positions(model_path: str) -> int | None:
+    """The model's ``max_position_embeddings`` (None when its config sets none), read from config.json."""
+    value = getattr(text_config(model_path), "max_position_embeddings", None)
     return value if isinstance(value, int) and value > 0 else None

@@ -42,9 +42,11 @@ RUN_ENTRIES = {
     "eval": ("responses", "metrics.jsonl", "report.md", "plots"),
     "distill": ("generations", "generation.meta.json", "dataset.jsonl", "summary.json"),
     "sft": ("final", "train_metrics.json", "merged", "runs"),  # + checkpoint-N/; runs/: tensorboard
+    "calibrate": ("calibration.meta.json", "targets", "scores.json", "calibration.json", "swaa_config.json",
+                  "report.md", "plots"),
 }
 MARKS = {"eval": ("responses",), "distill": ("generations", "generation.meta.json"),
-         "sft": ("final", "train_metrics.json")}
+         "sft": ("final", "train_metrics.json"), "calibrate": ("scores.json", "calibration.meta.json")}
 
 
 def owns(kind: str, name: str) -> bool:

@@ -4,7 +4,9 @@
 with :func:`prompt_ids` (one user turn through the chat template, no extra special tokens), so
 a student is trained on the very ids it is evaluated on. A prompt longer than its budget (the
 settings' ``max_prompt_tokens``, and what the model's positions leave after the answer) is cut in
-the middle and marked ``truncated``, or dropped, as the settings' ``truncation`` says.
+the middle and marked ``truncated``, or dropped, as the settings' ``truncation`` says. An
+answer that follows a prompt is encoded by :func:`response_ids` (the assistant turn, as ``swaa
+sft`` trains on it) and ends at one of :func:`eos_ids`.
 """
 
 from __future__ import annotations
@@ -61,6 +63,30 @@ def prompt_ids(tokenizer: Any, prompt: str, chat_template: bool) -> list[int]:
     )
     # The template already holds the special tokens (BOS included where the model uses one).
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(tokenizer: Any, prompt: str, response: str, chat_template: bool) -> list[int]:
+    """Token ids of the answer as it follows the prompt (assistant turn or text + EOS)."""
+    if not chat_template:
+        return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    user = [{"role": "user", "content": prompt}]
+    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(head):
+        raise ValueError(
+            "the chat template does not render the conversation as prompt + answer (e.g. it rewrites earlier "
+            "turns); set data.chat_template to false or use a template without that behaviour"
+        )
+    return tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a generated answer: the generation config's and the tokenizer's EOS."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 def truncate_middle(ids: list[int], limit: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""The resumable, data-parallel skeleton of a job that answers prompts (``swaa eval``, ``distill``).
+"""The resumable, data-parallel skeleton of a job that answers prompts (``swaa eval``, ``distill``;
+``calibrate`` uses its folder, settings and Ctrl-C handling in one process).
 
 A unit of work (an eval block, a distill dataset) keeps its answers in one append-only jsonl
 shard per process, ``STEM.rankK.jsonl``: each finished batch is appended (and fsynced) before the
@@ -78,7 +79,7 @@ def meta_changes(path: Path, meta: dict[str, Any]) -> dict[str, tuple[Any, Any]]
 
 
 class ShardedRun(abc.ABC):
-    """What eval and distill runs share: processes, device, output folder, settings checks, resume logs.
+    """What eval, distill and calibrate runs share: processes, device, output folder, settings checks, resume logs.
 
     A subclass names its ``kind`` and implements :meth:`work` (the job) and :meth:`progress` (what
     is finished, for the line printed on Ctrl-C).

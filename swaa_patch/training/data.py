@@ -26,7 +26,7 @@ from typing import Any
 
 from ..data.loaders import load_pairs
 from ..jobs.errors import SettingsError
-from ..jobs.prompts import prompt_ids
+from ..jobs.prompts import prompt_ids, response_ids
 from ..plan import IGNORE_INDEX
 from .settings import DataSettings
 
@@ -37,21 +37,6 @@ logger = logging.getLogger(__name__)
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-
-
-def response_ids(tokenizer: Any, prompt: str, response: str, chat_template: bool) -> list[int]:
-    """Token ids of the answer as it follows the prompt (assistant turn or text + EOS)."""
-    if not chat_template:
-        return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    user = [{"role": "user", "content": prompt}]
-    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(head):
-        raise ValueError(
-            "the chat template does not render the conversation as prompt + answer (e.g. it rewrites earlier "
-            "turns); set data.chat_template to false or use a template without that behaviour"
-        )
-    return tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
 
 
 def encode_example(tokenizer: Any, prompt: str, response: str, chat_template: bool) -> Encoded:

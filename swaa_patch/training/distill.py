@@ -32,7 +32,7 @@ from ..evaluation.scoring import resolve_method
 from ..evaluation.settings import DatasetSpec
 from ..jobs.io import atomic_write_json, atomic_write_jsonl, short_hash
 from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_positions, model_display_name
-from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
+from ..jobs.prompts import Prepared, PromptOptions, eos_ids, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
 from ..scope import swaa_enabled
 from ..static_cache import compiled_generation
@@ -98,19 +98,11 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Prepared], sett
             **extra,
             **compiled_generation(settings.compile, model.device),
         )
-    stops = _eos_ids(model, tokenizer)
+    stops = eos_ids(model, tokenizer)
     rows = output[:, padded["input_ids"].shape[1] :].tolist()
     answers = [_generation(row, stops, tokenizer) for row in rows]
     n = settings.num_generations
     return [answers[i * n : (i + 1) * n] for i in range(len(batch))]
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def _generation(row: list[int], stops: set[int], tokenizer: Any) -> Generation:

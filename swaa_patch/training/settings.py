@@ -16,7 +16,7 @@ from ..config import SWAAConfig
 from ..data.loaders import load_pairs
 from ..evaluation.scoring import SCORING_METHODS
 from ..evaluation.settings import DatasetSpec, JudgeSettings, parse_datasets, parse_judge
-from ..jobs.loading import ATTN_IMPLEMENTATIONS, DTYPES, parse_model
+from ..jobs.loading import COMMON_RUNTIME, model_job_readers, parse_model
 from ..jobs.validate import (
     Reader,
     as_bool,
@@ -27,7 +27,6 @@ from ..jobs.validate import (
     fail,
     join,
     load_json_file,
-    parse_device,
     parse_swaa_config,
     read_dataset,
     read_fields,
@@ -152,12 +151,6 @@ def _positive(value: Any, path: str) -> float:
     return number
 
 
-COMMON_RUNTIME: dict[str, Reader] = {
-    "attn_implementation": lambda v, p: as_str(v, p, ATTN_IMPLEMENTATIONS),
-    "dtype": lambda v, p: as_str(v, p, DTYPES),
-}
-
-
 # -- distill parsing ----------------------------------------------------------------------------
 def parse_filter(value: Any, path: str) -> FilterSettings | None:
     if value is None:
@@ -174,24 +167,16 @@ def parse_distill(data: Any, source: Path | None = None) -> DistillSettings:
     base = source.parent if source is not None else Path.cwd()
 
     readers: dict[str, Reader] = {
-        "model": lambda v, p: parse_model(v, p, base),
+        **model_job_readers(base),
         "datasets": lambda v, p: parse_datasets(v, p, base),
-        "output_dir": lambda v, p: resolve_path(as_str(v, p), base),
-        "max_prompt_tokens": lambda v, p: as_int(v, p, minimum=16, allow_none=True),
         "max_new_tokens": lambda v, p: as_int(v, p, minimum=1),
-        "batch_size": lambda v, p: as_int(v, p, minimum=1),
         "compile": lambda v, p: as_str(v, p, COMPILE_MODES),
         "num_generations": lambda v, p: as_int(v, p, minimum=1),
         "temperature": lambda v, p: as_float(v, p, 0.0, 10.0),
         "top_p": lambda v, p: as_float(v, p, 0.0, 1.0),
         "filter": parse_filter,
         "drop_unfinished": as_bool,
-        "limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
-        "seed": lambda v, p: as_int(v, p, minimum=0),
-        "device": parse_device,
-        "chat_template": as_bool,
         "judge": parse_judge,
-        **COMMON_RUNTIME,
     }
     out = read_fields(data, "", readers, required=("model", "datasets"))
     if "output_dir" not in out and source is not None:
