@@ -39,7 +39,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config, StoppingCriteria
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
+from bench_common import ModelBench  # noqa: E402
+
+from swaa_patch import StaticSWAACache, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
@@ -110,22 +112,11 @@ class Row:
 
 
 @dataclass
-class Bench:
+class Bench(ModelBench):
     args: DecodeSpeedArgs
-    device: torch.device
-    dtype: torch.dtype
-    shape: dict
     model: torch.nn.Module | None = None
     tokens: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (batch, context) -> bounded tokens
     batches_compiled: set[int] = field(default_factory=set)
-
-    @property
-    def swaa_config(self) -> SWAAConfig:
-        return SWAAConfig(sliding_window_size=self.args.window, keep_first=self.args.keep_first)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
 
 
 class StepClock(StoppingCriteria):

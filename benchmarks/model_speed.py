@@ -55,7 +55,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from swaa_patch import SWAAConfig, apply_swaa, remove_swaa  # noqa: E402
+from bench_common import ModelBench  # noqa: E402
+
+from swaa_patch import apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.fused_prefill import CUDNN_TAKEN, PATH_COUNTS, TAKEN, triton_prefill  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
@@ -154,21 +156,10 @@ class Row:
 
 
 @dataclass
-class Bench:
+class Bench(ModelBench):
     args: ModelSpeedArgs
-    device: torch.device
-    dtype: torch.dtype
-    shape: dict
     models: dict[str, torch.nn.Module] = field(default_factory=dict)
     outputs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-    @property
-    def swaa_config(self) -> SWAAConfig:
-        return SWAAConfig(sliding_window_size=self.args.window, keep_first=self.args.keep_first)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
 
     def label(self, variant: str) -> str:
         return LABELS[variant].format(W=self.args.window, k=self.args.keep_first)
