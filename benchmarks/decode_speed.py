@@ -197,6 +197,28 @@ def prefilled_kwargs(bench: Bench, variant: str, ids: torch.Tensor) -> dict:
     return {**kwargs, **cache_kwargs(bench.model, result.cache)}
 
 
+def measure_row(bench: Bench, variant: str, batch: int, context: int, ids: torch.Tensor) -> Row:
+    """One row, or why it did not run; an error fails the row, not the rest of the run's device time."""
+    args = bench.args
+    if variant == "stock_static_compile":
+        reset_compiled(bench)
+    reason = skip_reason(bench, variant, batch, context)
+    log.info("batch %d context %d %s %s", batch, context, variant, reason)
+    try:
+        if reason:
+            return Row(batch, context, variant, note=reason, run=args_invocations(args))
+        return run_row(bench, variant, batch, context, ids)
+    except torch.cuda.OutOfMemoryError as err:
+        return Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}")
+    except Exception as err:
+        log.exception("row failed")
+        return Row(batch, context, variant, ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
+    finally:
+        gc.collect()
+        if bench.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def reset_compiled(bench: Bench) -> None:
     """Drop every compiled graph: CUDA graph trees keep the static inputs of earlier shapes (a 128K
     StaticCache is 18 GiB) alive, so stock rows of new shapes would run out of memory. SWAA's next
@@ -366,7 +388,9 @@ def report(bench: Bench, rows: list[Row], eval_lines: list[str]) -> str:
         "| run | batch | context | path | step ms | tok/s | compile s | graphs | KV GiB | peak GiB | check | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [format_row(bench, r) for r in rows]
+    order = {(b, c): i for i, (b, c, _) in enumerate(cases(args))}
+    ranked = sorted(rows, key=lambda r: (order.get((r.batch, r.context), len(order)), VARIANTS.index(r.variant)))
+    lines += [format_row(bench, r) for r in ranked]
     return "\n".join(lines + [""] + eval_lines) + "\n"
 
 
@@ -427,33 +451,20 @@ def main(args: DecodeSpeedArgs) -> int:
     rows, eval_lines, invocations = load_state(args)
     object.__setattr__(args, "_invocations", invocations + 1)
     done = {(r.batch, r.context, r.variant) for r in rows}
-    for batch, context, variants in cases(args):
-        if all((batch, context, v) in done for v in variants):
-            continue
-        g = torch.Generator().manual_seed(args.seed + context + batch)
-        ids = torch.randint(3, shape["vocab_size"], (batch, context), generator=g).to(device)
-        for variant in variants:
-            if (batch, context, variant) in done:
+    # Every SWAA row first, then the stock rows: a stock static row resets dynamo, so SWAA's compiled
+    # rows run back to back and show that later contexts add no graph.
+    for phase in ("swaa", "stock"):
+        for batch, context, variants in cases(args):
+            todo = [v for v in variants if v.startswith(phase) and (batch, context, v) not in done]
+            if not todo:
                 continue
-            if variant == "stock_static_compile":
-                reset_compiled(bench)
-            reason = skip_reason(bench, variant, batch, context)
-            log.info("batch %d context %d %s %s", batch, context, variant, reason)
-            try:
-                row = (Row(batch, context, variant, note=reason, run=args_invocations(args)) if reason
-                       else run_row(bench, variant, batch, context, ids))  # fmt: skip
-            except torch.cuda.OutOfMemoryError as err:
-                row = Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}")
-            except Exception as err:  # one failing row must not cost the rest of the run's device time
-                log.exception("row failed")
-                row = Row(batch, context, variant, ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
-            rows.append(row)
-            log.info("%s", format_row(bench, row))
-            atomic_write_text(args.out, report(bench, rows, eval_lines))  # partial results survive a kill
-            save_state(args, rows, eval_lines)
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            g = torch.Generator().manual_seed(args.seed + context + batch)
+            ids = torch.randint(3, shape["vocab_size"], (batch, context), generator=g).to(device)
+            for variant in todo:
+                rows.append(measure_row(bench, variant, batch, context, ids))
+                log.info("%s", format_row(bench, rows[-1]))
+                atomic_write_text(args.out, report(bench, rows, eval_lines))  # partial results survive a kill
+                save_state(args, rows, eval_lines)
     if args.eval_prompts and not eval_lines:
         eval_lines = eval_table(bench)
         save_state(args, rows, eval_lines)
