@@ -31,6 +31,7 @@ from trl import SFTConfig, SFTTrainer
 from ..config import SWAAConfig
 from ..jobs.errors import Interrupted
 from ..jobs.io import atomic_write_json
+from ..jobs.liger import LigerPatch, apply_liger, use_liger
 from ..jobs.loading import local_model_path, max_positions
 from ..jobs.output import claimed_output_dir
 from ..jobs.run import SETTINGS_FILE
@@ -80,15 +81,27 @@ def training_dtype(settings: SFTSettings) -> torch.dtype:
     return getattr(torch, settings.dtype)
 
 
-def load_training_model(path: str, settings: SFTSettings):
-    """The base model, SWA-patched with the settings' config (``None``: stock full attention)."""
+def liger_wanted(path: str, settings: SFTSettings) -> bool:
+    """``training.liger`` resolved for this model and device, from its config alone (an impossible
+    ``on`` fails before the weights load)."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    return use_liger(settings.training.liger, model_type, on_gpu(), "training.liger")
+
+
+def load_training_model(path: str, settings: SFTSettings) -> tuple[Any, LigerPatch | None]:
+    """The base model, SWA-patched with the settings' config (``None``: stock full attention), with
+    Liger's layer kernels when ``training.liger`` says so (the patch to restore after training)."""
     from transformers import AutoModelForCausalLM
 
+    liger = liger_wanted(path, settings)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=training_dtype(settings), attn_implementation=settings.attn_implementation
     )
     model.config.use_cache = False  # no KV cache in training (and none with gradient checkpointing)
-    return apply_swaa(model, settings.swaa_config)
+    apply_swaa(model, settings.swaa_config)
+    return model, apply_liger(model) if liger else None
 
 
 def lora_config(lora: LoraSettings):
@@ -146,14 +159,23 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
 
 # -- trainer ------------------------------------------------------------------------------------
 class SWAASFTTrainer(SFTTrainer):
-    """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs)."""
+    """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs).
 
-    def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None, **kwargs: Any):
+    ``liger``: the Liger patch applied to the model, if any (:meth:`restore_kernels` undoes its
+    process-wide part once training is over)."""
+
+    def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None,
+                 liger: LigerPatch | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.swaa = swaa
+        self.liger = liger
         self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
+
+    def restore_kernels(self) -> None:
+        if self.liger is not None:
+            self.liger.restore()
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         if self._shape is None:
@@ -191,7 +213,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
-    model = load_training_model(path, settings)
+    model, liger = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,
         args=sft_config(settings),
@@ -202,6 +224,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
                    LogLineCallback(), *callbacks],
         swaa=settings.swaa_config,
         peak_tflops=settings.peak_tflops,
+        liger=liger,
     )
 
 
@@ -261,11 +284,15 @@ def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...
     resume = resume_point(output) if settings.resume else None
     if resume is not None:
         logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    try:
+        result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    finally:
+        trainer.restore_kernels()
     final = save_final(trainer, settings)
     trainer.accelerator.wait_for_everyone()
     history = trainer.state.log_history
-    metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos}
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos,
+               "liger": trainer.liger is not None}
     loss = train_loss(history)  # over every step: the trainer's own covers only this invocation's
     if loss is not None:
         metrics["train_loss"] = loss
