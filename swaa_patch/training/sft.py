@@ -173,6 +173,10 @@ class SWAASFTTrainer(SFTTrainer):
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
 
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
+        return super().train(*args, **kwargs)
+
     def restore_kernels(self) -> None:
         if self.liger is not None:
             self.liger.restore()
@@ -190,13 +194,16 @@ class SWAASFTTrainer(SFTTrainer):
             totals = self.accelerator.reduce(totals, reduction="sum")
             logs.update(self.meter.report(float(totals[0]), int(totals[1]), self.accelerator.num_processes,
                                           self.peak_tflops))
+            if torch.cuda.is_available():  # the largest per-GPU peak of any process so far
+                peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=self.args.device)
+                logs["peak_gib"] = float(self.accelerator.gather(peak).max())
         super().log(logs, start_time)
 
 
 class LogLineCallback(TrainerCallback):
     """One logging line per trainer log (loss, learning rate, throughput), for log files."""
 
-    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu")
+    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu", "peak_gib")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -251,7 +258,9 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), 
     from accelerate import PartialState
 
     output = Path(settings.output_dir)
-    state = PartialState()
+    # cpu: without a GPU, a launch of several processes is gloo data parallel only if the shared state
+    # is made with it (as TrainingArguments(use_cpu=True) would, but this is the process's first use)
+    state = PartialState(cpu=not on_gpu())
     with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
         try:
             return train_in_folder(settings, callbacks, state)
@@ -277,10 +286,23 @@ def prepare_folder(settings: SFTSettings, state: Any) -> None:
     state.wait_for_everyone()
 
 
+def warn_if_not_sharded(trainer: SWAASFTTrainer) -> None:
+    """accelerate 1.15 turns an FSDP launch config into FSDP only on accelerators: on CPUs the processes
+    train as plain (gloo) data parallel. Said once, so a CPU try-out of the FSDP config is not mistaken
+    for an FSDP run."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        if trainer.accelerator.is_main_process:
+            logger.warning("the launch asked for FSDP but accelerate runs it as %s (no FSDP on this device): "
+                           "every process holds the whole model", trainer.accelerator.distributed_type.value)
+
+
 def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any) -> SFTResult:
     output = Path(settings.output_dir)
     prepare_folder(settings, state)
     trainer = build_trainer(settings, callbacks)
+    warn_if_not_sharded(trainer)
     resume = resume_point(output) if settings.resume else None
     if resume is not None:
         logger.info("resuming from %s", resume)
@@ -292,7 +314,8 @@ def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...
     trainer.accelerator.wait_for_everyone()
     history = trainer.state.log_history
     metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos,
-               "liger": trainer.liger is not None}
+               "liger": trainer.liger is not None, "num_processes": trainer.accelerator.num_processes,
+               "distributed_type": trainer.accelerator.distributed_type.value}
     loss = train_loss(history)  # over every step: the trainer's own covers only this invocation's
     if loss is not None:
         metrics["train_loss"] = loss
