@@ -4,7 +4,8 @@ The model is patched with SWAA *before* peft wraps it, so every training forward
 rule: prompt tokens use the window (per packed document), answer tokens (labels != -100)
 attend fully on ``force_fa_decode`` layers. Labels reach SWAA's per-forward hook through trl's
 fused-LM-head forward (``model(**inputs, fused_lm_head=True)`` with ``labels`` in the call), which
-tests/test_sft.py checks against the float64 reference.
+tests/test_sft.py checks against the float64 reference. ``training.liger`` adds Liger's fused RMSNorm /
+SwiGLU / RoPE kernels to the model before peft wraps it (``jobs/liger.py``; tests/test_liger.py).
 
     OUTPUT/
       settings.resolved.json   the validated settings
