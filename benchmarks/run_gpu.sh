@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode]
+#                                                  [sft] [sft_long] [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -9,6 +10,17 @@ OUT="${OUT:-gpu_out}"
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 parts=("$@")
+# `swaa sft` rows accumulate in .sft_speed/ (kept between calls on a warm machine; on a fresh one, carry the
+# sft_speed.json an earlier call returned as .sft_speed/sft_speed.json); trl, datasets and Liger come as wheels
+# (bash benchmarks/sft_wheels.sh here, then carry .whl). sft_speed prints its time plan first.
+sft_speed() {
+  if [ -d .whl/sft ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sft/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  fi
+  python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
+  cp .sft_speed/sft_speed.md .sft_speed/sft_speed.json "$OUT/"
+}
 [ ${#parts[@]} -eq 0 ] && parts=(kv_memory correctness)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 for part in "${parts[@]}"; do
@@ -22,6 +34,11 @@ for part in "${parts[@]}"; do
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       python3 benchmarks/decode_speed.py --out "$OUT/decode_speed.md" 2>&1 | tee "$OUT/decode_speed.log" ;;
+    sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
+    sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
+    sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
+    # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
+    sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jobs.io import current_umask
+from ..jobs.liger import LIGER_MODES, LigerPatch, apply_liger, use_liger
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class TrainDemoArgs:
     log_every: int = field(default=50, metadata=_help("log a summary line every N steps"))
     save_every: int = field(default=250, metadata=_help("checkpoint every N steps"))
     device: str = field(default="auto", metadata=_help("auto (cuda if available), cpu, cuda, cuda:N"))
+    liger: str = field(default="auto", metadata=_help(
+        "Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on CUDA), on, off", choices=LIGER_MODES))
     num_workers: int | None = field(
         default=None, metadata=_help("data-loader workers (default: 0 on CPU, up to 12 on GPU)")
     )
@@ -268,6 +271,7 @@ class Run:
     state: TrainState
     heldout: list[dict[str, Any]]
     ckpt: Path
+    liger: LigerPatch | None = None
 
     def evaluate(self) -> dict[str, Any]:
         from .heldout import heldout_metrics
@@ -412,6 +416,8 @@ def start_run(args: TrainDemoArgs) -> Run:
     tokenizer.padding_side = "left"  # for held-out generation; training pads by itself
     check_min_length(tokenizer, args.tasks, args.min_length)
     model = build_model(args, tokenizer).to(device)
+    on_cuda = device.startswith("cuda")
+    liger = apply_liger(model) if use_liger(args.liger, model.config.model_type, on_cuda, "--liger") else None
     optimizer = build_optimizer(model, args, device)
     state = TrainState(max_steps=args.max_steps)
     if resuming:
@@ -421,7 +427,7 @@ def start_run(args: TrainDemoArgs) -> Run:
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32
     heldout = heldout_records(tokenizer, args.tasks, args.eval_lengths, args.eval_depths, args.eval_samples)
-    return Run(args, device, tokenizer, model, optimizer, state, heldout, ckpt)
+    return Run(args, device, tokenizer, model, optimizer, state, heldout, ckpt, liger)
 
 
 def summarize(run: Run, final: dict[str, Any]) -> dict[str, Any]:
@@ -438,6 +444,7 @@ def summarize(run: Run, final: dict[str, Any]) -> dict[str, Any]:
         "stopped_by_budget": run.state.stopped_by_budget,
         "train_seconds": round(run.state.train_seconds, 1),
         "device": device,
+        "liger": run.liger is not None,
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
@@ -457,7 +464,11 @@ def train(args: TrainDemoArgs, on_step: Callable[[TrainState], None] | None = No
         logger.info("%s is already trained (%d steps); --no-resume retrains it", output, done["steps"])
         return output
     run = start_run(args)
-    run.loop(on_step)
+    try:
+        run.loop(on_step)
+    finally:
+        if run.liger is not None:
+            run.liger.restore()  # the trained instance keeps its kernels; other Qwen3 models get transformers' own
     final = {**run.evaluate(), "seed": VALIDATION_SEED}
     write_model(output, run.model, run.tokenizer, summarize(run, final))
     if not args.keep_checkpoint:

@@ -16,6 +16,7 @@ from ..config import SWAAConfig
 from ..data.loaders import load_pairs
 from ..evaluation.scoring import SCORING_METHODS
 from ..evaluation.settings import DatasetSpec, JudgeSettings, parse_datasets, parse_judge
+from ..jobs.liger import LIGER_MODES
 from ..jobs.loading import COMMON_RUNTIME, model_job_readers, parse_model
 from ..jobs.validate import (
     Reader,
@@ -118,6 +119,7 @@ class TrainSettings:
     seed: int = 0
     gradient_checkpointing: bool = True
     report_to: str = "none"
+    liger: str = "auto"  # Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on for CUDA), on, off
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,7 @@ def parse_training(value: Any, path: str) -> TrainSettings:
         "seed": lambda v, p: as_int(v, p, minimum=0),
         "gradient_checkpointing": as_bool,
         "report_to": lambda v, p: as_str(v, p, REPORT_TO),
+        "liger": lambda v, p: as_str(v, p, LIGER_MODES),
     }
     out = read_fields(value, path, readers)
     if out.get("max_steps") == 0:

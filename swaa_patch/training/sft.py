@@ -4,7 +4,8 @@ The model is patched with SWAA *before* peft wraps it, so every training forward
 rule: prompt tokens use the window (per packed document), answer tokens (labels != -100)
 attend fully on ``force_fa_decode`` layers. Labels reach SWAA's per-forward hook through trl's
 fused-LM-head forward (``model(**inputs, fused_lm_head=True)`` with ``labels`` in the call), which
-tests/test_sft.py checks against the float64 reference.
+tests/test_sft.py checks against the float64 reference. ``training.liger`` adds Liger's fused RMSNorm /
+SwiGLU / RoPE kernels to the model before peft wraps it (``jobs/liger.py``; tests/test_liger.py).
 
     OUTPUT/
       settings.resolved.json   the validated settings
@@ -31,6 +32,7 @@ from trl import SFTConfig, SFTTrainer
 from ..config import SWAAConfig
 from ..jobs.errors import Interrupted
 from ..jobs.io import atomic_write_json
+from ..jobs.liger import LigerPatch, apply_liger, use_liger
 from ..jobs.loading import local_model_path, max_positions
 from ..jobs.output import claimed_output_dir
 from ..jobs.run import SETTINGS_FILE
@@ -80,15 +82,27 @@ def training_dtype(settings: SFTSettings) -> torch.dtype:
     return getattr(torch, settings.dtype)
 
 
-def load_training_model(path: str, settings: SFTSettings):
-    """The base model, SWA-patched with the settings' config (``None``: stock full attention)."""
+def liger_wanted(path: str, settings: SFTSettings) -> bool:
+    """``training.liger`` resolved for this model and device, from its config alone (an impossible
+    ``on`` fails before the weights load)."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    return use_liger(settings.training.liger, model_type, on_gpu(), "training.liger")
+
+
+def load_training_model(path: str, settings: SFTSettings) -> tuple[Any, LigerPatch | None]:
+    """The base model, SWA-patched with the settings' config (``None``: stock full attention), with
+    Liger's layer kernels when ``training.liger`` says so (the patch to restore after training)."""
     from transformers import AutoModelForCausalLM
 
+    liger = liger_wanted(path, settings)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=training_dtype(settings), attn_implementation=settings.attn_implementation
     )
     model.config.use_cache = False  # no KV cache in training (and none with gradient checkpointing)
-    return apply_swaa(model, settings.swaa_config)
+    apply_swaa(model, settings.swaa_config)
+    return model, apply_liger(model) if liger else None
 
 
 def lora_config(lora: LoraSettings):
@@ -146,14 +160,27 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
 
 # -- trainer ------------------------------------------------------------------------------------
 class SWAASFTTrainer(SFTTrainer):
-    """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs)."""
+    """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs).
 
-    def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None, **kwargs: Any):
+    ``liger``: the Liger patch applied to the model, if any (:meth:`restore_kernels` undoes its
+    process-wide part once training is over)."""
+
+    def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None,
+                 liger: LigerPatch | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.swaa = swaa
+        self.liger = liger
         self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
+        return super().train(*args, **kwargs)
+
+    def restore_kernels(self) -> None:
+        if self.liger is not None:
+            self.liger.restore()
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         if self._shape is None:
@@ -168,13 +195,16 @@ class SWAASFTTrainer(SFTTrainer):
             totals = self.accelerator.reduce(totals, reduction="sum")
             logs.update(self.meter.report(float(totals[0]), int(totals[1]), self.accelerator.num_processes,
                                           self.peak_tflops))
+            if torch.cuda.is_available():  # the largest per-GPU peak of any process so far
+                peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=self.args.device)
+                logs["peak_gib"] = float(self.accelerator.gather(peak).max())
         super().log(logs, start_time)
 
 
 class LogLineCallback(TrainerCallback):
     """One logging line per trainer log (loss, learning rate, throughput), for log files."""
 
-    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu")
+    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu", "peak_gib")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -191,7 +221,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
-    model = load_training_model(path, settings)
+    model, liger = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,
         args=sft_config(settings),
@@ -202,6 +232,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
                    LogLineCallback(), *callbacks],
         swaa=settings.swaa_config,
         peak_tflops=settings.peak_tflops,
+        liger=liger,
     )
 
 
@@ -228,7 +259,9 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), 
     from accelerate import PartialState
 
     output = Path(settings.output_dir)
-    state = PartialState()
+    # cpu: without a GPU, a launch of several processes is gloo data parallel only if the shared state
+    # is made with it (as TrainingArguments(use_cpu=True) would, but this is the process's first use)
+    state = PartialState(cpu=not on_gpu())
     with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
         try:
             return train_in_folder(settings, callbacks, state)
@@ -254,18 +287,36 @@ def prepare_folder(settings: SFTSettings, state: Any) -> None:
     state.wait_for_everyone()
 
 
+def warn_if_not_sharded(trainer: SWAASFTTrainer) -> None:
+    """accelerate 1.15 turns an FSDP launch config into FSDP only on accelerators: on CPUs the processes
+    train as plain (gloo) data parallel. Said once, so a CPU try-out of the FSDP config is not mistaken
+    for an FSDP run."""
+    import os
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled:
+        if trainer.accelerator.is_main_process:
+            logger.warning("the launch asked for FSDP but accelerate runs it as %s (no FSDP on this device): "
+                           "every process holds the whole model", trainer.accelerator.distributed_type.value)
+
+
 def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any) -> SFTResult:
     output = Path(settings.output_dir)
     prepare_folder(settings, state)
     trainer = build_trainer(settings, callbacks)
+    warn_if_not_sharded(trainer)
     resume = resume_point(output) if settings.resume else None
     if resume is not None:
         logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    try:
+        result = trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    finally:
+        trainer.restore_kernels()
     final = save_final(trainer, settings)
     trainer.accelerator.wait_for_everyone()
     history = trainer.state.log_history
-    metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos}
+    metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos,
+               "liger": trainer.liger is not None, "num_processes": trainer.accelerator.num_processes,
+               "distributed_type": trainer.accelerator.distributed_type.value}
     loss = train_loss(history)  # over every step: the trainer's own covers only this invocation's
     if loss is not None:
         metrics["train_loss"] = loss

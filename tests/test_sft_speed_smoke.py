@@ -1,0 +1,46 @@
+"""benchmarks/sft_speed.py end to end on a tiny model on the CPU (each row a real `swaa sft` process), a
+--resume that keeps the rows, and the same-run checks (Liger vs not, 2 GPUs vs 1) on made-up rows."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("the --tiny smoke run is for CPU machines", allow_module_level=True)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import sft_speed  # noqa: E402
+
+
+def test_tiny_run_writes_a_passing_report_and_resumes(tmp_path):
+    out = tmp_path / "sft_speed.md"
+    args = sft_speed.SFTSpeedArgs(tiny=True, out=str(out), work_dir=str(tmp_path / "work"))
+    assert sft_speed.main(args) == 0
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1 | 96 |")]
+    assert len(rows) == 3 and rows[0].endswith("| ok |") and rows[1].endswith("| ok |"), rows
+    assert "| stock (sdpa, full attention) | 1gpu |" in rows[0] and "| 1.00x |" in rows[0]
+    assert "skipped: Liger's kernels run on a GPU" in rows[2]
+    assert sft_speed.main(sft_speed.replace(args, resume=True)) == 0  # nothing left to run: the rows are kept
+    assert "rows from 2 invocation(s)" in out.read_text() and out.read_text().count("| 1 | 96 |") == 3
+
+
+def test_checks_compare_liger_with_its_base_and_two_gpus_with_one():
+    row = sft_speed.Row
+    rows = [row(32, "swaa", "1gpu", losses=[10.0, 9.0], grad_norm=1.0),
+            row(32, "swaa_liger", "1gpu", losses=[10.001, 9.0], grad_norm=1.01),
+            row(32, "stock", "1gpu", losses=[11.0], grad_norm=1.0),
+            row(32, "stock_liger", "1gpu", losses=[11.5], grad_norm=1.0),
+            row(32, "swaa_liger", "1gpu_accum2", losses=[10.0, 9.0]),
+            row(32, "swaa_liger", "ddp", losses=[10.0, 9.001]),
+            row(32, "swaa_liger", "fsdp", losses=[10.0, 9.5])]
+    sft_speed.cross_check(rows)
+    assert rows[1].ok and rows[1].check.startswith("vs no Liger: loss 1.0e-04")
+    assert not rows[3].ok  # Liger changed the loss by 4.5 %
+    assert rows[5].ok and "vs 1 GPU (accumulation 2): losses 1.1e-04 over 2 steps" in rows[5].check
+    assert not rows[6].ok
