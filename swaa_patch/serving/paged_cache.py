@@ -149,3 +149,12 @@ def request_cache_bytes(cache: Any, request_id: str) -> int:
         per_block = 2 * len(cache.key_cache) * cache.block_size * layer[0].numel() * layer.element_size()
         return sum(len(g.block_table.get(request_id, ())) for g in groups) * per_block
     raise TransformersMismatch(f"{type(cache).__name__}: no allocators SWAA knows (cache_allocators, group_cache_managers)")
+
+
+def cached_request_ids(cache: Any) -> set[str]:
+    """Requests that hold pages of the paged cache now."""
+    by_type = getattr(cache, "cache_allocators", None)
+    allocators = by_type.values() if isinstance(by_type, dict) else getattr(cache, "group_cache_managers", None)
+    if allocators is None:
+        raise TransformersMismatch(f"{type(cache).__name__}: no allocators SWAA knows (cache_allocators, group_cache_managers)")
+    return {rid for allocator in allocators for rid, blocks in allocator.block_table.items() if blocks}
