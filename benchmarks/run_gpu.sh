@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode]
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [serve]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -22,6 +22,9 @@ for part in "${parts[@]}"; do
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       python3 benchmarks/decode_speed.py --out "$OUT/decode_speed.md" 2>&1 | tee "$OUT/decode_speed.log" ;;
+    serve)
+      python3 -m pytest -q -p no:cacheprovider tests/test_continuous_batching.py 2>&1 | tee "$OUT/serve_tests.log"
+      python3 benchmarks/serve_speed.py --resume --out "$OUT/serve_speed.md" 2>&1 | tee -a "$OUT/serve_speed.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -19,7 +19,7 @@ from reference import RefRule, reference_logits, reference_model, rel_error
 from tiny import COMMON, tiny_model
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
-from swaa_patch import SWAAConfig, apply_swaa, swaa_enabled
+from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, swaa_enabled, unhack_hf_swaa
 from swaa_patch.backends import AttentionCall, run_attention
 from swaa_patch.compat import TransformersMismatch
 from swaa_patch.serving import engine
@@ -315,6 +315,26 @@ def test_unknown_engine_layouts_raise(monkeypatch):
         give_sink_ring(allocator, paged_layout(MIXED, 4))
 
 
+def test_an_engine_swaa_does_not_know_is_left_alone(monkeypatch):
+    """hack_hf_swaa works on a release whose engine moved (SWAA everywhere else); a continuous-
+    batching forward of a SWAA model there raises, naming what moved."""
+
+    class MovedIOs:
+        def prepare_batch_tensors(self, batch, *args):
+            pass
+
+    unhack_hf_swaa()
+    monkeypatch.setattr(engine, "ContinuousBatchingIOs", MovedIOs)
+    monkeypatch.setattr(engine, "_UNSUPPORTED", [])
+    try:
+        hack_hf_swaa()
+        assert not engine._ORIGINALS
+        with pytest.raises(TransformersMismatch, match="prepare_batch_tensors takes .* where SWAA expects"):
+            engine.plan_packed_forward(MIXED, {}, ("cache", SimpleNamespace()), "cache")
+    finally:
+        unhack_hf_swaa()
+
+
 def test_a_swaa_cache_refuses_a_model_without_swaa():
     model = apply_swaa(tiny_model("qwen3", "sdpa"), MIXED)
     manager = model.init_continuous_batching(generation_config=greedy(), continuous_batching_config=cb_config())
@@ -328,3 +348,39 @@ def test_a_swaa_cache_refuses_a_model_without_swaa():
 def test_stock_models_run_stock_continuous_batching():
     model = tiny_model("mistral", "sdpa")  # its native window is the engine's own sliding layout
     assert generate_batch(model, PROMPTS) == [generate_alone(model, p) for p in PROMPTS]
+
+
+def _one_after_another(model, prompts, new: int = 4) -> list[list[int]]:
+    """Requests run one after another on one engine: a later one may reuse an earlier one's pages."""
+    results = []
+    with model.continuous_batching_context_manager(
+        generation_config=greedy(new), continuous_batching_config=cb_config(), warmup=False
+    ) as manager:
+        for i, prompt in enumerate(prompts):
+            manager.add_request(prompt, request_id=f"r{i}", max_new_tokens=new)
+            while (out := manager.get_result(request_id=f"r{i}", timeout=1)) is None or not out.is_finished():
+                pass
+            results.append(list(out.generated_tokens))
+    return results
+
+
+@pytest.mark.parametrize("fad", [False, True])
+def test_prefix_pages_are_shared_only_where_exact(plans, monkeypatch, fad):
+    """A follow-up prompt = the first prompt + its answer + more (a chat's next turn). Without
+    force_fa_decode a token's keys depend only on the tokens before it, so the engine may reuse the
+    first request's pages; with it, the answer's keys came from decode steps (full attention) and
+    differ from the same tokens' keys as a prompt, so SWAA turns block sharing off."""
+    config = SWAAConfig(sliding_window_size=4, keep_first=2, force_fa_decode=fad, bounded_cache=False)
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
+    first = list(range(10, 29))
+    (answer,) = _one_after_another(model, [first])
+    prompts = [first, first + answer + [70, 71]]
+    got = _one_after_another(model, prompts)
+    assert got == [generate_alone(model, p, 4) for p in prompts]
+    reused = next(r.past for s in plans for r in s.plan.requests if r.request_id == "r1")
+    assert reused == (0 if fad else 20)  # 5 full pages of 4 tokens: the prompt and the answer's first token
+    if fad:  # what sharing would do: the follow-up reads the answer's decode-step keys as its prompt's
+        monkeypatch.setattr(engine, "SHARING_OVERRIDE", ("allow_block_sharing", (True, "sharing kept")))
+        plans.clear()
+        assert _one_after_another(model, prompts)[1] != got[1]
+        assert next(r.past for s in plans for r in s.plan.requests if r.request_id == "r1") == 20

@@ -32,8 +32,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers.generation.continuous_batching.cache import PagedAttentionCache
-from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
 
 from ..compat import TransformersMismatch
 from ..config import SWAAConfig
@@ -57,6 +55,16 @@ SHARING_OVERRIDE = (
     (False, "under force_fa_decode a generated token's keys differ from the same token's as a prompt token"),
 )
 _ORIGINALS: dict[str, Callable] = {}
+# Why SWAA could not hook this release's engine (empty: hooked, or not tried yet). A release that moved
+# the engine still runs SWAA everywhere else; a continuous-batching forward then raises this.
+_UNSUPPORTED: list[str] = []
+
+try:
+    from transformers.generation.continuous_batching.cache import PagedAttentionCache
+    from transformers.generation.continuous_batching.input_outputs import ContinuousBatchingIOs
+except ImportError as err:  # pragma: no cover - only on releases outside the tested range
+    PagedAttentionCache = ContinuousBatchingIOs = None
+    _UNSUPPORTED.append(f"continuous batching is not where SWAA looks for it ({err})")
 
 
 def swaa_config_of(model_config: Any) -> SWAAConfig | None:
@@ -67,11 +75,17 @@ def swaa_config_of(model_config: Any) -> SWAAConfig | None:
 
 # -- the two hooks ----------------------------------------------------------------------------
 def install() -> None:
-    """Hook the engine (idempotent); the installed release's signatures are checked first."""
-    if _ORIGINALS:
+    """Hook the engine (idempotent). A release whose engine SWAA does not know is not hooked: its
+    continuous-batching forwards of SWAA models raise TransformersMismatch, nothing else changes."""
+    if _ORIGINALS or _UNSUPPORTED:
         return
-    _check_signature(PagedAttentionCache.__init__, ("config", "continuous_batching_config"))
-    _check_signature(ContinuousBatchingIOs.prepare_batch_tensors, ("requests_in_batch",))
+    try:
+        _check_signature(PagedAttentionCache.__init__, ("config", "continuous_batching_config"))
+        _check_signature(ContinuousBatchingIOs.prepare_batch_tensors, ("requests_in_batch",))
+    except TransformersMismatch as err:
+        _UNSUPPORTED.append(str(err))
+        logger.warning("SWAA cannot serve through continuous batching here: %s", err)
+        return
     _ORIGINALS["cache_init"] = PagedAttentionCache.__init__
     _ORIGINALS["prepare"] = ContinuousBatchingIOs.prepare_batch_tensors
     PagedAttentionCache.__init__ = _swaa_cache_init(_ORIGINALS["cache_init"])
@@ -167,6 +181,8 @@ def scheduled_request(future: Any) -> PackedRequest:
 # -- the forward ------------------------------------------------------------------------------
 def find_paged_cache(arguments: Mapping[str, Any]) -> tuple[str, PagedAttentionCache] | None:
     """The (argument name, paged cache) of a continuous-batching forward, else None."""
+    if PagedAttentionCache is None:
+        return None
     for name, value in arguments.items():
         if isinstance(value, PagedAttentionCache):
             return name, value
@@ -190,6 +206,8 @@ def plan_packed_forward(
     """The plan of a continuous-batching forward. ``model_cache_arg`` is the model's own cache
     argument: when the engine passes the paged cache under it, the model updates the cache before
     attention (5.18+); otherwise the attention function must (5.17), and the plan does it."""
+    if _UNSUPPORTED:
+        raise TransformersMismatch(_UNSUPPORTED[0])
     name, cache = found
     layout: PagedLayout | None = getattr(cache, "_swaa_layout", None)
     if layout is None:
