@@ -43,6 +43,8 @@ from transformers.generation.continuous_batching.input_outputs import Continuous
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench_common import ModelBench, device_and_shape  # noqa: E402
+
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, remove_swaa  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.serving.paged_cache import cached_request_ids, request_cache_bytes  # noqa: E402
@@ -135,18 +137,13 @@ def watch_cache() -> Iterator[Watch]:
 
 
 @dataclass
-class Bench:
-    args: ServeSpeedArgs
-    device: torch.device
-    dtype: torch.dtype
-    shape: dict
+class Bench(ModelBench):
     model: torch.nn.Module | None = None
 
-    def swaa_config(self, variant: str) -> SWAAConfig | None:
+    def variant_config(self, variant: str) -> SWAAConfig | None:
         if variant == "stock":
             return None
-        return SWAAConfig(sliding_window_size=self.args.window, keep_first=self.args.keep_first,
-                          force_fa_decode=variant == "swaa_fad")  # fmt: skip
+        return replace(self.swaa_config, force_fa_decode=variant == "swaa_fad")
 
     def cb_config(self) -> ContinuousBatchingConfig:
         a = self.args
@@ -154,10 +151,6 @@ class Bench:
         page = {"page_size": a.page_size} if "page_size" in fields else {"block_size": a.page_size}  # 5.17
         return ContinuousBatchingConfig(max_batch_tokens=a.max_batch_tokens, max_memory_percent=a.max_memory_percent,
                                         num_blocks=a.num_blocks, **page)  # fmt: skip
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
 
 
 def prompts(bench: Bench, count: int, length: int) -> list[list[int]]:
@@ -173,7 +166,7 @@ def run_batch(bench: Bench, variant: str, inputs: list[list[int]], new_tokens: i
     """One generate_batch call; returns the row (timings, cache), the outputs and what the cache held."""
     model = bench.model
     remove_swaa(model)
-    config = bench.swaa_config(variant)
+    config = bench.variant_config(variant)
     if config is not None:
         apply_swaa(model, config)
     if bench.device.type == "cuda":
@@ -299,14 +292,7 @@ def cases(args: ServeSpeedArgs) -> list[tuple[str, str, int, int]]:
 
 
 def main(args: ServeSpeedArgs) -> int:
-    if args.tiny:
-        full = ServeSpeedArgs()
-        args = replace(args, **{k: v for k, v in TINY_DEFAULTS.items() if getattr(args, k) == getattr(full, k)})
-        device, dtype, shape = torch.device("cpu"), torch.float32, TINY
-    else:
-        if not torch.cuda.is_available():
-            raise SystemExit("serve_speed.py needs a CUDA device (or --tiny)")
-        device, dtype, shape = torch.device("cuda"), torch.bfloat16, QWEN3_4B
+    args, device, dtype, shape = device_and_shape(args, TINY_DEFAULTS, TINY, "serve_speed.py")
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
