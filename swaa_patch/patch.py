@@ -1,9 +1,10 @@
 """Registration with transformers' extension points: idempotent and reversible.
 
-``hack_hf_swaa()`` does three things, each undone by ``unhack_hf_swaa()``:
+``hack_hf_swaa()`` does four things, each undone by ``unhack_hf_swaa()``:
 1. wraps the ``eager``/``sdpa``/``flex_attention``/``flash_attention_2`` entries of
-   ``AttentionInterface`` (and continuous batching's ``paged|`` names the release registers): with a plan in the call, our backend runs; without one, the original
-   function runs with the exact same arguments (bit-for-bit stock);
+   ``AttentionInterface`` (and continuous batching's ``paged|`` names the release registers): with
+   a plan in the call, our backend runs; without one, the original function runs with the exact
+   same arguments (bit-for-bit stock);
 2. wraps the same entries of ``AttentionMaskInterface`` so transformers skips building masks we
    would ignore (an n x n mask at 128K is 16 GiB) for models whose swaa_config is active;
 3. registers a forward pre-hook on every model built afterwards (and ``apply_swaa`` on any
