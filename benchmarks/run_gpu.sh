@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode]
-#                                                  [sft] [sft_long] [sft_stock_long] [sft_2gpu]
+#                                                  [serve] [sft] [sft_long] [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -39,6 +39,9 @@ for part in "${parts[@]}"; do
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;
+    serve)
+      python3 -m pytest -q -p no:cacheprovider tests/test_continuous_batching.py 2>&1 | tee "$OUT/serve_tests.log"
+      python3 benchmarks/serve_speed.py --resume --out "$OUT/serve_speed.md" 2>&1 | tee -a "$OUT/serve_speed.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -120,6 +120,17 @@ class CalibrateArgs:
     force: bool = field(default=False, metadata=_help("use an output folder that holds files of another kind of run"))
 
 
+@dataclass
+class ServeArgs:
+    """Serve a model with SWAA over an OpenAI-compatible API: transformers serve with continuous batching."""
+
+    model: str = field(metadata=_help("model folder or hub id (transformers serve's forced model)", positional=True))
+    swaa_config: str = field(metadata=_help("SWAAConfig JSON file (e.g. a calibration's swaa_config.json)", required=True))
+    options: list[str] = field(default_factory=list, metadata=_help(
+        "any further option goes to `transformers serve` (--host, --port, --device, --cb-* ...); "
+        "give them after MODEL", suppress=True))
+
+
 def load_with_overrides(loader: Any, args: Any, **overrides: Any) -> Any:
     """``loader(args.settings)`` with the command line's overrides applied (None: not given);
     an invalid settings file raises SettingsError (one line, exit 2)."""
@@ -194,6 +205,12 @@ def calibrate_main(args: CalibrateArgs) -> int:
     return 0
 
 
+def serve_main(args: ServeArgs) -> int:
+    from .serve import serve
+
+    return serve(args.model, args.swaa_config, args.options)
+
+
 def merge_main(args: MergeArgs) -> int:
     import torch
 
@@ -210,6 +227,7 @@ def merge_main(args: MergeArgs) -> int:
 class Subcommand:
     args: type
     main: Callable[[Any], int]
+    passthrough: str | None = None  # the args field that takes options the subcommand does not know
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
@@ -221,6 +239,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "merge": Subcommand(MergeArgs, merge_main),
     "calibrate": Subcommand(CalibrateArgs, calibrate_main),
     "train-demo": Subcommand(TrainDemoArgs, train_demo_main),
+    "serve": Subcommand(ServeArgs, serve_main, passthrough="options"),
 }
 
 
@@ -237,6 +256,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         positional = meta.pop("positional", False)
+        if meta.pop("suppress", False):  # filled from the options the parser does not know
+            continue
         hint = _unwrap_optional(hints[f.name])
         kwargs: dict[str, Any] = {"help": meta.pop("help", None), **meta}
         if hint is bool:
@@ -267,9 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    namespace = vars(parser.parse_args(argv))
+    parsed, unknown = parser.parse_known_args(argv)
+    namespace = vars(parsed)
     logging.basicConfig(level=namespace.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command = SUBCOMMANDS[namespace.pop("command")]
+    if command.passthrough is not None:
+        namespace[command.passthrough] = unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_command(command, command.args(**namespace))
 
 

@@ -1,14 +1,18 @@
 """Registration with transformers' extension points: idempotent and reversible.
 
-``hack_hf_swaa()`` does three things, each undone by ``unhack_hf_swaa()``:
+``hack_hf_swaa()`` does four things, each undone by ``unhack_hf_swaa()``:
 1. wraps the ``eager``/``sdpa``/``flex_attention``/``flash_attention_2`` entries of
-   ``AttentionInterface``: with a plan in the call, our backend runs; without one, the original
-   function runs with the exact same arguments (bit-for-bit stock);
+   ``AttentionInterface`` (and continuous batching's ``paged|`` names the release registers): with
+   a plan in the call, our backend runs; without one, the original function runs with the exact
+   same arguments (bit-for-bit stock);
 2. wraps the same entries of ``AttentionMaskInterface`` so transformers skips building masks we
    would ignore (an n x n mask at 128K is 16 GiB) for models whose swaa_config is active;
 3. registers a forward pre-hook on every model built afterwards (and ``apply_swaa`` on any
-   model): once per forward it turns the inputs into an :class:`AttentionPlan` that reaches the
-   attention functions through transformers' own ``**kwargs`` plumbing.
+   model): once per forward it turns the inputs into an :class:`AttentionPlan` (a
+   :class:`~swaa_patch.serving.plan.PackedPlan` for a continuous-batching forward) that reaches the
+   attention functions through transformers' own ``**kwargs`` plumbing;
+4. hooks continuous batching's paged cache and batch preparation (``serving/engine.py``), which
+   act only on caches of models with an active SWAAConfig.
 No model class's forward is replaced, so new transformers releases of a modeling file keep
 working as long as they call the attention interface.
 """
@@ -28,7 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.masking_utils import create_masks_for_generate as hf_create_masks_for_generate
 from transformers.modeling_utils import AttentionInterface
 
-from .backends import BACKENDS, AttentionCall, run_attention
+from .backends import BACKENDS, PAGED_BACKENDS, AttentionCall, run_attention
 from .backends.fused_prefill import triton_prefill_setting
 from .cache import SWAACache, prepare_cache
 from .compat import (
@@ -42,6 +46,8 @@ from .compat import (
 from .config import SWAAConfig
 from .models import family_of
 from .plan import AttentionPlan, build_plan
+from .serving import engine as serving_engine
+from .serving.plan import PackedPlan
 from .static_cache import StaticDecodePlan, StaticSWAACache, plan_static_decode
 
 logger = logging.getLogger(__name__)
@@ -142,7 +148,7 @@ def _make_attention(name: str, original: Callable | None) -> Callable:
     return swaa_attention
 
 
-def check_keys(plan: AttentionPlan | StaticDecodePlan, layer_idx: int, received: int) -> None:
+def check_keys(plan: AttentionPlan | StaticDecodePlan | PackedPlan, layer_idx: int, received: int) -> None:
     """Raise unless attention got exactly the keys the plan accounted for. A cache the hook never
     saw (transformers renamed the argument, a caller passed it some new way) shows up here as extra
     or missing keys, so it can never be attended with the wrong positions silently."""
@@ -178,9 +184,14 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
         return None
     config = active_config(getattr(model, "config", None))
     if config is None:
+        serving_engine.check_stock_forward(kwargs)
         return None
     cls = type(model)
     bound = {**dict(zip(forward_params(cls), args)), **kwargs}
+    paged = serving_engine.find_paged_cache(bound)
+    if paged is not None:  # continuous batching: requests packed into one row, a paged cache
+        bound[PLAN_KWARG] = serving_engine.plan_packed_forward(config, bound, paged, cache_arg_name(cls))
+        return (), bound
     tokens = bound.get("input_ids")
     if tokens is None:
         tokens = bound.get("inputs_embeds")
@@ -278,7 +289,8 @@ def hack_hf_swaa(training: bool = False) -> None:
     if _STATE.active:
         return
     check_transformers_version()
-    for name in BACKENDS:
+    installed_paged = [name for name in PAGED_BACKENDS if name in AttentionInterface._global_mapping]
+    for name in (*BACKENDS, *installed_paged):
         _STATE.attention[name] = AttentionInterface._global_mapping.get(name, _MISSING)
         original = _STATE.attention[name]
         AttentionInterface.register(name, _make_attention(name, None if original is _MISSING else original))
@@ -290,6 +302,7 @@ def hack_hf_swaa(training: bool = False) -> None:
     # A class-level field makes `from_pretrained(path, swaa_config=...)` a known, validated config field.
     _STATE.config_default = PreTrainedConfig.__dict__.get("swaa_config", _MISSING)
     PreTrainedConfig.swaa_config = _SWAAConfigField()
+    serving_engine.install()
     _STATE.active = True
 
 
@@ -311,6 +324,7 @@ def unhack_hf_swaa() -> None:
         PreTrainedConfig.swaa_config = _STATE.config_default
     for model in list(_STATE.hooked):
         _remove_hook(model)
+    serving_engine.uninstall()
     _STATE.active = False
 
 

@@ -17,10 +17,11 @@ from .eager import eager_swaa_attention
 from .flash import flash_swaa_attention
 from .flex import flex_swaa_attention
 from .fused_prefill import dispatch_fused_prefill
+from .packed import dispatch_packed, eager_chunks, flash_chunks, sdpa_chunks
 from .sdpa import sdpa_swaa_attention
 from .static_decode import dispatch_static_decode
 
-__all__ = ["BACKENDS", "DISPATCH", "AttentionCall", "Kernel", "run_attention", "select_kernel"]
+__all__ = ["BACKENDS", "DISPATCH", "PAGED_BACKENDS", "AttentionCall", "Kernel", "run_attention", "select_kernel"]
 
 
 def dispatch_gathered_decode(call: AttentionCall) -> Kernel | str:
@@ -53,20 +54,37 @@ def always(kernel: Kernel) -> Candidate:
     return dispatch
 
 
-# A static-cache decode step comes first everywhere: its plan is not an AttentionPlan, and it is
-# the compiled hot path.
+# A continuous-batching forward (its plan a PackedPlan) and a static-cache decode step come first
+# everywhere: their plans are not AttentionPlans, and they are the serving and compiled hot paths.
+# Continuous batching calls the `paged|` names (`paged|sdpa` etc. up to 5.17-era releases, only
+# `paged|eager` later); outside it they compute what the plain name does.
+_EAGER = (dispatch_packed(eager_chunks), dispatch_static_decode, always(eager_swaa_attention))
+_SDPA = (
+    refuse_softcap,
+    dispatch_packed(sdpa_chunks),
+    dispatch_static_decode,
+    dispatch_fused_prefill,
+    always(sdpa_swaa_attention),
+)
+_FLASH = (dispatch_packed(flash_chunks), dispatch_static_decode, always(flash_swaa_attention))
 DISPATCH: dict[str, tuple[Candidate, ...]] = {
-    "eager": (dispatch_static_decode, always(eager_swaa_attention)),
-    "sdpa": (refuse_softcap, dispatch_static_decode, dispatch_fused_prefill, always(sdpa_swaa_attention)),
+    "eager": _EAGER,
+    "sdpa": _SDPA,
     "flex_attention": (
         dispatch_static_decode,
         dispatch_fused_prefill,
         dispatch_gathered_decode,
         always(flex_swaa_attention),
     ),
-    "flash_attention_2": (dispatch_static_decode, always(flash_swaa_attention)),
+    "flash_attention_2": _FLASH,
+    "paged|eager": _EAGER,
+    "paged|sdpa": _SDPA,
+    "paged|flash_attention_2": _FLASH,
 }
-BACKENDS = tuple(DISPATCH)  # the attn_implementation names SWAA serves
+# Continuous batching's own names: wrapped only where the installed transformers registers them
+# (hack_hf_swaa never adds a name), never an implementation to load a model with.
+PAGED_BACKENDS = tuple(name for name in DISPATCH if name.startswith("paged|"))
+BACKENDS = tuple(name for name in DISPATCH if name not in PAGED_BACKENDS)  # attn_implementation names SWAA serves
 
 
 def select_kernel(implementation: str, call: AttentionCall) -> Kernel:
