@@ -44,8 +44,34 @@ def dense_reference(q, k, v, valid, window, keep_first, scaling):
     return torch.einsum("bhij,bhjd->bihd", probs, v)
 
 
-def kernel_rows(device):
-    rows = []
+class Table:
+    """The results table, rewritten after every row (a run cut short by its time limit keeps the
+    rows it finished) and each row printed as it lands."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.rows = out, []
+
+    def append(self, row: tuple[str, str, str, str]) -> None:
+        self.rows.append(row)
+        print("| " + " | ".join(row) + " |", flush=True)
+        atomic_write_text(self.out, self.text())
+
+    def text(self) -> str:
+        header = [
+            "# GPU correctness of SWAA attention paths (bf16 vs float64 reference)",
+            "",
+            f"- date: {datetime.date.today()}",
+            f"- device: {torch.cuda.get_device_name()}",
+            f"- torch {torch.__version__}, transformers {transformers.__version__}",
+            "- error: relative L2 error ||out - ref|| / ||ref|| over real (non-padding) tokens",
+            "",
+            "| path | shape | rel. error | verdict |",
+            "| --- | --- | --- | --- |",
+        ]
+        return "\n".join(header + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]) + "\n"
+
+
+def kernel_rows(device, rows: Table) -> None:
     # the last case is large enough (n^2 > 2^24) for the compiled create_block_mask path
     for n, window, keep, b, h, hk in [
         (1000, 128, 16, 2, 8, 2),
@@ -81,7 +107,6 @@ def kernel_rows(device):
                     "ok" if err < 2e-2 and not out.isnan().any() else "FAIL",
                 )
             )
-    return rows
 
 
 def rel(out, ref, valid):
@@ -89,11 +114,10 @@ def rel(out, ref, valid):
     return float((out - ref).norm() / ref.norm())
 
 
-def model_rows(device):
+def model_rows(device, rows: Table) -> None:
     from reference import RefRule, generate_with_reference, reference_model
     from tiny import tiny_model
 
-    rows = []
     for family, attn in [
         ("qwen3", "flex_attention"),
         ("qwen3", "sdpa"),
@@ -119,7 +143,6 @@ def model_rows(device):
                 f"greedy agreement {agree:.0%}" + (" ok" if err < 5e-2 else " FAIL"),
             )
         )
-    return rows
 
 
 def main() -> None:
@@ -128,21 +151,12 @@ def main() -> None:
     args = parser.parse_args()
     hack_hf_swaa()
     device = torch.device("cuda")
-    rows = kernel_rows(device) + model_rows(device)
-    header = [
-        "# GPU correctness of SWAA attention paths (bf16 vs float64 reference)",
-        "",
-        f"- date: {datetime.date.today()}",
-        f"- device: {torch.cuda.get_device_name()}",
-        f"- torch {torch.__version__}, transformers {transformers.__version__}",
-        "- error: relative L2 error ||out - ref|| / ||ref|| over real (non-padding) tokens",
-        "",
-        "| path | shape | rel. error | verdict |",
-        "| --- | --- | --- | --- |",
-    ]
-    text = "\n".join(header + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]) + "\n"
-    atomic_write_text(args.out, text)
-    print(text)
+    rows = Table(args.out)
+    kernel_rows(device, rows)
+    model_rows(device, rows)
+    print(rows.text())
+    if any("FAIL" in row[3] for row in rows.rows):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

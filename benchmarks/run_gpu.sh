@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode]
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_profile]
 #                                                  [serve] [sft] [sft_long] [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
@@ -31,6 +31,7 @@ for part in "${parts[@]}"; do
     model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;
+    decode_profile) python3 benchmarks/decode_profile.py --out "$OUT/decode_profile.md" 2>&1 | tee "$OUT/decode_profile.log" ;;
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       python3 benchmarks/decode_speed.py --out "$OUT/decode_speed.md" 2>&1 | tee "$OUT/decode_speed.log" ;;
@@ -41,7 +42,9 @@ for part in "${parts[@]}"; do
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;
     serve)
       python3 -m pytest -q -p no:cacheprovider tests/test_continuous_batching.py 2>&1 | tee "$OUT/serve_tests.log"
-      python3 benchmarks/serve_speed.py --resume --out "$OUT/serve_speed.md" 2>&1 | tee -a "$OUT/serve_speed.log" ;;
+      # rows accumulate in .serve_speed/ (kept between calls on a warm machine; --resume continues there)
+      python3 benchmarks/serve_speed.py --resume --out .serve_speed/serve_speed.md ${SERVE_ARGS:-} 2>&1 | tee -a "$OUT/serve_speed.log"
+      cp .serve_speed/serve_speed.md .serve_speed/serve_speed.json "$OUT/" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -33,3 +33,18 @@ def test_tiny_run_in_two_invocations_writes_one_passing_table(tmp_path):
     assert static[0][7] == "2" and static[1][7] == "0"  # compiled once: context 40 -> 90 adds no graph
     assert all("tokens = bounded" in r[10] for r in static)
     assert "swaa eval batching" in out.read_text()
+
+
+def test_decode_profile_variants_agree_with_the_shipped_kernel(tmp_path):
+    """benchmarks/decode_profile.py --tiny: every decode-attention candidate it can time gives the
+    shipped static-decode kernel's first decode-step logits (float32), so a faster row is a
+    correct one; the shipped kernel is checked against float64 in tests/test_static_cache.py."""
+    import decode_profile
+
+    out = tmp_path / "decode_profile.md"
+    args = decode_profile.ProfileArgs(tiny=True, attention=("sdpa", "flex", "math"), out=str(out))
+    assert decode_profile.main(args) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r[1] for r in rows] == ["swaa_sdpa", "stock", "swaa_flex", "swaa_math"]
+    assert all(float(r[7].rstrip(" |")) < 1e-5 for r in rows if r[1] != "stock"), rows
+    assert decode_profile.static_decode.static_decode_attention is decode_profile.DEFAULT_ATTENTION  # restored

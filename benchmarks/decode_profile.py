@@ -1,0 +1,246 @@
+"""Where a compiled decode step's time goes: SWAA's StaticSWAACache vs stock HF's StaticCache at the
+same cache size, back to back in one process, each timed and then traced with torch.profiler.
+
+decode_speed.py measures tok/s across contexts; this script answers why two compiled paths of
+nearly the same cache size differ. Rows alternate (SWAA, stock, SWAA, stock, ...) so clock drift
+hits both alike. Per row: median wall step (a stopping-criteria clock after a device sync), GPU
+kernel time per step and kernels per step (from the profiler's device events over ``--active``
+steps), the gap between them (host time the GPU waits for), and the kernels that take the most
+time per step. Variants of SWAA's decode attention (``--attention``) replace only the
+static-decode kernel, so a faster formulation shows up as a row, checked against the default one
+on teacher-forced logits in the same run.
+
+    python benchmarks/decode_profile.py --out benchmarks/results/decode_profile.md   # CUDA only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+import torch
+import transformers
+from torch.profiler import ProfilerActivity, profile, schedule
+from transformers import StoppingCriteria
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from decode_speed import TINY, Bench, build_model, prepare_model, reset_compiled  # noqa: E402
+
+from swaa_patch.backends import static_decode  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
+from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
+
+from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
+
+log = logging.getLogger("decode_profile")
+DEFAULT_ATTENTION = static_decode.static_decode_attention
+
+
+def math_attention(call):
+    """The static decode step written as matmul, masked softmax in float32, matmul (what the
+    softcap branch runs), letting inductor fuse the softmax and cuBLAS split the key dimension."""
+    query, key, value = call.query, call.key, call.value
+    batch, heads, _, dim = query.shape
+    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3)).float() * call.scaling
+    scores = scores.masked_fill(~call.plan.key_mask(call.layer_idx), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+def flex_decode_attention(call):
+    """The static decode step through flex_attention: under inductor a one-token query takes
+    PyTorch's flex-decoding kernel, which splits the key dimension over thread blocks (split-K), so
+    the k+W slots are read by many SMs, not one block per kv head. Every key block is partial; the
+    mask_mod reads the cache's validity mask (a fixed-address buffer, so CUDA graphs replay it)."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    query, key, value = call.query, call.key, call.value
+    batch, heads, _, dim = query.shape
+    valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]  # (B, slots)
+    slots, block = key.shape[2], 128
+    blocks = -(-slots // block)
+    num = torch.full((1, 1, 1), blocks, dtype=torch.int32, device=query.device)
+    indices = torch.arange(blocks, dtype=torch.int32, device=query.device).view(1, 1, 1, blocks)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return valid[b, kv_idx]
+
+    block_mask = BlockMask.from_kv_blocks(num, indices, BLOCK_SIZE=(block, block), mask_mod=mask_mod, seq_lengths=(1, slots))
+    out = flex_attention(query, key, value, block_mask=block_mask, scale=call.scaling, enable_gqa=True)
+    return out.transpose(1, 2), None
+
+
+ATTENTION = {"sdpa": DEFAULT_ATTENTION, "math": math_attention, "flex": flex_decode_attention}
+
+
+@dataclass
+class ProfileArgs:
+    swaa_context: int = 8192
+    stock_context: int = 2048  # stock StaticCache of context + steps slots ~ SWAA's keep_first + W (+ spare)
+    steps: int = 64
+    skip: int = 24  # steps before the trace (compile, CUDA-graph recording, warm-up)
+    active: int = 32
+    repeats: int = 1
+    attention: tuple[str, ...] = ("sdpa", "flex")
+    window: int = 2048
+    keep_first: int = 100
+    top: int = 12
+    out: str = "benchmarks/results/decode_profile.md"
+    seed: int = 0
+    tiny: bool = False
+
+
+class Clock(StoppingCriteria):
+    """Times every step and advances the profiler's schedule (never stops generation)."""
+
+    def __init__(self, sync, prof=None) -> None:
+        self.sync, self.prof, self.times = sync, prof, []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.sync()
+        self.times.append(time.perf_counter())
+        if self.prof is not None:
+            self.prof.step()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def generate(bench: Bench, variant: str, ids: torch.Tensor, clock: Clock) -> torch.Tensor:
+    model = prepare_model(bench, "swaa" if variant != "stock" else "stock")
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=bench.args.steps, min_new_tokens=bench.args.steps,
+            do_sample=False, pad_token_id=0, stopping_criteria=[clock], return_dict_in_generate=True, output_logits=True,
+            **static_generate_kwargs(bench.device),
+        )  # fmt: skip
+    return torch.stack(out.logits, 1)
+
+
+def kernel_table(prof, steps: int) -> tuple[float, int, list[tuple[str, float, float]]]:
+    """(GPU kernel µs per step, kernels per step, [(name, µs per step, launches per step)])."""
+    time_us, count = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if event.name.startswith("ProfilerStep"):  # the step marker, not a kernel
+            continue
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
+            time_us[event.name] += event.device_time_total
+            count[event.name] += 1
+    names = sorted(time_us, key=time_us.get, reverse=True)
+    total = sum(time_us.values()) / steps
+    return total, round(sum(count.values()) / steps), [(n, time_us[n] / steps, count[n] / steps) for n in names]
+
+
+def run_variant(bench: Bench, variant: str, logits_ref: dict) -> dict:
+    args = bench.args
+    context = args.stock_context if variant == "stock" else args.swaa_context
+    ids = torch.randint(3, bench.shape["vocab_size"], (1, context), generator=torch.Generator().manual_seed(args.seed))
+    ids = ids.to(bench.device)
+    static_decode.static_decode_attention = ATTENTION.get(variant.removeprefix("swaa_"), DEFAULT_ATTENTION)
+    try:
+        return measure(bench, variant, context, ids, logits_ref)
+    finally:
+        static_decode.static_decode_attention = DEFAULT_ATTENTION
+
+
+def measure(bench: Bench, variant: str, context: int, ids: torch.Tensor, logits_ref: dict) -> dict:
+    args = bench.args
+    reset_compiled(bench)
+    clock = Clock(bench.sync)
+    logits = generate(bench, variant, ids, clock)  # compiles, then timed steps
+    durations = [b - a for a, b in zip(clock.times, clock.times[1:])][args.skip :]
+    wall_ms = statistics.median(durations) * 1e3
+    check = "-"
+    if variant != "stock":
+        first_decode = logits[:, 1].float()  # logits[:, 0] come from the prefill, not the static decode kernel
+        ref = logits_ref.setdefault("ref", first_decode)
+        check = f"{(first_decode - ref).abs().max().item():.1e}"
+    sched = schedule(wait=args.skip, warmup=2, active=args.active, repeat=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.device.type == "cuda" else [])
+    with profile(activities=activities, schedule=sched) as prof:
+        clock = Clock(bench.sync, prof)
+        generate(bench, variant, ids, clock)
+    gpu_us, kernels, top = kernel_table(prof, args.active)
+    log.info("%s: wall %.3f ms, GPU %.3f ms, %d kernels", variant, wall_ms, gpu_us / 1e3, kernels)
+    return dict(variant=variant, context=context, wall_ms=wall_ms, gpu_ms=gpu_us / 1e3, kernels=kernels, top=top, check=check)
+
+
+def report(bench: Bench, rows: list[dict]) -> str:
+    args = bench.args
+    dev = torch.cuda.get_device_name(0) if bench.device.type == "cuda" else platform.processor() or "cpu"
+    lines = [
+        "# Decode step profile: SWAA StaticSWAACache + compile vs stock StaticCache + compile, same cache size",
+        "",
+        f"- date: {datetime.date.today()}; device: {dev}; torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- model: Qwen3 4B shape, random bf16 weights, batch 1, greedy; SWAA W={args.window}, keep_first={args.keep_first}, "
+        f"prompt {args.swaa_context} tokens ({args.keep_first + 1 + args.window} cache slots); stock: prompt {args.stock_context} "
+        f"+ {args.steps} new tokens ({args.stock_context + args.steps} slots)",
+        f"- per row: wall = median step of {args.steps - args.skip} timed steps; GPU = device kernel time per step over "
+        f"{args.active} traced steps; host gap = wall - GPU; rows alternate, dynamo reset before each",
+        "- check (SWAA rows): max |logits - the first SWAA row's| at the first decode step (bf16; later steps feed each row's own greedy tokens, which random weights' near-ties can split)",
+        "- command: `python benchmarks/decode_profile.py`",
+        "",
+        "| # | path | wall ms | tok/s | GPU ms | host gap ms | kernels/step | check |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, r in enumerate(rows, 1):
+        lines.append(
+            f"| {i} | {r['variant']} | {r['wall_ms']:.3f} | {1e3 / r['wall_ms']:.1f} | {r['gpu_ms']:.3f} | "
+            f"{r['wall_ms'] - r['gpu_ms']:.3f} | {r['kernels']} | {r['check']} |"
+        )
+    seen = set()
+    for r in rows:
+        if r["variant"] in seen:
+            continue
+        seen.add(r["variant"])
+        lines += ["", f"## {r['variant']}: top kernels per step", "", "| kernel | µs/step | launches/step |", "| --- | --- | --- |"]
+        lines += [f"| `{n[:90]}` | {us:.1f} | {c:.1f} |" for n, us, c in r["top"][: args.top]]
+    return "\n".join(lines) + "\n"
+
+
+def main(args: ProfileArgs) -> int:
+    unknown = set(args.attention) - set(ATTENTION)
+    if unknown:
+        raise SystemExit(f"--attention: unknown {sorted(unknown)}; choose from {sorted(ATTENTION)}")
+    if args.tiny:  # a smoke run of the script on the CPU: dynamo only, no device events, timings meaningless
+        args = replace(args, swaa_context=40, stock_context=10, steps=12, skip=4, active=4, window=8, keep_first=2)
+        bench = Bench(args, torch.device("cpu"), torch.float32, TINY)
+    elif torch.cuda.is_available():
+        bench = Bench(args, torch.device("cuda"), torch.bfloat16, QWEN3_4B)
+    else:
+        raise SystemExit("decode_profile.py needs a CUDA device (or --tiny)")
+    build_model(bench)
+    rows, ref = [], {}
+    # the default kernel, stock, then the other variants: the default and stock are adjacent in time
+    order = [f"swaa_{args.attention[0]}", "stock"] + [f"swaa_{a}" for a in args.attention[1:]]
+    for _ in range(args.repeats):
+        for variant in order:
+            rows.append(run_variant(bench, variant, ref))
+            atomic_write_text(args.out, report(bench, rows))
+    sys.stdout.write(report(bench, rows))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> ProfileArgs:
+    d = ProfileArgs()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--attention", default=",".join(d.attention), help=f"SWAA decode-attention variants: {sorted(ATTENTION)}")
+    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: checks the script, not speed")
+    p.add_argument("--out", default=d.out)
+    a = p.parse_args(argv)
+    return ProfileArgs(attention=tuple(a.attention.split(",")), repeats=a.repeats, steps=a.steps, out=a.out, tiny=a.tiny)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.exit(main(parse_args()))
