@@ -57,30 +57,8 @@ def math_attention(call):
     return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
 
 
-def flex_decode_attention(call):
-    """The static decode step through flex_attention: under inductor a one-token query takes
-    PyTorch's flex-decoding kernel, which splits the key dimension over thread blocks (split-K), so
-    the k+W slots are read by many SMs, not one block per kv head. Every key block is partial; the
-    mask_mod reads the cache's validity mask (a fixed-address buffer, so CUDA graphs replay it)."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-
-    query, key, value = call.query, call.key, call.value
-    batch, heads, _, dim = query.shape
-    valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]  # (B, slots)
-    slots, block = key.shape[2], 128
-    blocks = -(-slots // block)
-    num = torch.full((1, 1, 1), blocks, dtype=torch.int32, device=query.device)
-    indices = torch.arange(blocks, dtype=torch.int32, device=query.device).view(1, 1, 1, blocks)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return valid[b, kv_idx]
-
-    block_mask = BlockMask.from_kv_blocks(num, indices, BLOCK_SIZE=(block, block), mask_mod=mask_mod, seq_lengths=(1, slots))
-    out = flex_attention(query, key, value, block_mask=block_mask, scale=call.scaling, enable_gqa=True)
-    return out.transpose(1, 2), None
-
-
-ATTENTION = {"sdpa": DEFAULT_ATTENTION, "math": math_attention, "flex": flex_decode_attention}
+# the shipped kernels (swaa_patch/backends/static_decode.py) and a benchmark-only candidate
+ATTENTION = {"sdpa": DEFAULT_ATTENTION, "flex": static_decode.flex_split_k_attention, "math": math_attention}
 
 
 @dataclass

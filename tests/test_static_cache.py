@@ -13,6 +13,7 @@ from test_equivalence import _left_padded
 from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
 
 from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill
+from swaa_patch.backends.static_decode import KERNELS, static_decode_kernel
 from swaa_patch.compat import cache_kwargs, output_cache
 from swaa_patch.static_cache import static_generate_kwargs
 
@@ -50,6 +51,25 @@ def test_static_generation_matches_reference(family, attn, name):
     assert torch.all(allowed.max(-1).values - picked < 1e-9)
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("family, attn", FAMILY_BACKENDS)
+def test_flex_split_k_decode_matches_reference(family, attn, name):
+    """The same generations with decode steps on the flex split-K kernel (softcap as a score_mod)."""
+    with static_decode_kernel("flex"):
+        test_static_generation_matches_reference(family, attn, name)
+
+
+def test_static_decode_kernel_setting_is_checked_and_restored():
+    from swaa_patch.backends import static_decode
+
+    with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('sdpa', 'flex'\), got 'cudnn'"):
+        static_decode.set_static_decode_kernel("cudnn")
+    with pytest.raises(RuntimeError), static_decode_kernel("flex"):
+        assert static_decode._setting == "flex"
+        raise RuntimeError
+    assert static_decode._setting == "sdpa" and KERNELS == ("sdpa", "flex")
+
+
 def test_bounded_layers_hold_sinks_plus_window_at_any_length():
     config = SWAAConfig(sliding_window_size=5, keep_first=3, non_sliding_layers=[2])
     model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
@@ -66,11 +86,12 @@ def test_bounded_layers_hold_sinks_plus_window_at_any_length():
             assert layer.keys.shape[2] == slots
 
 
-@pytest.mark.parametrize("family, attn, config", [
-    ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1])),
-    ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3])),
+@pytest.mark.parametrize("family, attn, config, kernel", [
+    ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1]), "sdpa"),
+    ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "sdpa"),
+    ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1]), "flex"),
 ])
-def test_compiled_decode_never_recompiles(family, attn, config):
+def test_compiled_decode_never_recompiles(family, attn, config, kernel):
     """fullgraph compile of every decode step (the hook's plan and the forward): one graph each,
     none added across the window boundary and the ring wrap; tokens equal the eager path's."""
     from torch._dynamo.utils import counters
@@ -82,7 +103,7 @@ def test_compiled_decode_never_recompiles(family, attn, config):
     kwargs = dict(attention_mask=valid.long(), max_new_tokens=4 * config.sliding_window_size, do_sample=False,
                   pad_token_id=0, min_new_tokens=4 * config.sliding_window_size)
     before = counters["stats"]["unique_graphs"]
-    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True), static_decode_kernel(kernel):
         compiled = model.generate(ids, **compile_kwargs, **kwargs)
         again = model.generate(ids, **compile_kwargs, **kwargs)
     assert counters["stats"]["unique_graphs"] - before == 2  # the hook's frame and the forward's
@@ -131,10 +152,17 @@ def test_bad_use_is_refused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/run_gpu.sh decode)")
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_cuda_graph_decode_matches_reference(name):
+def test_cuda_graph_decode_matches_reference(name, kernel):
     """The real thing: inductor + CUDA graphs (reduce-overhead, fullgraph) on a GPU, float32,
     against the float64 reference; a second generation replays without a recompile."""
+    with static_decode_kernel(kernel):
+        _cuda_graph_decode_matches_reference(name)
+
+
+def _cuda_graph_decode_matches_reference(name):
+    torch._dynamo.reset()  # each kernel compiles its own graphs
     config, rule = CONFIGS[name]
     model = tiny_model("qwen3", "sdpa").cuda()
     ref = reference_model(model)

@@ -1,13 +1,26 @@
-"""Decode attention over a StaticSWAACache's fixed buffers: one masked kernel per layer.
+"""Decode attention over a StaticSWAACache's fixed buffers: one kernel per layer.
 
-A decode step has one query per row, so the ``groups`` query heads of a kv head become that kv
-head's queries: keys and values are read once, never repeated per query head, and one SDPA call
-covers the layer. The mask (which slots hold real, visible tokens) comes from the cache and is the
-same for every head. Logit softcapping (Gemma2), which SDPA cannot apply, takes the same math
-written out.
+A decode step has one query per row, and the cache's validity mask (which slots hold real,
+visible tokens) is the same for every head. Two kernels compute it:
+
+- ``sdpa`` (the default): the ``groups`` query heads of a kv head become that kv head's queries,
+  so keys and values are read once and one masked SDPA call covers the layer. On an H200 cuDNN
+  runs it as one 64-row tile per kv head: 8 thread blocks for the 4B shape, 48 µs a layer.
+- ``flex``: flex_attention with every key block partial and a mask_mod that reads the validity
+  mask. Under inductor a one-token query takes PyTorch's flex-decoding kernel, which splits the
+  key slots over thread blocks (split-K): 9 µs a layer on the same shape
+  (benchmarks/results/decode_profile.md). Opt-in (``SWAA_STATIC_DECODE=flex`` or
+  :func:`static_decode_kernel`) until its CUDA-graph test has run on a GPU.
+
+Logit softcapping (Gemma2), which SDPA cannot apply, takes the same math written out under
+``sdpa`` and a score_mod under ``flex``.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -15,11 +28,42 @@ from torch import Tensor
 from ..static_cache import StaticDecodePlan
 from .call import AttentionCall, Kernel
 
+KERNELS = ("sdpa", "flex")
+ENV_VAR = "SWAA_STATIC_DECODE"
+FLEX_BLOCK = 128  # key slots per flex block (the decode kernel splits the key dimension by blocks)
+
+
+def _check_kernel(kernel: str, source: str) -> str:
+    if kernel not in KERNELS:
+        raise ValueError(f"{source}: must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+_setting = _check_kernel(os.environ.get(ENV_VAR, "sdpa"), ENV_VAR)
+
+
+def set_static_decode_kernel(kernel: str) -> str:
+    """Pick the static-decode kernel (one of :data:`KERNELS`); returns the previous one. A compiled
+    decode step guards on it: switching recompiles once."""
+    global _setting
+    previous, _setting = _setting, _check_kernel(kernel, "static_decode_kernel")
+    return previous
+
+
+@contextmanager
+def static_decode_kernel(kernel: str) -> Iterator[None]:
+    """Run the decode steps inside the block with the static-decode kernel set to ``kernel``."""
+    previous = set_static_decode_kernel(kernel)
+    try:
+        yield
+    finally:
+        set_static_decode_kernel(previous)
+
 
 def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
-    return static_decode_attention
+    return flex_split_k_attention if _setting == "flex" else static_decode_attention
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
@@ -39,3 +83,35 @@ def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         out = torch.matmul(weights, value)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+
+
+def flex_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """flex_attention over all key blocks, the cache's validity mask as mask_mod (a fixed-address
+    buffer, so CUDA graphs replay it). Slots past the last full block are bounds-masked by flex."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    query, key, value = call.query, call.key, call.value
+    valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]  # (B, slots)
+    slots = key.shape[2]
+    blocks = -(-slots // FLEX_BLOCK)
+    count = torch.full((1, 1, 1), blocks, dtype=torch.int32, device=query.device)
+    indices = torch.arange(blocks, dtype=torch.int32, device=query.device).view(1, 1, 1, blocks)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return valid[b, kv_idx]
+
+    block_mask = BlockMask.from_kv_blocks(
+        count, indices, BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod, seq_lengths=(1, slots)
+    )
+    score_mod = None
+    if call.softcap is not None:
+        softcap = call.softcap
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return torch.tanh(score / softcap) * softcap
+
+    out = flex_attention(
+        query, key, value, score_mod=score_mod, block_mask=block_mask, scale=call.scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )  # fmt: skip
+    return out.transpose(1, 2), None
