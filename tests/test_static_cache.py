@@ -65,9 +65,9 @@ def test_static_decode_kernel_setting_is_checked_and_restored():
     with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('sdpa', 'flex'\), got 'cudnn'"):
         static_decode.set_static_decode_kernel("cudnn")
     with pytest.raises(RuntimeError), static_decode_kernel("flex"):
-        assert static_decode._setting == "flex"
+        assert static_decode.SETTING.get() == "flex"
         raise RuntimeError
-    assert static_decode._setting == "sdpa" and KERNELS == ("sdpa", "flex")
+    assert static_decode.SETTING.get() == "sdpa" and KERNELS == ("sdpa", "flex")
 
 
 def test_bounded_layers_hold_sinks_plus_window_at_any_length():

@@ -38,10 +38,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from functools import lru_cache
 
 import torch
@@ -50,6 +48,7 @@ from torch import Tensor
 from ..plan import AttentionPlan, KeyLayout, Memo
 from . import cudnn_swa
 from .call import AttentionCall, Kernel
+from .setting import KernelSetting
 from .triton_swa import SUPPORTED_HEAD_DIMS, swa_sink_attention
 
 logger = logging.getLogger(__name__)
@@ -64,35 +63,22 @@ CUDNN_TAKEN = "cudnn"
 PATH_COUNTS: Counter[str] = Counter()
 
 
-def _check_mode(mode: str, source: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"{source}: must be one of {MODES}, got {mode!r}")
-    return mode
-
-
-_setting = _check_mode(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
+SETTING = KernelSetting("triton_prefill", ENV_VAR, MODES, "auto")
 
 
 def triton_prefill_setting() -> str:
     """The current setting, read by the patch once per forward."""
-    return _setting
+    return SETTING.get()
 
 
 def set_triton_prefill(mode: str) -> str:
     """Set the prefill path to one of :data:`MODES`; returns the previous setting."""
-    global _setting
-    previous, _setting = _setting, _check_mode(mode, "triton_prefill")
-    return previous
+    return SETTING.set(mode)
 
 
-@contextmanager
-def triton_prefill(mode: str) -> Iterator[None]:
+def triton_prefill(mode: str) -> AbstractContextManager[None]:
     """Run the forwards inside the block with the Triton prefill path set to ``mode``."""
-    previous = set_triton_prefill(mode)
-    try:
-        yield
-    finally:
-        set_triton_prefill(previous)
+    return SETTING.scoped(mode)
 
 
 def gpu_supported(device: torch.device) -> bool:

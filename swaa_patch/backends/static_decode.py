@@ -18,52 +18,38 @@ Logit softcapping (Gemma2), which SDPA cannot apply, takes the same math written
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
 
 from ..static_cache import StaticDecodePlan
 from .call import AttentionCall, Kernel
+from .setting import KernelSetting
 
 KERNELS = ("sdpa", "flex")
 ENV_VAR = "SWAA_STATIC_DECODE"
 FLEX_BLOCK = 128  # key slots per flex block (the decode kernel splits the key dimension by blocks)
 
 
-def _check_kernel(kernel: str, source: str) -> str:
-    if kernel not in KERNELS:
-        raise ValueError(f"{source}: must be one of {KERNELS}, got {kernel!r}")
-    return kernel
-
-
-_setting = _check_kernel(os.environ.get(ENV_VAR, "sdpa"), ENV_VAR)
+SETTING = KernelSetting("static_decode_kernel", ENV_VAR, KERNELS, "sdpa")
 
 
 def set_static_decode_kernel(kernel: str) -> str:
     """Pick the static-decode kernel (one of :data:`KERNELS`); returns the previous one. A compiled
     decode step guards on it: switching recompiles once."""
-    global _setting
-    previous, _setting = _setting, _check_kernel(kernel, "static_decode_kernel")
-    return previous
+    return SETTING.set(kernel)
 
 
-@contextmanager
-def static_decode_kernel(kernel: str) -> Iterator[None]:
+def static_decode_kernel(kernel: str) -> AbstractContextManager[None]:
     """Run the decode steps inside the block with the static-decode kernel set to ``kernel``."""
-    previous = set_static_decode_kernel(kernel)
-    try:
-        yield
-    finally:
-        set_static_decode_kernel(previous)
+    return SETTING.scoped(kernel)
 
 
 def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
-    return flex_split_k_attention if _setting == "flex" else static_decode_attention
+    return flex_split_k_attention if SETTING.value == "flex" else static_decode_attention
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
