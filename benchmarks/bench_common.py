@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,13 +31,34 @@ class ModelBench:
             torch.cuda.synchronize()
 
 
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[str, ...]:
+    """The options the command line names (their dests), whatever their values: ``--window 2048``
+    is an explicit choice even where 2048 is the default."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:  # the same options, every default suppressed
+        if action.option_strings and action.dest != "help":
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:
+                kwargs["action"] = "store_const"
+                kwargs["const"] = action.const
+            probe.add_argument(*action.option_strings, **kwargs)
+    known, _ = probe.parse_known_args(argv)
+    return tuple(sorted(vars(known)))
+
+
+def with_tiny_defaults(args: Any, tiny_defaults: dict) -> Any:
+    """``--tiny`` sizes in place of the full-size defaults. A field keeps its value when the command
+    line named it (``args.given``) or when it differs from the full-size default (set in code)."""
+    full = type(args)()
+    given = set(getattr(args, "given", ()))
+    return replace(args, **{k: v for k, v in tiny_defaults.items() if k not in given and getattr(args, k) == getattr(full, k)})
+
+
 def device_and_shape(args: Any, tiny_defaults: dict, tiny_shape: dict, script: str) -> tuple[Any, torch.device, torch.dtype, dict]:
     """``--tiny``: the tiny defaults (fields set on the command line are kept), ``tiny_shape`` in
     float32 on the CPU; otherwise the Qwen3-4B shape in bf16 on CUDA, or exit saying what is missing."""
     if args.tiny:
-        full = type(args)()
-        args = replace(args, **{k: v for k, v in tiny_defaults.items() if getattr(args, k) == getattr(full, k)})
-        return args, torch.device("cpu"), torch.float32, tiny_shape
+        return with_tiny_defaults(args, tiny_defaults), torch.device("cpu"), torch.float32, tiny_shape
     if not torch.cuda.is_available():
         raise SystemExit(f"{script} needs a CUDA device (or --tiny)")
     return args, torch.device("cuda"), torch.bfloat16, QWEN3_4B

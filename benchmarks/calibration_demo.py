@@ -8,12 +8,16 @@ Runs the shipped commands and reads what they write:
    same calibration run, so the table shows how the score orders all of them;
 3. ``swaa eval settings/demo_layer_sets.json``: held-out accuracy (task seed 0) of full attention
    and of every set of the budget's size (with 4 layers and 2 full there are 6: the mean over
-   all of them is the exact expectation of a random choice).
+   all of them is the exact expectation of a random choice);
+4. with ``--sft-steps N``, the same sets after LoRA SFT: ``swaa distill
+   settings/demo_distill.json`` (the full model's own answers), then for every set ``swaa sft``
+   with the demo's interleaved recipe (settings/demo_sft_interleaved.json) but that set's full
+   layers and N steps, and ``swaa eval`` of the adapters on the same held-out tasks.
 
 Writes ``benchmarks/results/calibration_demo.md`` (atomically) with the date, machine, versions,
 commands, wall and CPU time of each step, and the table. Run from anywhere::
 
-    python benchmarks/calibration_demo.py
+    python benchmarks/calibration_demo.py [--sft-steps 400]
 """
 
 from __future__ import annotations
@@ -67,6 +71,50 @@ def score_every_set(settings_path: Path, size: int) -> dict[tuple[int, ...], dic
     return EverySet(settings_path, size).run()
 
 
+def absolute(settings: dict[str, Any], base: Path, keys: tuple[str, ...]) -> None:
+    """Settings paths are read relative to their file: make ``keys`` absolute for a copy elsewhere."""
+    for key in keys:
+        value = settings[key]
+        settings[key] = [str((base / v).resolve()) for v in value] if isinstance(value, list) else str((base / value).resolve())
+
+
+def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, root: Path) -> dict[tuple[int, ...], Path]:
+    """``swaa sft`` of ``recipe`` once per layer set (that set full, ``steps`` steps); the adapters."""
+    adapters = {}
+    for layers in layer_sets:
+        settings = json.loads(recipe.read_text(encoding="utf-8"))
+        absolute(settings, recipe.parent, ("model", "datasets"))
+        settings["swaa_config"]["non_sliding_layers"] = list(layers)
+        name = "full" + "-".join(map(str, layers))
+        settings["output_dir"] = str(root / name)
+        settings["_about"] = f"{recipe.name} with full layers {list(layers)} (written by benchmarks/calibration_demo.py)"
+        path = root / "settings" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(settings, indent=1))
+        if swaa(["sft", str(path), "--max-steps", str(steps)]) != 0:
+            raise SystemExit(f"swaa sft {path} failed")
+        adapters[layers] = root / name / "final"
+    return adapters
+
+
+def eval_adapters(layer_sets_eval: Path, adapters: dict[tuple[int, ...], Path], out: Path) -> Path:
+    """The layer-set evaluation with each set's adapter in place of the base model; its output folder."""
+    settings = json.loads(layer_sets_eval.read_text(encoding="utf-8"))
+    settings["output_dir"] = str(out)
+    for row in settings["settings"]:
+        config = row["swaa_config"]
+        row["model_list"] = (
+            [str((layer_sets_eval.parent / m).resolve()) for m in row["model_list"]]
+            if config is None else [str(adapters[tuple(config["non_sliding_layers"])])]
+        )  # fmt: skip
+    path = out.parent / f"{out.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1))
+    if swaa(["eval", str(path)]) != 0:
+        raise SystemExit(f"swaa eval {path} failed")
+    return out
+
+
 def accuracy_rows(metrics: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:
     """Accuracy per dataset, keyed by the tuple of full layers (None: stock full attention)."""
     rows: dict[Any, dict[str, float]] = {}
@@ -76,32 +124,73 @@ def accuracy_rows(metrics: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:
     return rows
 
 
-def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], hand_picked: tuple[int, ...],
-           timings: dict[str, tuple[float, float]], commands: dict[str, str], machine: str) -> str:
-    acc = accuracy_rows(metrics)
-    datasets = list(dict.fromkeys(m["dataset"] for m in metrics))
-    chosen = tuple(result["non_sliding_layers"])
+def datasets_of(metrics: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(m["dataset"] for m in metrics))
 
+
+def mean_of(values: dict[str, float], datasets: list[str]) -> float:
+    return sum(values[d] for d in datasets) / len(datasets)
+
+
+def set_table(acc: dict, layer_sets: list[tuple[int, ...]], labels: dict[tuple[int, ...], str], datasets: list[str],
+              extra_head: list[str], extra: dict[Any, str]) -> tuple[list[str], dict[str, float]]:
+    """Rows of accuracy per layer set, the full-attention row (key None) first and the mean over
+    every set (= the expectation of a random choice, key "mean") last; ``extra`` holds each row's
+    cells before the accuracies, under ``extra_head``."""
     def cells(values: dict[str, float]) -> str:
-        mean = sum(values[d] for d in datasets) / len(datasets)
-        return " | ".join(f"{values[d]:.3f}" for d in datasets) + f" | {mean:.3f}"
+        return " | ".join(f"{values[d]:.3f}" for d in datasets) + f" | {mean_of(values, datasets):.3f}"
 
-    head = "| full layers | chosen by | KL (calibration) | ΔNLL (calibration) | " + " | ".join(datasets) + " | mean |"
-    lines = [head, "|---" * (len(datasets) + 5) + "|", "| all (full attention) | - | 0 | 0 | " + cells(acc[None]) + " |"]
-    for layers in sorted(scores):
-        how = " + ".join(n for n, s in (("calibration", chosen), ("hand (demo.json)", hand_picked)) if s == layers)
-        s = scores[layers]
-        lines.append(f"| {', '.join(map(str, layers))} | {how or '-'} | {s['kl']:.4f} | {s['delta_nll']:.4f} | "
-                     + cells(acc[layers]) + " |")
-    mean = {d: sum(acc[layers][d] for layers in scores) / len(scores) for d in datasets}
-    lines.append(f"| mean of all {len(scores)} sets (= random choice) | - | - | - | " + cells(mean) + " |")
-    overall = {name: sum(values[d] for d in datasets) / len(datasets)
-               for name, values in (("calibrated", acc[chosen]), ("hand", acc[hand_picked]), ("random", mean))}
+    def row(first: str, label: str, key: Any, values: dict[str, float]) -> str:
+        return f"| {first} | {label} | " + "".join(f"{c} | " for c in extra[key]) + cells(values) + " |"
+
+    mean = {d: sum(acc[layers][d] for layers in layer_sets) / len(layer_sets) for d in datasets}
+    lines = ["| full layers | chosen by | " + "".join(f"{h} | " for h in extra_head) + " | ".join(datasets) + " | mean |",
+             "|---" * (len(datasets) + 3 + len(extra_head)) + "|",
+             row("all (full attention)", "-", None, acc[None])]
+    lines += [row(", ".join(map(str, layers)), labels.get(layers, "-"), layers, acc[layers]) for layers in layer_sets]
+    lines.append(row(f"mean of all {len(layer_sets)} sets (= random choice)", "-", "mean", mean))
+    return lines, mean
+
+
+def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], hand_picked: tuple[int, ...],
+           timings: dict[str, tuple[float, float]], commands: dict[str, str], machine: str,
+           sft_metrics: list[dict[str, Any]] | None = None, sft_steps: int = 0) -> str:
+    acc = accuracy_rows(metrics)
+    datasets = datasets_of(metrics)
+    chosen = tuple(result["non_sliding_layers"])
+    layer_sets = sorted(scores)
+    labels = {layers: " + ".join(n for n, s in (("calibration", chosen), ("hand (demo.json)", hand_picked)) if s == layers)
+              for layers in layer_sets}
+    labels = {k: v for k, v in labels.items() if v}
+    extra: dict[Any, list[str]] = {layers: [f"{scores[layers]['kl']:.4f}", f"{scores[layers]['delta_nll']:.4f}"]
+                                   for layers in layer_sets}
+    extra.update({None: ["0", "0"], "mean": ["-", "-"]})
+    lines, mean = set_table(acc, layer_sets, labels, datasets, ["KL (calibration)", "ΔNLL (calibration)"], extra)
+    summary = (f"Mean accuracy before SFT: calibrated {chosen} {mean_of(acc[chosen], datasets):.3f}, hand-picked "
+               f"{hand_picked} {mean_of(acc[hand_picked], datasets):.3f}, random set of {len(chosen)} (mean of all "
+               f"{len(layer_sets)}) {mean_of(mean, datasets):.3f}, full attention {mean_of(acc[None], datasets):.3f}.\n")
+    after = ""
+    if sft_metrics:
+        sft_acc = accuracy_rows(sft_metrics)
+        before: dict[Any, list[str]] = {key: [f"{mean_of(acc[key], datasets):.3f}"] for key in [None, *layer_sets]}
+        before["mean"] = [f"{mean_of(mean, datasets):.3f}"]
+        sft_lines, sft_mean = set_table(sft_acc, layer_sets, labels, datasets, ["mean before SFT"], before)
+        after = (
+            f"\n## After LoRA SFT ({sft_steps} steps per set)\n\n"
+            f"Each set: `swaa sft` of settings/demo_sft_interleaved.json (LoRA r 16 on all 7 projections, lr 1e-3, batch 2 "
+            f"packed to 2,048 tokens, the full model's own answers from `swaa distill settings/demo_distill.json`) with that "
+            f"set's full layers and `--max-steps {sft_steps}` (the shipped demo adapter trains 2,000), then `swaa eval` on "
+            f"the same held-out tasks. Computed on:\n\n{environment_lines(sft_metrics)}\n\n" + "\n".join(sft_lines) + "\n\n"
+            f"Mean accuracy after SFT: calibrated {chosen} {mean_of(sft_acc[chosen], datasets):.3f}, hand-picked "
+            f"{hand_picked} {mean_of(sft_acc[hand_picked], datasets):.3f}, random set (mean of all {len(layer_sets)}) "
+            f"{mean_of(sft_mean, datasets):.3f}, full attention {mean_of(sft_acc[None], datasets):.3f}.\n"
+        )
     steps = "\n".join(f"- `{commands[k]}`: {wall:.0f} s wall, {cpu:.0f} s CPU" for k, (wall, cpu) in timings.items())
     threads = os.environ.get("OMP_NUM_THREADS", "torch default")
+    flags = f" --sft-steps {sft_steps}" if sft_steps else ""
     return (
         f"# Calibrated full-attention layers on the demo model ({time.strftime('%Y-%m-%d')})\n\n"
-        f"`OMP_NUM_THREADS={threads} python benchmarks/calibration_demo.py`, {machine}; its steps:\n\n{steps}\n\n"
+        f"`OMP_NUM_THREADS={threads} python benchmarks/calibration_demo.py{flags}`, {machine}; its steps:\n\n{steps}\n\n"
         f"Computed on:\n\n{environment_lines(metrics)}\n\n"
         f"Recipe: window {result['swaa_config']['sliding_window_size']}, keep_first "
         f"{result['swaa_config']['keep_first']}, force_fa_decode {result['swaa_config']['force_fa_decode']}, "
@@ -110,9 +199,7 @@ def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], 
         f"own greedy answers ({result['answer_tokens']} tokens). Accuracy: `swaa eval`, held-out task seed 0.\n\n"
         + "\n".join(lines) + "\n\n"
         f"Per-layer sensitivity on the calibration prompts (from `calibration.json`):\n\n{sensitivity_table(result)}\n\n"
-        f"Mean accuracy: calibrated {chosen} {overall['calibrated']:.3f}, hand-picked {hand_picked} "
-        f"{overall['hand']:.3f}, random set of {len(chosen)} (mean of all {len(scores)}) {overall['random']:.3f}, "
-        f"full attention {sum(acc[None][d] for d in datasets) / len(datasets):.3f}.\n"
+        + summary + after
     )
 
 
@@ -122,7 +209,13 @@ def main() -> None:
     parser.add_argument("--eval", type=Path, default=REPO / "settings" / "demo_layer_sets.json")
     parser.add_argument("--hand-picked", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "calibration_demo.md")
+    parser.add_argument("--sft-steps", type=int, default=0, help="> 0: also every set after LoRA SFT of this many steps")
+    parser.add_argument("--distill", type=Path, default=REPO / "settings" / "demo_distill.json")
+    parser.add_argument("--sft-recipe", type=Path, default=REPO / "settings" / "demo_sft_interleaved.json")
+    parser.add_argument("--sft-root", type=Path, default=REPO / "sft_output" / "layer_sets")
     args = parser.parse_args()
+    if args.sft_steps < 0:
+        parser.error(f"--sft-steps: must be >= 0, got {args.sft_steps}")
     commands = {"calibrate": f"swaa calibrate {args.calibrate.relative_to(REPO)}",
                 "score": "score every other set of the same size (CalibrationRun.score)",
                 "eval": f"swaa eval {args.eval.relative_to(REPO)}"}
@@ -141,11 +234,24 @@ def main() -> None:
     if code != 0:
         raise SystemExit(code)
     metrics = read_jsonl(outputs[1] / "metrics.jsonl")
+    sft_metrics = None
+    if args.sft_steps:
+        commands["distill"] = f"swaa distill {args.distill.relative_to(REPO)}"
+        commands["sft"] = f"swaa sft (each set, --max-steps {args.sft_steps})"
+        commands["sft_eval"] = "swaa eval (the adapters)"
+        code, *timings["distill"] = timed(lambda: swaa(["distill", str(args.distill)]))
+        if code != 0:
+            raise SystemExit(code)
+        adapters, *timings["sft"] = timed(lambda: sft_every_set(args.sft_recipe, sorted(scores), args.sft_steps,
+                                                                  args.sft_root / f"steps{args.sft_steps}"))  # fmt: skip
+        out, *timings["sft_eval"] = timed(lambda: eval_adapters(args.eval, adapters, REPO / "eval_output" /
+                                                                f"demo_layer_sets_sft{args.sft_steps}"))  # fmt: skip
+        sft_metrics = read_jsonl(out / "metrics.jsonl")
     machine = (f"{os.cpu_count()} CPU cores shared with other jobs (load average {load[0]:.1f} at the start, "
                f"{os.getloadavg()[0]:.1f} at the end)")
     if resumed:
         machine += f"; resumed from existing outputs {resumed}: times cover only the missing work"
-    text = render(result, scores, metrics, tuple(args.hand_picked), timings, commands, machine)
+    text = render(result, scores, metrics, tuple(args.hand_picked), timings, commands, machine, sft_metrics, args.sft_steps)
     atomic_write_text(args.out, text)
     logger.info("wrote %s:\n%s", args.out, text)
 

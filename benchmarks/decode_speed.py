@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config, StoppingCriteria
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_common import ModelBench  # noqa: E402
+from bench_common import ModelBench, given_options, with_tiny_defaults  # noqa: E402
 
 from swaa_patch import StaticSWAACache, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
@@ -87,6 +87,7 @@ class DecodeSpeedArgs:
     out: str = "benchmarks/results/decode_speed.md"
     resume: bool = False  # keep the rows (and eval table) of an earlier invocation with the same --out
     seed: int = 0
+    given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
 TINY_DEFAULTS = dict(contexts=(40, 90), batches=(1, 3), batch_context=40, reference_context=10, prefill_tokens=100, window=8,
@@ -436,8 +437,7 @@ def build_model(bench: Bench) -> None:
 
 def main(args: DecodeSpeedArgs) -> int:
     if args.tiny:
-        full = DecodeSpeedArgs()
-        args = replace(args, **{k: v for k, v in TINY_DEFAULTS.items() if getattr(args, k) == getattr(full, k)})
+        args = with_tiny_defaults(args, TINY_DEFAULTS)
         device, dtype, shape = torch.device("cpu"), torch.float32, TINY
     else:
         if not torch.cuda.is_available():
@@ -508,7 +508,7 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
         batches=tuple(int(s) for s in a.batches.split(",")),
         batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps,
         variants=tuple(a.variants.split(",")), eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
-        resume=a.resume,
+        resume=a.resume, given=given_options(p, argv),
     )  # fmt: skip
 
 

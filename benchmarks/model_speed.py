@@ -47,7 +47,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import transformers
@@ -55,7 +55,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_common import ModelBench  # noqa: E402
+from bench_common import ModelBench, given_options, with_tiny_defaults  # noqa: E402
 
 from swaa_patch import apply_swaa, remove_swaa  # noqa: E402
 from swaa_patch.backends import cudnn_swa  # noqa: E402
@@ -127,6 +127,7 @@ class ModelSpeedArgs:
     tiny: bool = False
     out: str = "benchmarks/results/model_speed.md"
     seed: int = 0
+    given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
 # --tiny replaces the full-size defaults (fields set explicitly are kept); native flex would compile on the CPU
@@ -138,8 +139,7 @@ TINY_DEFAULTS = dict(
 
 def tiny_args(args: ModelSpeedArgs) -> ModelSpeedArgs:
     """CPU smoke-run sizes: the same code paths in seconds."""
-    full = ModelSpeedArgs()
-    return replace(args, **{k: v for k, v in TINY_DEFAULTS.items() if getattr(args, k) == getattr(full, k)})
+    return with_tiny_defaults(args, TINY_DEFAULTS)
 
 
 @dataclass
@@ -554,6 +554,7 @@ def parse_args(argv: list[str] | None = None) -> ModelSpeedArgs:
         max_dense_mask_gib=a.max_dense_mask_gib,
         tiny=a.tiny,
         out=a.out,
+        given=given_options(p, argv),
     )
 
 

@@ -43,7 +43,7 @@ from transformers.generation.continuous_batching.input_outputs import Continuous
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_common import ModelBench, device_and_shape  # noqa: E402
+from bench_common import ModelBench, device_and_shape, given_options  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa, remove_swaa  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
@@ -82,6 +82,7 @@ class ServeSpeedArgs:
     resume: bool = False
     seed: int = 0
     command: str = "python benchmarks/serve_speed.py"  # as invoked, for the report
+    given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
 TINY_DEFAULTS = dict(prompt_tokens=256, concurrency=(2, 8), new_tokens=16, memory_lengths=(64, 256, 1024, 4096),
@@ -355,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> ServeSpeedArgs:
         prompt_tokens=a.prompt_tokens, concurrency=tuple(int(s) for s in a.concurrency.split(",")),
         new_tokens=a.new_tokens, memory_lengths=tuple(int(s) for s in a.memory_lengths.split(",")),
         window=a.window, keep_first=a.keep_first, max_batch_tokens=a.max_batch_tokens,
-        variants=tuple(a.variants.split(",")), tiny=a.tiny, out=a.out, resume=a.resume,
+        variants=tuple(a.variants.split(",")), tiny=a.tiny, out=a.out, resume=a.resume, given=given_options(p, argv),
         command=" ".join(["python benchmarks/serve_speed.py", *(sys.argv[1:] if argv is None else argv)]),
     )  # fmt: skip
 

@@ -41,7 +41,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,6 +49,8 @@ import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_common import given_options, with_tiny_defaults  # noqa: E402
 
 from swaa_patch.jobs.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -91,6 +93,7 @@ class SFTSpeedArgs:
     out: str = "benchmarks/results/sft_speed.md"
     resume: bool = False
     tiny: bool = False
+    given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
 TINY_DEFAULTS = dict(sizes=(96,), window=16, keep_first=4, steps=2, stock_max_steps_above=10**9)  # fmt: skip
@@ -401,8 +404,7 @@ def wanted_rows(args: SFTSpeedArgs) -> list[Row]:
 
 def main(args: SFTSpeedArgs) -> int:
     if args.tiny:
-        full = SFTSpeedArgs()
-        args = replace(args, **{k: v for k, v in TINY_DEFAULTS.items() if getattr(args, k) == getattr(full, k)})
+        args = with_tiny_defaults(args, TINY_DEFAULTS)
         shape = TINY
     else:
         if not torch.cuda.is_available():
@@ -460,7 +462,7 @@ def parse_args(argv: list[str] | None = None) -> SFTSpeedArgs:
     a = p.parse_args(argv)
     return SFTSpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), variants=tuple(a.variants.split(",")),
                         layouts=tuple(a.layouts.split(",")), steps=a.steps, budget_s=a.budget_s, work_dir=a.work_dir,
-                        out=a.out, resume=a.resume, tiny=a.tiny)
+                        out=a.out, resume=a.resume, tiny=a.tiny, given=given_options(p, argv))
 
 
 if __name__ == "__main__":
