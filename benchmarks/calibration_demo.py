@@ -220,7 +220,8 @@ def main() -> None:
                 "score": "score every other set of the same size (CalibrationRun.score)",
                 "eval": f"swaa eval {args.eval.relative_to(REPO)}"}
     outputs = [Path(load_calibration_settings(args.calibrate).output_dir), Path(load_settings(args.eval).output_dir)]
-    resumed = [str(p) for p in outputs if p.exists()]
+    earlier = outputs + ([REPO / "distill_output" / "demo", args.sft_root / f"steps{args.sft_steps}"] if args.sft_steps else [])
+    resumed = [str(p) for p in earlier if p.exists()]
     if resumed:
         logger.warning("%s exist: the times below cover only the work they lack; delete them for a timed run", resumed)
     load = os.getloadavg()
