@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_tiny_run_writes_a_passing_report_and_resumes(tmp_path):
     assert len(rows) == 3 and rows[0].endswith("| ok |") and rows[1].endswith("| ok |"), rows
     assert "| stock (sdpa, full attention) | 1gpu |" in rows[0] and "| 1.00x |" in rows[0]
     assert "skipped: Liger's kernels run on a GPU" in rows[2]
-    assert sft_speed.main(sft_speed.replace(args, resume=True)) == 0  # nothing left to run: the rows are kept
+    assert sft_speed.main(replace(args, resume=True)) == 0  # nothing left to run: the rows are kept
     assert "rows from 2 invocation(s)" in out.read_text() and out.read_text().count("| 1 | 96 |") == 3
 
 
