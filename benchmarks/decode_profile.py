@@ -22,18 +22,18 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 import transformers
 from torch.profiler import ProfilerActivity, profile, schedule
-from transformers import StoppingCriteria
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from decode_speed import TINY, Bench, build_model, prepare_model, reset_compiled  # noqa: E402
+from decode_speed import TINY, Bench, StepClock, build_model, prepare_model, reset_compiled  # noqa: E402
 
 from swaa_patch.backends import static_decode  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
@@ -45,20 +45,23 @@ log = logging.getLogger("decode_profile")
 DEFAULT_ATTENTION = static_decode.static_decode_attention
 
 
-def math_attention(call):
-    """The static decode step written as matmul, masked softmax in float32, matmul (what the
-    softcap branch runs), letting inductor fuse the softmax and cuBLAS split the key dimension."""
-    query, key, value = call.query, call.key, call.value
-    batch, heads, _, dim = query.shape
-    grouped = query.reshape(batch, key.shape[1], heads // key.shape[1], dim)
-    scores = torch.matmul(grouped, key.transpose(2, 3)).float() * call.scaling
-    scores = scores.masked_fill(~call.plan.key_mask(call.layer_idx), float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), value)
-    return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
+# Candidates for SWAA's static-decode kernel: the shipped ones, chosen through the shipped setting
+# (what a user's generate() runs), and the written-out math, which only a benchmark picks.
+SHIPPED = static_decode.KERNELS
+ATTENTION = (*SHIPPED, "math")
 
 
-# the shipped kernels (swaa_patch/backends/static_decode.py) and a benchmark-only candidate
-ATTENTION = {"sdpa": DEFAULT_ATTENTION, "flex": static_decode.flex_split_k_attention, "math": math_attention}
+@contextmanager
+def decode_kernel(name: str) -> Iterator[None]:
+    if name in SHIPPED:
+        with static_decode.static_decode_kernel(name):
+            yield
+        return
+    static_decode.static_decode_attention = static_decode.grouped_math_attention
+    try:
+        yield
+    finally:
+        static_decode.static_decode_attention = DEFAULT_ATTENTION
 
 
 @dataclass
@@ -78,18 +81,18 @@ class ProfileArgs:
     tiny: bool = False
 
 
-class Clock(StoppingCriteria):
-    """Times every step and advances the profiler's schedule (never stops generation)."""
+class Clock(StepClock):
+    """decode_speed's step clock, advancing the profiler's schedule at every step too."""
 
     def __init__(self, sync, prof=None) -> None:
-        self.sync, self.prof, self.times = sync, prof, []
+        super().__init__(sync)
+        self.prof = prof
 
     def __call__(self, input_ids, scores, **kwargs):
-        self.sync()
-        self.times.append(time.perf_counter())
+        stop = super().__call__(input_ids, scores, **kwargs)
         if self.prof is not None:
             self.prof.step()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return stop
 
 
 def generate(bench: Bench, variant: str, ids: torch.Tensor, clock: Clock) -> torch.Tensor:
@@ -122,11 +125,8 @@ def run_variant(bench: Bench, variant: str, logits_ref: dict) -> dict:
     context = args.stock_context if variant == "stock" else args.swaa_context
     ids = torch.randint(3, bench.shape["vocab_size"], (1, context), generator=torch.Generator().manual_seed(args.seed))
     ids = ids.to(bench.device)
-    static_decode.static_decode_attention = ATTENTION.get(variant.removeprefix("swaa_"), DEFAULT_ATTENTION)
-    try:
+    with decode_kernel(variant.removeprefix("swaa_")) if variant != "stock" else nullcontext():
         return measure(bench, variant, context, ids, logits_ref)
-    finally:
-        static_decode.static_decode_attention = DEFAULT_ATTENTION
 
 
 def measure(bench: Bench, variant: str, context: int, ids: torch.Tensor, logits_ref: dict) -> dict:
@@ -187,7 +187,7 @@ def report(bench: Bench, rows: list[dict]) -> str:
 def main(args: ProfileArgs) -> int:
     unknown = set(args.attention) - set(ATTENTION)
     if unknown:
-        raise SystemExit(f"--attention: unknown {sorted(unknown)}; choose from {sorted(ATTENTION)}")
+        raise SystemExit(f"--attention: unknown {sorted(unknown)}; choose from {ATTENTION}")
     if args.tiny:  # a smoke run of the script on the CPU: dynamo only, no device events, timings meaningless
         args = replace(args, swaa_context=40, stock_context=10, steps=12, skip=4, active=4, window=8, keep_first=2)
         bench = Bench(args, torch.device("cpu"), torch.float32, TINY)
@@ -210,7 +210,7 @@ def main(args: ProfileArgs) -> int:
 def parse_args(argv: list[str] | None = None) -> ProfileArgs:
     d = ProfileArgs()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--attention", default=",".join(d.attention), help=f"SWAA decode-attention variants: {sorted(ATTENTION)}")
+    p.add_argument("--attention", default=",".join(d.attention), help=f"SWAA decode-attention variants: {ATTENTION}")
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU: checks the script, not speed")

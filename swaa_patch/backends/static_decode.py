@@ -49,22 +49,34 @@ def static_decode_kernel(kernel: str) -> AbstractContextManager[None]:
 def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
-    return flex_split_k_attention if SETTING.value == "flex" else static_decode_attention
+    return flex_split_k_attention if SETTING.get() == "flex" else static_decode_attention
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """Masked SDPA over the grouped query heads; softcapped models take the written-out math."""
+    return _grouped_attention(call, sdpa=call.softcap is None)
+
+
+def grouped_math_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """The written-out math (matmul, masked float32 softmax, matmul) that softcapped models run,
+    for any model: benchmarks/decode_profile.py times it against the SDPA call."""
+    return _grouped_attention(call, sdpa=False)
+
+
+def _grouped_attention(call: AttentionCall, sdpa: bool) -> tuple[Tensor, None]:
     query, key, value = call.query, call.key, call.value
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # (B, Hkv, groups, D)
     mask = call.plan.key_mask(call.layer_idx)  # (B, 1, 1, slots)
-    if call.softcap is None:
+    if sdpa:
         out = torch.nn.functional.scaled_dot_product_attention(
             grouped, key, value, attn_mask=mask, scale=call.scaling
         )
     else:
         scores = torch.matmul(grouped, key.transpose(2, 3)) * call.scaling
-        scores = torch.tanh(scores / call.softcap) * call.softcap
+        if call.softcap is not None:
+            scores = torch.tanh(scores / call.softcap) * call.softcap
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
         out = torch.matmul(weights, value)
