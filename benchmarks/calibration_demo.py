@@ -38,7 +38,8 @@ from swaa_patch.calibration.settings import load_calibration_settings
 from swaa_patch.cli import main as swaa
 from swaa_patch.evaluation.report import environment_lines
 from swaa_patch.evaluation.settings import load_settings
-from swaa_patch.jobs.io import atomic_write_text, read_jsonl
+from swaa_patch.jobs.io import atomic_write_json, atomic_write_text, read_jsonl
+from swaa_patch.jobs.validate import resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("swaa.benchmarks")
@@ -75,7 +76,7 @@ def absolute(settings: dict[str, Any], base: Path, keys: tuple[str, ...]) -> Non
     """Settings paths are read relative to their file: make ``keys`` absolute for a copy elsewhere."""
     for key in keys:
         value = settings[key]
-        settings[key] = [str((base / v).resolve()) for v in value] if isinstance(value, list) else str((base / value).resolve())
+        settings[key] = [str(resolve_path(v, base)) for v in value] if isinstance(value, list) else str(resolve_path(value, base))
 
 
 def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, root: Path) -> dict[tuple[int, ...], Path]:
@@ -89,8 +90,7 @@ def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, r
         settings["output_dir"] = str(root / name)
         settings["_about"] = f"{recipe.name} with full layers {list(layers)} (written by benchmarks/calibration_demo.py)"
         path = root / "settings" / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(settings, indent=1))
+        atomic_write_json(path, settings)
         if swaa(["sft", str(path), "--max-steps", str(steps)]) != 0:
             raise SystemExit(f"swaa sft {path} failed")
         adapters[layers] = root / name / "final"
@@ -103,13 +103,12 @@ def eval_adapters(layer_sets_eval: Path, adapters: dict[tuple[int, ...], Path], 
     settings["output_dir"] = str(out)
     for row in settings["settings"]:
         config = row["swaa_config"]
-        row["model_list"] = (
-            [str((layer_sets_eval.parent / m).resolve()) for m in row["model_list"]]
-            if config is None else [str(adapters[tuple(config["non_sliding_layers"])])]
-        )  # fmt: skip
+        if config is None:
+            absolute(row, layer_sets_eval.parent, ("model_list",))
+        else:
+            row["model_list"] = [str(adapters[tuple(config["non_sliding_layers"])])]
     path = out.parent / f"{out.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(settings, indent=1))
+    atomic_write_json(path, settings)
     if swaa(["eval", str(path)]) != 0:
         raise SystemExit(f"swaa eval {path} failed")
     return out

@@ -23,11 +23,11 @@ import time
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, ContinuousBatchingConfig, GenerationConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, Qwen3Config
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from serve_speed import TINY  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from serve_speed import TINY, cb_config, greedy  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 from swaa_patch import SWAAConfig, apply_swaa, hack_hf_swaa  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
@@ -36,16 +36,14 @@ from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 def serve_and_compare(model, config: SWAAConfig, prompts: list[list[int]], args) -> list[tuple[int, int, bool]]:
     """(prompt length, tokens, equal to generate alone) per request, served together."""
     apply_swaa(model, config)
-    greedy = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
-    fields = ContinuousBatchingConfig.__dataclass_fields__
-    page = {"page_size": args.page_size} if "page_size" in fields else {"block_size": args.page_size}  # 5.17
-    cb = ContinuousBatchingConfig(max_batch_tokens=args.max_batch_tokens, num_blocks=args.num_blocks, **page)
-    outputs = model.generate_batch(prompts, generation_config=greedy, continuous_batching_config=cb)
+    generation = greedy(args.new_tokens)
+    cb = cb_config(args.page_size, max_batch_tokens=args.max_batch_tokens, num_blocks=args.num_blocks)
+    outputs = model.generate_batch(prompts, generation_config=generation, continuous_batching_config=cb)
     served = sorted(outputs.values(), key=lambda o: int(o.request_id.split("_")[-1]))
     rows = []
     for prompt, out in zip(prompts, served):
         with torch.no_grad():
-            alone = model.generate(torch.tensor([prompt]), generation_config=greedy)[0, len(prompt) :].tolist()
+            alone = model.generate(torch.tensor([prompt]), generation_config=generation)[0, len(prompt) :].tolist()
         rows.append((len(prompt), len(alone), list(out.generated_tokens) == alone))
     return rows
 

@@ -148,10 +148,14 @@ class Bench(ModelBench):
 
     def cb_config(self) -> ContinuousBatchingConfig:
         a = self.args
-        fields = ContinuousBatchingConfig.__dataclass_fields__
-        page = {"page_size": a.page_size} if "page_size" in fields else {"block_size": a.page_size}  # 5.17
-        return ContinuousBatchingConfig(max_batch_tokens=a.max_batch_tokens, max_memory_percent=a.max_memory_percent,
-                                        num_blocks=a.num_blocks, **page)  # fmt: skip
+        return cb_config(a.page_size, max_batch_tokens=a.max_batch_tokens, max_memory_percent=a.max_memory_percent,
+                         num_blocks=a.num_blocks)  # fmt: skip
+
+
+def cb_config(page_size: int, **fields) -> ContinuousBatchingConfig:
+    """The engine's config with pages of ``page_size`` tokens (``block_size`` up to 5.17, ``page_size`` later)."""
+    known = ContinuousBatchingConfig.__dataclass_fields__
+    return ContinuousBatchingConfig(**fields, **{"page_size" if "page_size" in known else "block_size": page_size})
 
 
 def prompts(bench: Bench, count: int, length: int) -> list[list[int]]:
