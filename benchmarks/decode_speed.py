@@ -31,7 +31,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import transformers
@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench_common import ModelBench, given_options, with_tiny_defaults  # noqa: E402
 
 from swaa_patch import StaticSWAACache, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
+from swaa_patch.backends import static_decode  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
@@ -79,6 +80,7 @@ class DecodeSpeedArgs:
     stock_steps: int = 32  # decode steps of the compiled stock rows
     warmup: int = 4
     variants: tuple[str, ...] = VARIANTS
+    decode_kernels: tuple[str, ...] = static_decode.KERNELS  # one compiled SWAA row per static-decode kernel
     eval_prompts: int = 16
     eval_batch: int = 8
     eval_context: int = 8192
@@ -110,6 +112,7 @@ class Row:
     ok: bool = True
     note: str = ""
     run: int = 1  # which invocation (--resume) measured the row
+    kernel: str = ""  # the static-decode kernel of a compiled SWAA row (backends.static_decode)
 
 
 @dataclass
@@ -117,7 +120,7 @@ class Bench(ModelBench):
     args: DecodeSpeedArgs
     model: torch.nn.Module | None = None
     tokens: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (batch, context) -> bounded tokens
-    batches_compiled: set[int] = field(default_factory=set)
+    batches_compiled: set[tuple[int, str]] = field(default_factory=set)  # (batch, decode kernel)
 
 
 class StepClock(StoppingCriteria):
@@ -198,8 +201,9 @@ def prefilled_kwargs(bench: Bench, variant: str, ids: torch.Tensor) -> dict:
     return {**kwargs, **cache_kwargs(bench.model, result.cache)}
 
 
-def measure_row(bench: Bench, variant: str, batch: int, context: int, ids: torch.Tensor) -> Row:
-    """One row, or why it did not run; an error fails the row, not the rest of the run's device time."""
+def measure_row(bench: Bench, variant: str, batch: int, context: int, ids: torch.Tensor, kernel: str = "") -> Row:
+    """One row, or why it did not run; an error fails the row, not the rest of the run's device time.
+    ``kernel``: the static-decode kernel of a compiled SWAA row, set for the whole row (check included)."""
     args = bench.args
     if variant == "stock_static_compile":
         reset_compiled(bench)
@@ -207,13 +211,15 @@ def measure_row(bench: Bench, variant: str, batch: int, context: int, ids: torch
     log.info("batch %d context %d %s %s", batch, context, variant, reason)
     try:
         if reason:
-            return Row(batch, context, variant, note=reason, run=args_invocations(args))
-        return run_row(bench, variant, batch, context, ids)
+            return Row(batch, context, variant, note=reason, run=args_invocations(args), kernel=kernel)
+        with static_decode.static_decode_kernel(kernel or static_decode.SETTING.get()):
+            return replace(run_row(bench, variant, batch, context, ids), kernel=kernel)
     except torch.cuda.OutOfMemoryError as err:
-        return Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}")
+        return Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}", kernel=kernel)
     except Exception as err:
         log.exception("row failed")
-        return Row(batch, context, variant, ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
+        return Row(batch, context, variant, ok=False, note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}",
+                   kernel=kernel)  # fmt: skip
     finally:
         gc.collect()
         if bench.device.type == "cuda":
@@ -272,9 +278,10 @@ def check_against_bounded(bench: Bench, row: Row, new_tokens: torch.Tensor, ids:
     bounded path's (informative: random bf16 weights give near-ties that either path may break
     differently); and the logits, teacher-forced: the first prompt through the compiled static path
     for CHECK_STEPS steps, then the same tokens through the eager bounded path, step by step."""
-    if row.batch in bench.batches_compiled and row.graphs:
+    compiled = (row.batch, static_decode.SETTING.get())
+    if compiled in bench.batches_compiled and row.graphs:
         row.ok, row.note = False, f"recompiled: {row.graphs} graphs added at a batch size already compiled"
-    bench.batches_compiled.add(row.batch)
+    bench.batches_compiled.add(compiled)
     reference = bench.tokens.get((row.batch, row.context))
     if reference is None:
         tokens = "no bounded row to compare tokens with"
@@ -349,12 +356,16 @@ def fmt(x: float, spec: str) -> str:
     return "-" if x != x else format(x, spec)
 
 
+def label(row: Row) -> str:
+    return LABELS[row.variant] + (f", {row.kernel} decode kernel" if row.kernel else "")
+
+
 def format_row(bench: Bench, row: Row) -> str:
     verdict = ("ok" if row.ok else "FAIL") + (f" ({row.note})" if row.note and row.ok else "")
     if not row.ok:
         verdict = f"FAIL: {row.note}"
     return (
-        f"| {row.run} | {row.batch} | {row.context} | {LABELS[row.variant]} | {fmt(row.step_ms, '.2f')} | {fmt(row.tps, '.1f')} | "
+        f"| {row.run} | {row.batch} | {row.context} | {label(row)} | {fmt(row.step_ms, '.2f')} | {fmt(row.tps, '.1f')} | "
         f"{fmt(row.compile_s, '.1f')} | {row.graphs} | {fmt(row.kv_gib, '.2f')} | {fmt(row.peak_gib, '.1f')} | "
         f"{row.check} | {verdict} |"
     )
@@ -390,7 +401,7 @@ def report(bench: Bench, rows: list[Row], eval_lines: list[str]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {(b, c): i for i, (b, c, _) in enumerate(cases(args))}
-    ranked = sorted(rows, key=lambda r: (order.get((r.batch, r.context), len(order)), VARIANTS.index(r.variant)))
+    ranked = sorted(rows, key=lambda r: (order.get((r.batch, r.context), len(order)), VARIANTS.index(r.variant), r.kernel))
     lines += [format_row(bench, r) for r in ranked]
     return "\n".join(lines + [""] + eval_lines) + "\n"
 
@@ -446,22 +457,26 @@ def main(args: DecodeSpeedArgs) -> int:
     unknown = set(args.variants) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    unknown = set(args.decode_kernels) - set(static_decode.KERNELS)
+    if unknown or not args.decode_kernels:
+        raise SystemExit(f"--decode-kernels: unknown {sorted(unknown)}; choose one or more of {static_decode.KERNELS}")
     bench = Bench(args, device, dtype, shape)
     build_model(bench)
     rows, eval_lines, invocations = load_state(args)
     object.__setattr__(args, "_invocations", invocations + 1)
-    done = {(r.batch, r.context, r.variant) for r in rows}
+    done = {(r.batch, r.context, r.variant, r.kernel) for r in rows}
     # Every SWAA row first, then the stock rows: a stock static row resets dynamo, so SWAA's compiled
     # rows run back to back and show that later contexts add no graph.
     for phase in ("swaa", "stock"):
         for batch, context, variants in cases(args):
-            todo = [v for v in variants if v.startswith(phase) and (batch, context, v) not in done]
+            todo = [(v, k) for v in variants if v.startswith(phase) for k in row_kernels(args, v)
+                    if (batch, context, v, k) not in done]  # fmt: skip
             if not todo:
                 continue
             g = torch.Generator().manual_seed(args.seed + context + batch)
             ids = torch.randint(3, shape["vocab_size"], (batch, context), generator=g).to(device)
-            for variant in todo:
-                rows.append(measure_row(bench, variant, batch, context, ids))
+            for variant, kernel in todo:
+                rows.append(measure_row(bench, variant, batch, context, ids, kernel))
                 log.info("%s", format_row(bench, rows[-1]))
                 atomic_write_text(args.out, report(bench, rows, eval_lines))  # partial results survive a kill
                 save_state(args, rows, eval_lines)
@@ -472,6 +487,11 @@ def main(args: DecodeSpeedArgs) -> int:
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0 if all(r.ok for r in rows) else 1
+
+
+def row_kernels(args: DecodeSpeedArgs, variant: str) -> tuple[str, ...]:
+    """The compiled SWAA row runs once per static-decode kernel; other rows have none."""
+    return args.decode_kernels if variant == "swaa_static_compile" else ("",)
 
 
 def eval_table(bench: Bench) -> list[str]:
@@ -498,6 +518,8 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--stock-steps", type=int, default=d.stock_steps)
     p.add_argument("--variants", default=",".join(d.variants), help=f"comma-separated subset of {VARIANTS}")
+    p.add_argument("--decode-kernels", default=",".join(d.decode_kernels),
+                   help=f"static-decode kernels of the compiled SWAA rows, a subset of {static_decode.KERNELS}")
     p.add_argument("--eval-prompts", type=int, default=d.eval_prompts, help="0 skips the eval table")
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (compile: dynamo only)")
     p.add_argument("--resume", action="store_true", help="keep the rows an earlier invocation wrote to --out")
@@ -507,7 +529,8 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
         contexts=tuple(int(s) for s in a.contexts.split(",")),
         batches=tuple(int(s) for s in a.batches.split(",")),
         batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps,
-        variants=tuple(a.variants.split(",")), eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
+        variants=tuple(a.variants.split(",")), decode_kernels=tuple(a.decode_kernels.split(",")),
+        eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
         resume=a.resume, given=given_options(p, argv),
     )  # fmt: skip
 

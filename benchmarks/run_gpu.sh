@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_profile]
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [serve] [sft] [sft_long] [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
@@ -21,6 +21,12 @@ sft_speed() {
   python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
   cp .sft_speed/sft_speed.md .sft_speed/sft_speed.json "$OUT/"
 }
+# decode_speed rows accumulate in .decode_speed/ the same way; DECODE_ARGS picks rows (decode_speed.py --help)
+decode_speed() {
+  mkdir -p .decode_speed
+  python3 benchmarks/decode_speed.py --resume --out .decode_speed/decode_speed.md ${DECODE_ARGS:-} 2>&1 | tee -a "$OUT/decode_speed.log"
+  cp .decode_speed/decode_speed.md .decode_speed/decode_speed.json "$OUT/"
+}
 [ ${#parts[@]} -eq 0 ] && parts=(kv_memory correctness)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 for part in "${parts[@]}"; do
@@ -34,7 +40,8 @@ for part in "${parts[@]}"; do
     decode_profile) python3 benchmarks/decode_profile.py --out "$OUT/decode_profile.md" 2>&1 | tee "$OUT/decode_profile.log" ;;
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
-      python3 benchmarks/decode_speed.py --out "$OUT/decode_speed.md" 2>&1 | tee "$OUT/decode_speed.log" ;;
+      decode_speed ;;
+    decode_speed) decode_speed ;;  # the table only (e.g. a second call on a warm machine)
     sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
