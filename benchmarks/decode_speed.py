@@ -212,7 +212,7 @@ def measure_row(bench: Bench, variant: str, batch: int, context: int, ids: torch
     try:
         if reason:
             return Row(batch, context, variant, note=reason, run=args_invocations(args), kernel=kernel)
-        with static_decode.static_decode_kernel(kernel or static_decode.SETTING.get()):
+        with static_decode.static_decode_kernel(kernel or static_decode.SETTING.get()):  # "": the setting's
             return replace(run_row(bench, variant, batch, context, ids), kernel=kernel)
     except torch.cuda.OutOfMemoryError as err:
         return Row(batch, context, variant, note=f"out of memory: {str(err).splitlines()[0][:80]}", kernel=kernel)
@@ -278,7 +278,7 @@ def check_against_bounded(bench: Bench, row: Row, new_tokens: torch.Tensor, ids:
     bounded path's (informative: random bf16 weights give near-ties that either path may break
     differently); and the logits, teacher-forced: the first prompt through the compiled static path
     for CHECK_STEPS steps, then the same tokens through the eager bounded path, step by step."""
-    compiled = (row.batch, static_decode.SETTING.get())
+    compiled = (row.batch, static_decode.kernel_for(bench.device))
     if compiled in bench.batches_compiled and row.graphs:
         row.ok, row.note = False, f"recompiled: {row.graphs} graphs added at a batch size already compiled"
     bench.batches_compiled.add(compiled)

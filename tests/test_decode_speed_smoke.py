@@ -25,12 +25,16 @@ def test_tiny_run_in_two_invocations_writes_one_passing_table(tmp_path):
     second = decode_speed.DecodeSpeedArgs(tiny=True, contexts=(40, 90), batches=(1, 3), resume=True, out=str(out))
     assert decode_speed.main(second) == 0
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(rows) == 2 * 4 + 4 + 1  # two batch-1 contexts, batch 3, the stock row at SWAA's cache size
+    # two batch-1 contexts and batch 3 (5 rows each: the compiled SWAA row once per decode kernel), the stock
+    # row at SWAA's cache size
+    assert len(rows) == 2 * 5 + 5 + 1
     # batch 3 x 40 tokens exceeds --tiny's one-forward prefill budget: SWAA rows prefill in chunks, stock rows say so
     assert all(row.endswith("| ok |") or "| ok (not run: stock prompts" in row for row in rows), rows
     static = [r.split(" | ") for r in rows if "StaticSWAACache" in r]
-    assert [r[0].lstrip("| ") for r in static] == ["1", "1", "2"]  # run column: the batch-3 row is the resumed one
-    assert static[0][7] == "2" and static[1][7] == "0"  # compiled once: context 40 -> 90 adds no graph
+    assert [r[3].split(", ")[-1] for r in static] == ["flex decode kernel", "sdpa decode kernel"] * 3
+    assert [r[0].lstrip("| ") for r in static] == ["1"] * 4 + ["2"] * 2  # run column: batch 3 is the resumed one
+    # sdpa compiles first (the hook's graph and the forward's), flex adds its forward; context 40 -> 90 adds none
+    assert [r[7] for r in static[:4]] == ["1", "2", "0", "0"]
     assert all("tokens = bounded" in r[10] for r in static)
     assert "swaa eval batching" in out.read_text()
 

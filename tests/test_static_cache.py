@@ -62,12 +62,25 @@ def test_flex_split_k_decode_matches_reference(family, attn, name):
 def test_static_decode_kernel_setting_is_checked_and_restored():
     from swaa_patch.backends import static_decode
 
-    with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('sdpa', 'flex'\), got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('auto', 'sdpa', 'flex'\), got 'cudnn'"):
         static_decode.set_static_decode_kernel("cudnn")
     with pytest.raises(RuntimeError), static_decode_kernel("flex"):
         assert static_decode.SETTING.get() == "flex"
         raise RuntimeError
-    assert static_decode.SETTING.get() == "sdpa" and KERNELS == ("sdpa", "flex")
+    assert static_decode.SETTING.get() == "auto" and KERNELS == ("sdpa", "flex")
+
+
+def test_auto_decode_kernel_is_flex_on_cuda_only():
+    """The default picks flex on CUDA (split-K, benchmarks/results/decode_speed.md) and sdpa on the CPU,
+    where flex_attention is slow; a named kernel wins on any device."""
+    from swaa_patch.backends import static_decode
+
+    assert static_decode.kernel_for(torch.device("cuda")) == "flex"
+    assert static_decode.kernel_for(torch.device("cpu")) == "sdpa"
+    with static_decode_kernel("sdpa"):
+        assert static_decode.kernel_for(torch.device("cuda")) == "sdpa"
+    with static_decode_kernel("flex"):
+        assert static_decode.kernel_for(torch.device("cpu")) == "flex"
 
 
 def test_bounded_layers_hold_sinks_plus_window_at_any_length():

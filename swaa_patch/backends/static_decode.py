@@ -3,14 +3,17 @@
 A decode step has one query per row, and the cache's validity mask (which slots hold real,
 visible tokens) is the same for every head. Two kernels compute it:
 
-- ``sdpa`` (the default): the ``groups`` query heads of a kv head become that kv head's queries,
-  so keys and values are read once and one masked SDPA call covers the layer. On an H200 cuDNN
-  runs it as one 64-row tile per kv head: 8 thread blocks for the 4B shape, 48 µs a layer.
-- ``flex``: flex_attention with every key block partial and a mask_mod that reads the validity
-  mask. Under inductor a one-token query takes PyTorch's flex-decoding kernel, which splits the
-  key slots over thread blocks (split-K): 9 µs a layer on the same shape
-  (benchmarks/results/decode_profile.md). Opt-in (``SWAA_STATIC_DECODE=flex`` or
-  :func:`static_decode_kernel`) until its CUDA-graph test has run on a GPU.
+- ``sdpa`` (the default off CUDA): the ``groups`` query heads of a kv head become that kv head's
+  queries, so keys and values are read once and one masked SDPA call covers the layer. On an H200
+  cuDNN runs it as one 64-row tile per kv head: 8 thread blocks for the 4B shape, 48 µs a layer.
+- ``flex`` (the default on CUDA): flex_attention with every key block partial and a mask_mod that
+  reads the validity mask. Under inductor a one-token query takes PyTorch's flex-decoding kernel,
+  which splits the key slots over thread blocks (split-K): 9 µs a layer on the same shape
+  (benchmarks/results/decode_profile.md), 143-145 tok/s against sdpa's 111-120 at 32K-128K
+  (benchmarks/results/decode_speed.md). On the CPU flex_attention is many times slower than SDPA.
+
+``auto`` (the default; ``SWAA_STATIC_DECODE`` or :func:`static_decode_kernel` override it) picks
+by the query's device.
 
 Logit softcapping (Gemma2), which SDPA cannot apply, takes the same math written out under
 ``sdpa`` and a score_mod under ``flex``.
@@ -28,16 +31,17 @@ from .call import AttentionCall, Kernel
 from .setting import KernelSetting
 
 KERNELS = ("sdpa", "flex")
+AUTO = "auto"  # flex on CUDA, sdpa elsewhere
 ENV_VAR = "SWAA_STATIC_DECODE"
 FLEX_BLOCK = 128  # key slots per flex block (the decode kernel splits the key dimension by blocks)
 
 
-SETTING = KernelSetting("static_decode_kernel", ENV_VAR, KERNELS, "sdpa")
+SETTING = KernelSetting("static_decode_kernel", ENV_VAR, (AUTO, *KERNELS), AUTO)
 
 
 def set_static_decode_kernel(kernel: str) -> str:
-    """Pick the static-decode kernel (one of :data:`KERNELS`); returns the previous one. A compiled
-    decode step guards on it: switching recompiles once."""
+    """Pick the static-decode kernel (``auto`` or one of :data:`KERNELS`); returns the previous one.
+    A compiled decode step guards on it: switching recompiles once."""
     return SETTING.set(kernel)
 
 
@@ -49,7 +53,15 @@ def static_decode_kernel(kernel: str) -> AbstractContextManager[None]:
 def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
-    return flex_split_k_attention if SETTING.get() == "flex" else static_decode_attention
+    return flex_split_k_attention if kernel_for(call.query.device) == "flex" else static_decode_attention
+
+
+def kernel_for(device: torch.device) -> str:
+    """The kernel the setting picks for decode steps on ``device``."""
+    kernel = SETTING.get()
+    if kernel == AUTO:
+        return "flex" if device.type == "cuda" else "sdpa"
+    return kernel
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
