@@ -505,7 +505,8 @@ def eval_table(bench: Bench) -> list[str]:
         "| generation.compile | samples/s | seconds | ratio |",
         "| --- | --- | --- | --- |",
         f"| off (bounded SWAACache, eager) | {off_sps:.2f} | {off_s:.1f} | 1.00x |",
-        f"| on (StaticSWAACache + compile, after a warm-up call) | {on_sps:.2f} | {on_s:.1f} | {on_sps / off_sps:.2f}x |",
+        f"| on (StaticSWAACache + compile, {static_decode.kernel_for(bench.device)} decode kernel, after a warm-up call) "
+        f"| {on_sps:.2f} | {on_s:.1f} | {on_sps / off_sps:.2f}x |",
     ]
 
 

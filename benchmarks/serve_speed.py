@@ -253,7 +253,7 @@ def report(bench: Bench, rows: list[Row]) -> str:
         lines += [
             f"## Throughput: N requests of {a.prompt_tokens} prompt tokens at once, {a.new_tokens} new tokens each",
             "",
-            "| N | run | requests/s | generated tok/s | total tok/s | seconds | KV per request | most requests cached | peak memory | check | note | run |",
+            "| N | path | requests/s | generated tok/s | total tok/s | seconds | KV per request | most requests cached | peak memory | check | note | run |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in throughput:
@@ -264,16 +264,17 @@ def report(bench: Bench, rows: list[Row]) -> str:
             )
         lines.append("")
     memory = [r for r in rows if r.table == "memory"]
+    measured = [v for v in VARIANTS if any(r.variant == v for r in memory)]  # this invocation's and resumed rows
     if memory:
         lines += [
             f"## KV bytes the paged cache holds for one request ({a.memory_new_tokens} new tokens)",
             "",
-            "| prompt tokens | " + " | ".join(LABELS[v] for v in a.variants) + " |",
-            "| --- |" + " --- |" * len(a.variants),
+            "| prompt tokens | " + " | ".join(LABELS[v] for v in measured) + " |",
+            "| --- |" + " --- |" * len(measured),
         ]
         for length in a.memory_lengths:
             cells = []
-            for variant in a.variants:
+            for variant in measured:
                 found = [r for r in memory if r.variant == variant and r.prompt_tokens == length]
                 cells.append(mib(found[0].kv_per_request) + ("" if found[0].ok else f" ({found[0].note or found[0].check})")
                              if found else "-")  # fmt: skip
