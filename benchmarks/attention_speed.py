@@ -42,12 +42,14 @@ from swaa_patch.backends import (
 )
 from swaa_patch.backends.flex import build_block_mask, flex_swaa_attention  # noqa: E402
 from swaa_patch.backends.triton_swa import chosen_config, swa_sink_attention  # noqa: E402
+from swaa_patch.backends.triton_swa_train import trainable_swa_sink_attention  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.plan import build_plan  # noqa: E402
 
 log = logging.getLogger("attention_speed")
 CUDNN_SWA = "cudnn window + triton sink merge, SWA+sink fwd"
 CUDNN_BAND = "cudnn window alone (no sinks: not the rule) fwd"
+TRITON_TRAIN = "triton SWA+sink (band-cost backward) fwd+bwd"
 OUT_TOL = 2e-2  # bf16 operands: 1e-3..1e-2 expected
 LSE_TOL = 1e-3
 DQ_TOL = 5e-2
@@ -188,6 +190,9 @@ class Case:
     def cudnn_band(self, q, k, v):
         return cudnn_swa.window_attention(q, k, v, self.args.window, self.scaling)
 
+    def triton_trainable(self, q, k, v):
+        return trainable_swa_sink_attention(q, k, v, self.args.window, self.args.keep_first, self.scaling)
+
     def triton_full(self, q, k, v):
         return swa_sink_attention(q, k, v, None, 0, self.scaling)
 
@@ -287,6 +292,7 @@ def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
                 lambda: backward_row(case, "sdpa full causal fwd+bwd", case.sdpa, None),
             ),
             ("flex SWA+sink fwd+bwd", lambda: backward_row(case, "flex SWA+sink fwd+bwd", case.flex, W)),
+            (TRITON_TRAIN, lambda: backward_row(case, TRITON_TRAIN, case.triton_trainable, W)),
         ]
     rows = []
     for name, run in plans:

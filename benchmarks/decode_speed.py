@@ -43,6 +43,7 @@ from bench_common import ModelBench, given_options, with_tiny_defaults  # noqa: 
 
 from swaa_patch import StaticSWAACache, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.backends import static_decode  # noqa: E402
+from swaa_patch.cache import kv_bytes  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
@@ -155,13 +156,7 @@ def skip_reason(bench: Bench, variant: str, batch: int, context: int) -> str:
 
 
 def cache_gib(cache) -> float:
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total / 2**30
+    return kv_bytes(cache) / 2**30
 
 
 def graph_count() -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [serve] [sft] [sft_long] [sft_stock_long] [sft_2gpu]
+#                                                  [train_kernel] [serve] [sft] [sft_triton] [sft_long] [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -34,6 +34,11 @@ for part in "${parts[@]}"; do
     kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
     correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
     speed) python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
+    # the trainable Triton kernel (SWAA_FUSED_TRAIN): its float64 tests on the GPU, then every attention row
+    # (its fwd+bwd against flex's and full-causal SDPA's, dq checked in the run): ~6 min
+    train_kernel)
+      python3 -m pytest -q -p no:cacheprovider tests/test_triton_swa_train.py 2>&1 | tee "$OUT/train_kernel_tests.log"
+      python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
     model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;
@@ -43,6 +48,7 @@ for part in "${parts[@]}"; do
       decode_speed ;;
     decode_speed) decode_speed ;;  # the table only (e.g. a second call on a warm machine)
     sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
+    sft_triton) sft_speed --sizes 32768,131072 --variants swaa_liger,swaa_triton_liger ;;  # ~5 min: flex vs Triton
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)

@@ -60,10 +60,12 @@ log = logging.getLogger("sft_speed")
 
 TINY = dict(QWEN3_4B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)  # fmt: skip
-VARIANTS = ("stock", "stock_liger", "swaa", "swaa_liger")
+VARIANTS = ("stock", "stock_liger", "swaa", "swaa_liger", "swaa_triton", "swaa_triton_liger")
 LAYOUTS = ("1gpu", "1gpu_accum2", "ddp", "fsdp")
 LABELS = {"stock": "stock (sdpa, full attention)", "stock_liger": "stock + Liger",
-          "swaa": "SWAA W={W} k={k} ({attn})", "swaa_liger": "SWAA W={W} k={k} ({attn}) + Liger"}  # fmt: skip
+          "swaa": "SWAA W={W} k={k} ({attn})", "swaa_liger": "SWAA W={W} k={k} ({attn}) + Liger",
+          "swaa_triton": "SWAA W={W} k={k} (Triton fwd+bwd)",
+          "swaa_triton_liger": "SWAA W={W} k={k} (Triton fwd+bwd) + Liger"}  # fmt: skip
 # layout -> (processes, gradient accumulation, accelerate config or None)
 LAYOUT_SETUP = {"1gpu": (1, 1, None), "1gpu_accum2": (1, 2, None), "ddp": (2, 1, "sft/accelerate_ddp.yaml"),
                 "fsdp": (2, 1, "sft/accelerate_fsdp.yaml")}  # fmt: skip
@@ -216,6 +218,10 @@ def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Pat
     settings_path = work / "runs" / f"{row.n}-{row.variant}-{row.layout}.json"
     atomic_write_json(settings_path, row_settings(args, row, model_dir, data, out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    if "_triton" in row.variant:  # sliding layers' training calls on backends/triton_swa_train.py
+        env["SWAA_FUSED_TRAIN"] = "force" if args.tiny else "triton"
+        if args.tiny:
+            env["TRITON_INTERPRET"] = "1"  # the kernels on Triton's CPU interpreter
     start = time.perf_counter()
     done = subprocess.run(command_of(row, settings_path), cwd=work, env=env, capture_output=True, text=True)
     (work / "runs" / f"{row.n}-{row.variant}-{row.layout}.log").write_text(done.stdout + done.stderr)
@@ -271,12 +277,15 @@ def cross_check(rows: list[Row]) -> None:
     for row in rows:
         if not row.losses:
             continue
-        if row.variant.endswith("_liger"):
-            base = by_key.get((row.n, row.variant.removesuffix("_liger"), row.layout))
+        for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel")):
+            if marker not in row.variant:
+                continue
+            base = by_key.get((row.n, row.variant.replace(marker, ""), row.layout))
             if base is not None:
                 e_loss, e_grad = rel(row.losses[0], base.losses[0]), rel(row.grad_norm, base.grad_norm)
                 good = e_loss < LOSS_RTOL and e_grad < GRAD_NORM_RTOL
-                row.check = f"vs no Liger: loss {e_loss:.1e}, grad norm {e_grad:.1e}"
+                text = f"vs {what}: loss {e_loss:.1e}, grad norm {e_grad:.1e}"
+                row.check = text if row.check == "-" else f"{row.check}; {text}"
                 row.ok &= good
         if row.layout in ("ddp", "fsdp"):
             base = by_key.get((row.n, row.variant, "1gpu_accum2"))
@@ -297,7 +306,7 @@ def estimate_s(args: SFTSpeedArgs, row: Row) -> float:
     if row.variant.endswith("_liger"):
         step /= PLAN["liger_gain"]
     step *= LAYOUT_SETUP[row.layout][1]
-    compile_s = 0.0 if row.variant.startswith("stock") else PLAN["compile_s"]
+    compile_s = 0.0 if row.variant.startswith("stock") or "_triton" in row.variant else PLAN["compile_s"]
     return PLAN["start_s"] + compile_s + steps_of(args, row.n, row.variant) * step
 
 

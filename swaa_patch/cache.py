@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -162,6 +163,19 @@ class SWAACache(DynamicCache):
         )
         self._unclaimed = set(self.bounded_layers)
         return stored_pos, stored_valid
+
+
+def kv_bytes(cache: Any) -> int:
+    """Bytes of the key and value tensors a cache holds (any transformers Cache with ``layers``:
+    DynamicCache, StaticCache, SWAACache, StaticSWAACache), as allocated: a static cache counts its
+    whole buffers, a dynamic one what it stores now."""
+    total = 0
+    for layer in getattr(cache, "layers", None) or []:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
 
 
 def _log_full_cache_once(config: SWAAConfig) -> None:

@@ -36,6 +36,7 @@ class Memo(Enum):
     FLASH_LAYOUT = "varlen segments of all real queries; (layout name,)"
     FLASH_ANSWER_LAYOUT = "varlen segments of answer-token queries; (layout name,)"
     FUSED_LAYOUT = "fused prefill's index alignment (skip, reason); (layout name,)"
+    ANSWER_SUFFIX = "first answer-token index per row if the answers are each row's suffix, else None; no parameters"
     LAST_PADDING_QUERY = "index of the last padding query; no parameters"
 
 

@@ -180,11 +180,28 @@ def test_file_dataset_with_fake_judge(tmp_path, tiny_model):
     assert full["accuracy_by_type"] == {"a": 0.5, "b": 0.0}
 
 
+def test_decode_kv_bytes_are_measured_flat_for_a_bounded_cache(tmp_path, tiny_model):
+    """max_kv_bytes is what the generation's cache held per sequence: full attention grows with the
+    prompt; a bounded cache holds keep_first + W - 1 keys per layer at any length (cache.py)."""
+    bounded = {**SWA, "force_fa_decode": False}
+    settings = make_settings(tmp_path, tiny_model, settings=[
+        {"swaa_config": None, "model_list": [tiny_model]}, {"swaa_config": bounded, "model_list": [tiny_model]}])
+    full, swa = run_eval(settings)
+    config = json.loads((Path(tiny_model) / "config.json").read_text())
+    per_key = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 4  # float32
+    assert swa["max_kv_bytes"] == per_key * (bounded["keep_first"] + bounded["sliding_window_size"] - 1)
+    assert full["max_kv_bytes"] >= per_key * 192  # the longest prompt's keys at least
+    import pyarrow.parquet as pq
+
+    responses = pq.read_table(Layout(settings.output_dir).parquet(swa["run_name"], "passkey")).to_pylist()
+    assert len(responses) == 6 and {r["kv_bytes"] for r in responses} == {swa["max_kv_bytes"]}  # flat in length
+
+
 def test_report_writes_table_and_plots(tmp_path, tiny_model):
     run_eval(make_settings(tmp_path, tiny_model, limit=3))
     report = write_report(tmp_path / "out")
     text = report.read_text()
-    assert "| run | passkey | mean |" in text and "tiny-qwen3__swa32_sink2_fad" in text
+    assert "| run | passkey | mean | decode KV / sequence |" in text and "tiny-qwen3__swa32_sink2_fad" in text
     assert "Computed on:\n\n- CPU (" in text and f"torch {torch.__version__}" in text and ": 2 blocks" in text
     plots = {p.name for p in (tmp_path / "out" / "plots").glob("*.png")}
     assert {

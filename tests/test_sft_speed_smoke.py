@@ -1,8 +1,10 @@
 """benchmarks/sft_speed.py end to end on a tiny model on the CPU (each row a real `swaa sft` process), a
---resume that keeps the rows, and the same-run checks (Liger vs not, 2 GPUs vs 1) on made-up rows."""
+--resume that keeps the rows, the Triton training kernel's row against the backend's, and the same-run
+checks (Liger vs not, Triton vs not, 2 GPUs vs 1) on made-up rows."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import replace
@@ -31,6 +33,21 @@ def test_tiny_run_writes_a_passing_report_and_resumes(tmp_path):
     assert "rows from 2 invocation(s)" in out.read_text() and out.read_text().count("| 1 | 96 |") == 3
 
 
+def test_tiny_triton_row_trains_on_the_kernel_and_matches_the_backend(tmp_path):
+    """`swaa sft` with SWAA_FUSED_TRAIN (force_fa_decode answers included) gives the backend's first loss
+    and gradient norm; the kernels run on Triton's interpreter."""
+    out = tmp_path / "sft_speed.md"
+    args = sft_speed.SFTSpeedArgs(tiny=True, out=str(out), work_dir=str(tmp_path / "work"),
+                                  variants=("swaa", "swaa_triton"))  # fmt: skip
+    assert sft_speed.main(args) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 1 | 96 |")]
+    assert len(rows) == 2 and "(Triton fwd+bwd)" in rows[1] and rows[1].endswith("| ok |"), rows
+    assert "vs the backend's kernel: loss" in rows[1]
+    metrics = json.loads((tmp_path / "work" / "runs" / "96-swaa_triton-1gpu" / "train_metrics.json").read_text())
+    calls = metrics["metrics"]["fused_train_calls"]
+    assert calls["triton"] > 0 and set(calls) <= {"triton", "no grad"}, calls  # every training call took it
+
+
 def test_checks_compare_liger_with_its_base_and_two_gpus_with_one():
     row = sft_speed.Row
     rows = [row(32, "swaa", "1gpu", losses=[10.0, 9.0], grad_norm=1.0),
@@ -39,9 +56,12 @@ def test_checks_compare_liger_with_its_base_and_two_gpus_with_one():
             row(32, "stock_liger", "1gpu", losses=[11.5], grad_norm=1.0),
             row(32, "swaa_liger", "1gpu_accum2", losses=[10.0, 9.0]),
             row(32, "swaa_liger", "ddp", losses=[10.0, 9.001]),
-            row(32, "swaa_liger", "fsdp", losses=[10.0, 9.5])]
+            row(32, "swaa_liger", "fsdp", losses=[10.0, 9.5]),
+            row(32, "swaa_triton_liger", "1gpu", losses=[10.002, 9.0], grad_norm=1.0)]
     sft_speed.cross_check(rows)
     assert rows[1].ok and rows[1].check.startswith("vs no Liger: loss 1.0e-04")
     assert not rows[3].ok  # Liger changed the loss by 4.5 %
     assert rows[5].ok and "vs 1 GPU (accumulation 2): losses 1.1e-04 over 2 steps" in rows[5].check
     assert not rows[6].ok
+    # no swaa_triton row to compare the Liger effect with; the kernel's against swaa_liger
+    assert rows[7].ok and rows[7].check.startswith("vs the backend's kernel: loss 1.0e-04")

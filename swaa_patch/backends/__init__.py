@@ -20,6 +20,7 @@ from .fused_prefill import dispatch_fused_prefill
 from .packed import dispatch_packed, eager_chunks, flash_chunks, sdpa_chunks
 from .sdpa import sdpa_swaa_attention
 from .static_decode import dispatch_static_decode
+from .triton_swa_train import dispatch_fused_train
 
 __all__ = ["BACKENDS", "DISPATCH", "PAGED_BACKENDS", "AttentionCall", "Kernel", "run_attention", "select_kernel"]
 
@@ -64,6 +65,7 @@ _SDPA = (
     dispatch_packed(sdpa_chunks),
     dispatch_static_decode,
     dispatch_fused_prefill,
+    dispatch_fused_train,
     always(sdpa_swaa_attention),
 )
 _FLASH = (dispatch_packed(flash_chunks), dispatch_static_decode, always(flash_swaa_attention))
@@ -73,6 +75,7 @@ DISPATCH: dict[str, tuple[Candidate, ...]] = {
     "flex_attention": (
         dispatch_static_decode,
         dispatch_fused_prefill,
+        dispatch_fused_train,
         dispatch_gathered_decode,
         always(flex_swaa_attention),
     ),

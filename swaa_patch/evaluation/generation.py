@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..cache import kv_bytes
+from ..compat import output_cache
 from ..jobs.prompts import Prepared
 from ..static_cache import compiled_generation
 
@@ -12,7 +14,9 @@ from ..static_cache import compiled_generation
 def generate_batch(
     model: Any, tokenizer: Any, batch: Sequence[Prepared], max_new_tokens: int, compile_mode: str = "off"
 ) -> list[dict[str, Any]]:
-    """Greedy generation for one left-padded batch; returns response text and token counts.
+    """Greedy generation for one left-padded batch; returns response text, token counts and the KV
+    bytes the generation's cache held per sequence at the end (its bytes / batch rows: what decoding
+    this batch kept in memory, padding to the batch's longest prompt included).
     ``compile_mode`` (auto / on / off): compiled decode steps on a StaticSWAACache."""
     import torch
 
@@ -26,9 +30,11 @@ def generate_batch(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            return_dict_in_generate=True,
             **compiled_generation(compile_mode, model.device),
         )
-    new_tokens = output[:, input_ids.shape[1] :]
+    per_sequence = kv_bytes(output_cache(output)) // len(batch)
+    new_tokens = output.sequences[:, input_ids.shape[1] :]
     results = []
     for row in new_tokens.tolist():
         kept = [t for t in row if t != tokenizer.pad_token_id]
@@ -36,6 +42,7 @@ def generate_batch(
             {
                 "response": tokenizer.decode(kept, skip_special_tokens=True),
                 "response_tokens": len(kept),
+                "kv_bytes": per_sequence,
             }
         )
     return results

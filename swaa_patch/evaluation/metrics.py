@@ -59,4 +59,6 @@ def block_metrics(responses: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "truncated_ratio": _mean([float(r.get("truncated", False)) for r in responses]),
         "no_think_tag_ratio": _mean([float(THINK_END not in r["response"]) for r in think]) if think else None,
         "avg_response_tokens": _mean([float(r.get("response_tokens", 0)) for r in responses]),
+        # decode memory: the most KV bytes one sequence's generation held (generation.generate_batch)
+        "max_kv_bytes": max((int(r["kv_bytes"]) for r in responses if r.get("kv_bytes") is not None), default=None),
     }

@@ -37,18 +37,27 @@ def _num(text: str) -> float:
 
 
 def accuracy_table(metrics: list[dict[str, Any]]) -> str:
-    """Markdown: one row per run (model x config), one column per dataset, plus the mean."""
+    """Markdown: one row per run (model x config), one column per dataset, the mean, and the most
+    KV bytes one sequence's decoding held in any of the run's blocks (decode memory, measured)."""
     runs = _ordered([m["run_name"] for m in metrics])
     datasets = _ordered([m["dataset"] for m in metrics])
     acc = {(m["run_name"], m["dataset"]): m["accuracy"] for m in metrics}
-    lines = ["| run | " + " | ".join(datasets) + " | mean |", "|---" * (len(datasets) + 2) + "|"]
+    lines = ["| run | " + " | ".join(datasets) + " | mean | decode KV / sequence |", "|---" * (len(datasets) + 3) + "|"]
     for run in runs:
         cells = [acc.get((run, d)) for d in datasets]
         known = [c for c in cells if c is not None]
         mean = f"{sum(known) / len(known):.3f}" if known else "-"
         row = [f"{c:.3f}" if c is not None else "-" for c in cells]
-        lines.append(f"| {run} | " + " | ".join(row) + f" | {mean} |")
+        kv = [m["max_kv_bytes"] for m in metrics if m["run_name"] == run and m.get("max_kv_bytes") is not None]
+        lines.append(f"| {run} | " + " | ".join(row) + f" | {mean} | {format_bytes(max(kv)) if kv else '-'} |")
     return "\n".join(lines)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
 
 
 def config_table(metrics: list[dict[str, Any]]) -> str:

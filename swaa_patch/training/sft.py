@@ -29,6 +29,7 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from ..backends import triton_swa_train
 from ..config import SWAAConfig
 from ..jobs.errors import Interrupted
 from ..jobs.io import atomic_write_json
@@ -316,7 +317,9 @@ def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...
     history = trainer.state.log_history
     metrics = {**result.metrics, "global_step": trainer.state.global_step, "total_flos": trainer.state.total_flos,
                "liger": trainer.liger is not None, "num_processes": trainer.accelerator.num_processes,
-               "distributed_type": trainer.accelerator.distributed_type.value}
+               "distributed_type": trainer.accelerator.distributed_type.value,
+               # attention calls of this process by path: SWAA_FUSED_TRAIN's kernel or why a call kept the backend's
+               "fused_train_calls": dict(triton_swa_train.PATH_COUNTS)}
     loss = train_loss(history)  # over every step: the trainer's own covers only this invocation's
     if loss is not None:
         metrics["train_loss"] = loss

@@ -1,0 +1,284 @@
+"""Trainable SWA+sink attention: the Triton forward of ``triton_swa.py`` and a Triton backward at
+band cost, one autograd Function, and the dispatch candidate that routes training calls to it.
+
+Why: training calls (q, k, v need gradients) otherwise take flex_attention (the flex backend) or
+masked SDPA (the sdpa backend). flex compiles a kernel per sequence length before the first step
+(31-38 s on a fresh H200, benchmarks/results/sft_speed.md) and its backward reached a quarter of
+the FLOP-ideal speedup over full causal attention; masked SDPA is O(n^2). This backward visits
+only the band ``j <= i < j + W`` plus the sink columns (``_triton_swa_bwd_kernel.py``), and
+Triton compiles each kernel once per dtype / head_dim / block config, not per length.
+
+Calls it serves: the same index-aligned layout as the fused prefill (one unpadded document per
+row, ``fused_prefill.aligned_layout``) with no cache (query i is key i), a sliding layer, no
+dropout, head_dim in ``SUPPORTED_HEAD_DIMS``. Answer-token rows (labels under ``force_fa_decode``,
+which attend to every earlier key) are allowed when they are each row's suffix, as one prompt +
+answer per row makes them: the kernel computes every row under the window rule, and the answer
+rows are recomputed over all earlier keys by SDPA (a few rows x n keys) and replace the kernel's,
+so the kernel's rows there get no gradient (the flash backend splits them the same way).
+Everything else keeps the backend's own exact path.
+
+Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"off"`` (the default until the kernel's speed
+is measured on a GPU against flex), ``"triton"`` (CUDA bf16/fp16 calls that qualify) or
+``"force"`` (also CPU tensors through Triton's interpreter and float32: for tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from ..plan import Memo
+from .call import AttentionCall, Kernel
+from .fused_prefill import AUTO_DTYPES, _layout, _triton_available, gpu_supported
+from .setting import KernelSetting
+from .triton_swa import INSTALL_HINT, SUPPORTED_HEAD_DIMS, _check_inputs, _dot_precision, swa_sink_attention
+
+MODES = ("off", "triton", "force")
+ENV_VAR = "SWAA_FUSED_TRAIN"
+TAKEN = "triton"
+SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "off")
+
+# outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
+PATH_COUNTS: Counter[str] = Counter()
+
+
+def fused_train(mode: str) -> AbstractContextManager[None]:
+    """Run the forwards inside the block with the fused training path set to ``mode``."""
+    return SETTING.scoped(mode)
+
+
+def set_fused_train(mode: str) -> str:
+    """Set the fused training path to one of :data:`MODES`; returns the previous setting."""
+    return SETTING.set(mode)
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Launch parameters of the three backward kernels; ``chunk_blocks``: q blocks per program of
+    the sink-tail kernel; ``sink_block``: sink keys per program there (a power of two >= 16)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    chunk_blocks: int = 16
+    sink_block: int = 64
+
+
+GPU_CONFIG = BackwardConfig()
+FLOAT32_CONFIG = BackwardConfig(32, 32, 4, 1, 16, 32)
+INTERPRETER_CONFIG = BackwardConfig(16, 16, 1, 1, 2, 16)
+
+
+def _config_for(q: Tensor) -> BackwardConfig:
+    if q.device.type != "cuda":
+        return INTERPRETER_CONFIG
+    return FLOAT32_CONFIG if q.dtype == torch.float32 else GPU_CONFIG
+
+
+@lru_cache(maxsize=1)
+def load_backward_kernels() -> SimpleNamespace:
+    try:
+        from . import _triton_swa_bwd_kernel as kernels
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+    return SimpleNamespace(dq=kernels.swa_sink_bwd_dq, tail=kernels.swa_sink_bwd_sink_tail, dkdv=kernels.swa_sink_bwd_dkdv)
+
+
+def swa_sink_attention_backward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    grad_out: Tensor,
+    window: int | None,
+    keep_first: int,
+    scaling: float,
+    softcap: float | None = None,
+    *,
+    config: BackwardConfig | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)`` of ``swa_sink_attention(q, k, v, window, keep_first, scaling, softcap)``
+    (no cache: q and k have the same length, query i is key i) from its ``out`` and ``lse`` and
+    the output's gradient. Shapes as the forward's; any strides."""
+    _check_inputs(q, k, v, window, keep_first, 0)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"the backward has no cache: q length {q.shape[2]} must equal k length {k.shape[2]}")
+    for name, t in (("out", out), ("grad_out", grad_out)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}; got {tuple(t.shape)}")
+    if lse.shape != q.shape[:3] or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be float32 {tuple(q.shape[:3])}; got {tuple(lse.shape)} {lse.dtype}")
+    batch, heads, seq, dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    config = config or _config_for(q)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0:
+        return dq, dk, dv
+    window = seq + 1 if window is None else min(window, seq + 1)
+    keep_first = min(keep_first, seq)
+    lse = lse.contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # (B, Hq, L): rowsum(dO * O)
+    kernels = load_backward_kernels()
+    flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
+    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    softcap_value = 1.0 if softcap is None else softcap
+    common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+
+    # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed here
+    tail = keep_first > 0 and seq > window
+    sink_blocks = math.ceil(keep_first / config.sink_block)
+    sink_rows = sink_blocks * config.sink_block
+    sink_dk = sink_dv = torch.zeros(1, dtype=torch.float32, device=q.device)
+    if tail:
+        first = window // config.block_m
+        chunks = math.ceil((math.ceil(seq / config.block_m) - first) / config.chunk_blocks)
+        part_dk = torch.empty(chunks, batch * kv_heads, sink_rows, dim, dtype=torch.float32, device=q.device)
+        part_dv = torch.empty_like(part_dk)
+        kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
+            q, k, v, grad_out, lse, delta, part_dk, part_dv, *common,
+            kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
+            **flags, BLOCK_M=config.block_m, SINKS=config.sink_block, **launch,
+        )  # fmt: skip
+        sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
+    kernels.dkdv[(math.ceil(seq / config.block_n), batch * kv_heads)](
+        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, *common, *dk.stride(), *dv.stride(),
+        kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
+        **flags, HAS_SINK_TAIL=tail, BLOCK_M=config.block_m, BLOCK_N=config.block_n, **launch,
+    )  # fmt: skip
+    kernels.dq[(math.ceil(seq / config.block_m) * groups, batch * kv_heads)](
+        q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
+        kv_heads, groups, seq, window, keep_first, scaling, softcap_value,
+        **flags, BLOCK_M=config.block_m, BLOCK_N=config.block_n, **launch,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+class SWASinkAttention(torch.autograd.Function):
+    """``out = swa_sink_attention(...)`` with the Triton backward; saves q, k, v, out and lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window, keep_first, scaling, softcap):
+        out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling, softcap)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.rule = (window, keep_first, scaling, softcap)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = swa_sink_attention_backward(q, k, v, out, lse, grad_out, *ctx.rule)
+        return dq, dk, dv, None, None, None, None
+
+
+def trainable_swa_sink_attention(
+    q: Tensor, k: Tensor, v: Tensor, window: int | None, keep_first: int, scaling: float, softcap: float | None = None
+) -> Tensor:
+    """Differentiable SWA+sink attention over one unpadded sequence per row (query i is key i):
+    (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D)."""
+    return SWASinkAttention.apply(q, k, v, window, keep_first, scaling, softcap)
+
+
+def _reason(call: AttentionCall) -> str | None:
+    """Why this training call must not take the fused kernel, cheapest checks first; None when it may."""
+    query, plan, layer = call.query, call.plan, call.layer_idx
+    if not (query.requires_grad or call.key.requires_grad or call.value.requires_grad):
+        return "no grad"
+    if call.active_dropout:
+        return "dropout"
+    if plan.layer_window(layer) is None:
+        return "full-attention layer"
+    if plan.layer_answer_mask(layer) is not None and answer_starts(plan) is None:
+        return "answer tokens not a suffix of each row"
+    if SETTING.get() == "triton":
+        if query.device.type != "cuda":
+            return "device"
+        if query.dtype not in AUTO_DTYPES:
+            return "dtype"
+        if not gpu_supported(query.device):
+            return "gpu older than Ampere"
+    if query.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return "head_dim"
+    if not _triton_available():
+        return "no triton"
+    if plan.keys(layer).offset or call.key.shape[2] != query.shape[2]:
+        return "cached keys"
+    skip, reason = _layout(plan, layer)
+    if reason is None and skip:
+        return "padding or empty slots"
+    return reason
+
+
+def dispatch_fused_train(call: AttentionCall) -> Kernel | str:
+    """The trainable Triton kernel for this call, or why the call is not eligible (counted in
+    :data:`PATH_COUNTS`)."""
+    if SETTING.get() == "off":
+        return "fused training off"
+    reason = _reason(call)
+    if reason is not None:
+        PATH_COUNTS[reason] += 1
+        return reason
+    return fused_train_kernel
+
+
+def fused_train_kernel(call: AttentionCall) -> tuple[Tensor, None]:
+    PATH_COUNTS[TAKEN] += 1
+    plan, layer = call.plan, call.layer_idx
+    out = trainable_swa_sink_attention(
+        call.query, call.key, call.value, plan.layer_window(layer), plan.config.keep_first, call.scaling, call.softcap
+    )
+    if plan.layer_answer_mask(layer) is not None:
+        out = with_full_answer_rows(call, out, answer_starts(plan))
+    return out.transpose(1, 2), None
+
+
+def answer_starts(plan) -> list[int] | None:
+    """Each row's first answer token (the row's length when it has none) if every row's answer
+    tokens are a suffix of the row, else None (one host sync per forward, memoised)."""
+
+    def build() -> list[int] | None:
+        answer = plan.q_answer
+        length = answer.shape[1]
+        starts = length - answer.sum(-1)
+        suffix = torch.arange(length, device=answer.device)[None, :] >= starts[:, None]
+        if not bool((answer == suffix).all()):
+            return None
+        return starts.tolist()
+
+    return plan.memo(Memo.ANSWER_SUFFIX, build)
+
+
+def with_full_answer_rows(call: AttentionCall, out: Tensor, starts: list[int]) -> Tensor:
+    """``out`` (B, Hq, L, D) with each row's answer queries (from ``starts[b]`` on) attending to
+    every earlier key: SDPA over the answer rows, or the written-out math when logits are
+    softcapped."""
+    rows = []
+    length = out.shape[2]
+    for b, start in enumerate(starts):
+        if start >= length:
+            rows.append(out[b])
+            continue
+        q = call.query[b : b + 1, :, start:]
+        k, v = call.key[b : b + 1], call.value[b : b + 1]
+        visible = torch.arange(length, device=q.device)[None, :] <= torch.arange(start, length, device=q.device)[:, None]
+        groups = q.shape[1] // k.shape[1]
+        if call.softcap is None:
+            full = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=visible, scale=call.scaling, enable_gqa=groups > 1
+            )
+        else:
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+            scores = torch.tanh(q @ k.transpose(2, 3) * (call.scaling / call.softcap)) * call.softcap
+            weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1, dtype=torch.float32)
+            full = weights.to(v.dtype) @ v
+        rows.append(torch.cat([out[b, :, :start], full[0]], dim=1))
+    return torch.stack(rows)

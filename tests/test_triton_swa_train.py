@@ -1,0 +1,192 @@
+"""The trainable Triton SWA+sink attention (forward + band-cost backward) against float64 autograd
+through a dense implementation of the rule written here (nothing of swaa_patch's rule or backends),
+and its dispatch in whole models against the backend's own path.
+
+Without a GPU the kernels run on Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
+before anything imports triton), in float32 with IEEE dots; tiny blocks make small shapes cross many
+block boundaries: windows shorter and longer than a block, sink ranges inside, across and beyond the
+window, the sink tail split into chunks and sink blocks, lengths that are not block multiples, GQA,
+softcap, strided inputs. A CUDA machine runs the same tests on the compiled kernels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton SWA kernels cannot be tested")
+
+from tiny import tiny_model  # noqa: E402
+
+from swaa_patch import SWAAConfig, apply_swaa  # noqa: E402
+from swaa_patch.backends import triton_swa_train  # noqa: E402
+from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
+from swaa_patch.backends.triton_swa_train import (  # noqa: E402
+    BackwardConfig,
+    fused_train,
+    swa_sink_attention_backward,
+    trainable_swa_sink_attention,
+)
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+TOL = 1e-5
+# blocks of 16, two q blocks per sink-tail chunk, sink blocks of 16 keys
+TINY = BackwardConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, chunk_blocks=2, sink_block=16)
+TALL = BackwardConfig(block_m=32, block_n=16, num_warps=1, num_stages=1, chunk_blocks=1, sink_block=32)
+
+
+def dense_attention(q, k, v, window, keep_first, scaling, softcap=None):
+    """float64 softmax over the keys the rule allows: j <= i and (i - j < W or j < keep_first)."""
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)
+    v = v.repeat_interleave(groups, dim=1)
+    i = torch.arange(q.shape[2])[:, None]
+    j = torch.arange(k.shape[2])[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed = allowed & ((i - j < window) | (j < keep_first))
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.einsum("bhij,bhjd->bhid", torch.softmax(scores, dim=-1), v)
+
+
+def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None):
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    out = dense_attention(*leaves, window, keep_first, scaling, softcap)
+    out.backward(grad_out.detach().cpu().double())
+    return out.detach(), [t.grad for t in leaves]
+
+
+def rel(a, b):
+    return float((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def inputs(batch, heads, kv_heads, seq, dim, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, seq, dim, generator=g, dtype=dtype)
+    k = torch.randn(batch, kv_heads, seq, dim, generator=g, dtype=dtype)
+    v = torch.randn(batch, kv_heads, seq, dim, generator=g, dtype=dtype)
+    grad_out = torch.randn(batch, heads, seq, dim, generator=g, dtype=dtype)
+    return [t.to(DEVICE) for t in (q, k, v, grad_out)]
+
+
+# (seq, window, keep_first, config): windows inside / across blocks, sinks inside the first block, across
+# two sink blocks and beyond the window, a window covering everything (no sink tail), no sinks at all
+CASES = [
+    (45, 8, 3, TINY),
+    (70, 16, 20, TINY),
+    (70, 5, 40, TALL),
+    (33, 64, 4, TINY),
+    (61, 12, 0, TINY),
+    (64, 1, 2, TINY),
+    (50, None, 0, TALL),
+]
+
+
+@pytest.mark.parametrize("seq, window, keep_first, config", CASES)
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_backward_matches_float64_autograd(seq, window, keep_first, config, softcap):
+    q, k, v, grad_out = inputs(2, 4, 2, seq, 16, seed=seq + (keep_first or 0))
+    scaling = 0.3
+    out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling, softcap)
+    dq, dk, dv = swa_sink_attention_backward(q, k, v, out, lse, grad_out, window, keep_first, scaling, softcap,
+                                             config=config)  # fmt: skip
+    expected_out, (eq, ek, ev) = reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap)
+    assert rel(out, expected_out) < TOL
+    assert rel(dq, eq) < TOL and rel(dk, ek) < TOL and rel(dv, ev) < TOL, (rel(dq, eq), rel(dk, ek), rel(dv, ev))
+
+
+def test_autograd_function_with_strided_inputs_and_gqa_of_four():
+    """Through torch.autograd: (B, L, H, D) tensors transposed, as transformers hands them over."""
+    q, k, v, grad_out = inputs(1, 8, 2, 40, 32, seed=7)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    out = trainable_swa_sink_attention(q, k, v, 9, 5, 0.2)
+    out.backward(grad_out)
+    expected_out, (eq, ek, ev) = reference_grads(q, k, v, grad_out, 9, 5, 0.2)
+    assert rel(out.detach(), expected_out) < TOL
+    assert rel(q.grad, eq) < TOL and rel(k.grad, ek) < TOL and rel(v.grad, ev) < TOL
+
+
+def test_a_wrong_rule_fails_the_check():
+    """The reference is sharp: the kernel's gradients for keep_first 3 are not those of keep_first 0."""
+    q, k, v, grad_out = inputs(1, 2, 1, 45, 16, seed=3)
+    out, lse = swa_sink_attention(q, k, v, 8, 3, 0.3)
+    _, dk, _ = swa_sink_attention_backward(q, k, v, out, lse, grad_out, 8, 3, 0.3, config=TINY)
+    _, (_, wrong, _) = reference_grads(q, k, v, grad_out, 8, 0, 0.3)
+    assert rel(dk, wrong) > 1e-2
+
+
+def test_bad_inputs_are_refused_with_the_field_named():
+    q, k, v, grad_out = inputs(1, 2, 1, 20, 16)
+    out, lse = swa_sink_attention(q, k, v, 4, 1, 0.3)
+    with pytest.raises(ValueError, match="q length 19 must equal k length 20"):
+        swa_sink_attention_backward(q[:, :, 1:], k, v, out[:, :, 1:], lse[:, :, 1:], grad_out[:, :, 1:], 4, 1, 0.3)
+    with pytest.raises(ValueError, match="lse must be float32"):
+        swa_sink_attention_backward(q, k, v, out, lse.double(), grad_out, 4, 1, 0.3)
+    with pytest.raises(ValueError, match="fused_train: must be one of \\('off', 'triton', 'force'\\)"):
+        triton_swa_train.set_fused_train("on")
+
+
+MODEL_CONFIGS = {
+    "window+sinks": SWAAConfig(sliding_window_size=5, keep_first=2),
+    "interleaved": SWAAConfig(sliding_window_size=4, keep_first=1, non_sliding_layers=[1]),
+    # answer tokens (labels after each row's prompt) attend to every earlier key on sliding layers
+    "force_fa_decode": SWAAConfig(sliding_window_size=3, keep_first=2, force_fa_decode=True, non_sliding_layers=[2]),
+}
+
+
+# flex_attention has no backward on the CPU: its rows (softcapped gemma2 among them) run on a GPU only
+TRAIN_FAMILIES = [("qwen3", "sdpa"), ("llama", "sdpa"), ("mistral", "sdpa")]
+if DEVICE.type == "cuda":
+    TRAIN_FAMILIES += [("gemma2", "flex_attention"), ("qwen3", "flex_attention")]
+
+
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+@pytest.mark.parametrize("family, attn", TRAIN_FAMILIES)
+def test_training_step_takes_the_kernel_and_matches_the_backend(family, attn, name):
+    """A whole model's loss and parameter gradients with the fused training path equal the backend's
+    own path (itself checked against float64 in tests/test_equivalence.py); the kernel really ran."""
+    config = MODEL_CONFIGS[name]
+    model = apply_swaa(tiny_model(family, attn), config).train()  # training: no cache (attention dropout 0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :15], labels[1, :9] = -100, -100  # prompts of 15 and 9 tokens, answers after them
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected_loss, expected = loss_and_grads()
+    triton_swa_train.PATH_COUNTS.clear()
+    with fused_train("force"):
+        loss, grads = loss_and_grads()
+    sliding = model.config.num_hidden_layers - len(config.non_sliding_layers)
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == sliding
+    assert abs(float(loss - expected_loss)) < 1e-5
+    for n, g in expected.items():
+        assert rel(grads[n], g.double()) < 1e-4, n
+
+
+def test_calls_it_cannot_serve_keep_the_backend_path():
+    """Left padding (and inference, which the fused prefill serves) never reach the training kernel."""
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=1)).train()
+    ids = torch.randint(3, model.config.vocab_size, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    triton_swa_train.PATH_COUNTS.clear()
+    with fused_train("force"):
+        model(ids, attention_mask=mask, labels=ids).loss.backward()
+        with torch.no_grad():
+            model(ids)
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == 0
+    assert triton_swa_train.PATH_COUNTS["padding or empty slots"] > 0
+    assert triton_swa_train.PATH_COUNTS["no grad"] > 0
