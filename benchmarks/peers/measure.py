@@ -33,6 +33,10 @@ DATA = REPO / "eval" / "lm_eval" / "swaa_demo" / "data"
 TASKS = ("passkey", "multikey_niah", "kv_lookup")
 MAX_NEW_TOKENS = 16  # settings/demo.json
 KiB = 1024
+# the KV budgets a comparison can be run at (run_peers.sh BUDGET=...): "same" = SWAA's bounded rows (4 sinks +
+# W 64 on every layer); "half" = SWAA's calibrated layer set (layers 0 and 2 full, 1 and 3 bounded), about half
+# of full attention's KV, with the peers keeping as many keys in total (kvpress_rows.half_budget_press)
+BUDGETS = ("same", "half")
 
 
 def row_options(doc: str) -> argparse.Namespace:
@@ -41,6 +45,8 @@ def row_options(doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--limit", type=int, default=None, help="samples per task (default: all 48)")
+    parser.add_argument("--budget", choices=BUDGETS, default="same",
+                        help="same: 4 sinks + 64 recent keys per layer; half: the KV of half the layers full")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     return parser.parse_args()

@@ -14,6 +14,23 @@ from typing import Any
 from measure import MAX_NEW_TOKENS, TASKS
 
 KIND_LABEL = {"baseline": "baseline", "swaa": "SWAA", "peer": "**peer**", "peer-env baseline": "baseline (peer env)"}
+BUDGET_TEXT = {
+    "same": """\
+- KV budget: SWAA's bounded layers keep 4 sinks + the newest 63 keys (W - 1; the query is the
+  64th), whatever the context length. The StreamingLLM press keeps 4 sinks + the 64 most recent
+  prompt keys after a **full-attention prefill** and does not evict while decoding, so each decoded
+  token adds one more key. `force_fa_decode` rows keep every key on every layer (decode attends to
+  the whole cache): they trade the KV saving for accuracy; their saving is the O(n·W) prefill.
+""",
+    "half": """\
+- KV budget: about half of full attention's. SWAA's layer sets keep every key on 2 of the 4 layers
+  and 4 sinks + the newest 63 keys on the other 2 (no `force_fa_decode`); the calibrated set is the
+  one `swaa calibrate settings/demo_calibrate.json` picks. Each press keeps ceil(n / 2 + 33.5) of
+  the n prompt keys on every layer after a **full-attention prefill** (kvpress_rows.half_budget_kept:
+  the same total as the SWAA rows, rounded up for the peers) and adds decoded tokens without
+  evicting, as SWAA's full layers do.
+""",
+}
 PROTOCOL = f"""\
 ## Protocol
 
@@ -21,12 +38,7 @@ PROTOCOL = f"""\
   1,024 tokens, evidence depth 0.1 / 0.5 / 0.9), as shipped in `eval/lm_eval/swaa_demo/data/`.
   Each goes through the demo model's chat template as one user turn; greedy, {MAX_NEW_TOKENS} new
   tokens, batch 1, float32, sdpa, `model.generate`; scored by swaa's scorers (`numeric`, `contains`).
-- KV budget: SWAA's bounded layers keep 4 sinks + the newest 63 keys (W - 1; the query is the
-  64th), whatever the context length. The StreamingLLM press keeps 4 sinks + the 64 most recent
-  prompt keys after a **full-attention prefill** and does not evict while decoding, so each decoded
-  token adds one more key. `force_fa_decode` rows keep every key on every layer (decode attends to
-  the whole cache): they trade the KV saving for accuracy; their saving is the O(n·W) prefill.
-- KV KiB per layer: bytes of keys + values in each layer's cache after the last decode step
+{{budget}}- KV KiB per layer: bytes of keys + values in each layer's cache after the last decode step
   (mean over samples; 1 KiB = 1 token for this model: 2 KV heads x 64 dims x fp32 x K and V).
 - Prefill ms: the median wall time of `generate`'s first forward (a press's compression included).
   The 2-core CPU was shared with other jobs while this ran (load average 4-11), so differences of
@@ -80,10 +92,11 @@ def did_not_run(rows: list[dict[str, Any]]) -> list[str]:
     return failed
 
 
-def render(rows: list[dict[str, Any]], command: str, seconds: int) -> str:
+def render(rows: list[dict[str, Any]], command: str, seconds: int, budget: str = "same") -> str:
     samples = next(r["samples"] for r in rows if "samples" in r)
     out = [
-        "# SWAA beside kvpress peers on the demo's held-out tasks",
+        "# SWAA beside kvpress peers on the demo's held-out tasks"
+        + (" at half of full attention's KV" if budget == "half" else ""),
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on the 2-core CPU machine (no GPU), {samples} samples "
         f"({samples // len(TASKS)} per task), in {seconds // 60} min {seconds % 60} s. Command:",
@@ -97,7 +110,7 @@ def render(rows: list[dict[str, Any]], command: str, seconds: int) -> str:
         "Environments:",
         *environments(rows),
         "",
-        PROTOCOL,
+        PROTOCOL.format(budget=BUDGET_TEXT[budget]),
     ]
     return "\n".join(out)
 
@@ -108,9 +121,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--command", required=True)
     parser.add_argument("--seconds", type=int, required=True)
+    parser.add_argument("--budget", choices=tuple(BUDGET_TEXT), default="same")
     args = parser.parse_args()
     rows = [row for path in args.rows for row in json.loads(path.read_text())]
-    args.out.write_text(render(rows, args.command, args.seconds))
+    args.out.write_text(render(rows, args.command, args.seconds, args.budget))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,16 @@
 # transformers < 5.3; SWAA needs >= 5.17, so the two cannot share one). CPU only, offline.
 #
 #   bash benchmarks/peers/run_peers.sh [--limit N]     # N samples per task (default: all 48)
-#   env: PYTHON (the swaa environment's interpreter, default python), KVPRESS_VENV, OUT
+#   BUDGET=half bash benchmarks/peers/run_peers.sh     # at half of full attention's KV: peers_demo_half_kv.md
+#   env: PYTHON (the swaa environment's interpreter, default python), KVPRESS_VENV, OUT, BUDGET (same | half)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 PYTHON="${PYTHON:-python}"
 KVPRESS_VENV="${KVPRESS_VENV:-$ROOT/.venv-kvpress}"
-OUT="${OUT:-$ROOT/eval_output/peers}"
+BUDGET="${BUDGET:-same}"
+OUT="${OUT:-$ROOT/eval_output/peers-$BUDGET}"
+RESULT="$ROOT/benchmarks/results/peers_demo$([ "$BUDGET" = half ] && echo _half_kv).md"
 
 if ! "$KVPRESS_VENV/bin/python" -c "import kvpress" 2>/dev/null; then
     python3 -m venv "$KVPRESS_VENV"
@@ -21,8 +24,10 @@ fi
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 start=$(date +%s)
-"$KVPRESS_VENV/bin/python" "$HERE/kvpress_rows.py" --out "$OUT/kvpress.json" "$@"
-"$PYTHON" "$HERE/swaa_rows.py" --out "$OUT/swaa.json" "$@"
-"$PYTHON" "$HERE/report.py" "$OUT/swaa.json" "$OUT/kvpress.json" --out "$ROOT/benchmarks/results/peers_demo.md" \
-    --seconds $(( $(date +%s) - start )) --command "bash benchmarks/peers/run_peers.sh${*:+ $*}"
-echo "wrote $ROOT/benchmarks/results/peers_demo.md"
+"$KVPRESS_VENV/bin/python" "$HERE/kvpress_rows.py" --out "$OUT/kvpress.json" --budget "$BUDGET" "$@"
+"$PYTHON" "$HERE/swaa_rows.py" --out "$OUT/swaa.json" --budget "$BUDGET" "$@"
+command="bash benchmarks/peers/run_peers.sh${*:+ $*}"
+[ "$BUDGET" = same ] || command="BUDGET=$BUDGET $command"
+"$PYTHON" "$HERE/report.py" "$OUT/swaa.json" "$OUT/kvpress.json" --out "$RESULT" --budget "$BUDGET" \
+    --seconds $(( $(date +%s) - start )) --command "$command"
+echo "wrote $RESULT"

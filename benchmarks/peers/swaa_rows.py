@@ -5,7 +5,7 @@ that bound or recover the cache: keep_first 4 + window 64 is the same KV budget 
 peer gets; the interleaved row bounds layers 0 and 2 only; force_fa_decode keeps every key (decode
 attends fully) and is what recovers accuracy; the LoRA row is demo/sft-fad under its recipe.
 
-    python benchmarks/peers/swaa_rows.py --out OUT.json [--limit N]
+    python benchmarks/peers/swaa_rows.py --out OUT.json [--limit N] [--budget same|half]
 """
 
 from __future__ import annotations
@@ -31,12 +31,23 @@ ROWS = (  # (row, model folder, config)
 )
 
 
+# --budget half: layer sets with half the layers full (no force_fa_decode): the one `swaa calibrate
+# settings/demo_calibrate.json` picks (eval/calibrate.md) and the hand pick
+HALF_ROWS = (
+    ("full attention", "demo/model", None),
+    ("SWAA W 64, 4 sinks, full layers 0 and 2 (calibrated; 1 and 3 bounded)", "demo/model",
+     SWAAConfig(sliding_window_size=64, keep_first=4, non_sliding_layers=[0, 2])),
+    ("SWAA W 64, 4 sinks, full layers 1 and 3 (hand pick; 0 and 2 bounded)", "demo/model",
+     SWAAConfig(sliding_window_size=64, keep_first=4, non_sliding_layers=[1, 3])),
+)
+
+
 def main() -> None:
     args = row_options(__doc__)
     hack_hf_swaa()
     samples = load_samples(args.limit)
     rows, models = [], {}
-    for name, folder, config in ROWS:
+    for name, folder, config in HALF_ROWS if args.budget == "half" else ROWS:
         if folder not in models:
             models[folder] = load_model(str(REPO / folder), "float32", "sdpa", "cpu")
         model, tokenizer = models[folder], load_tokenizer(str(REPO / folder))
