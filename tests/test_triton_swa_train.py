@@ -1,5 +1,5 @@
 """The trainable Triton SWA+sink attention (forward + band-cost backward) against float64 autograd
-through a dense implementation of the rule written here (nothing of swaa_patch's rule or backends),
+through the dense implementation of the rule in test_triton_swa.py (nothing of swaa_patch's rule or backends),
 and its dispatch in whole models against the backend's own path.
 
 Without a GPU the kernels run on Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1
@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton SWA kernels cannot be tested")
 
+from test_triton_swa import dense_reference  # noqa: E402  (the forward tests' float64 rule, written there)
 from tiny import tiny_model  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa  # noqa: E402
@@ -40,26 +41,9 @@ TINY = BackwardConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, chunk_b
 TALL = BackwardConfig(block_m=32, block_n=16, num_warps=1, num_stages=1, chunk_blocks=1, sink_block=32)
 
 
-def dense_attention(q, k, v, window, keep_first, scaling, softcap=None):
-    """float64 softmax over the keys the rule allows: j <= i and (i - j < W or j < keep_first)."""
-    groups = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(groups, dim=1)
-    v = v.repeat_interleave(groups, dim=1)
-    i = torch.arange(q.shape[2])[:, None]
-    j = torch.arange(k.shape[2])[None, :]
-    allowed = j <= i
-    if window is not None:
-        allowed = allowed & ((i - j < window) | (j < keep_first))
-    scores = torch.einsum("bhid,bhjd->bhij", q, k) * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.einsum("bhij,bhjd->bhid", torch.softmax(scores, dim=-1), v)
-
-
 def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None):
     leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
-    out = dense_attention(*leaves, window, keep_first, scaling, softcap)
+    out, _ = dense_reference(*leaves, window, keep_first, scaling, softcap)  # float64 CPU leaves: no copies
     out.backward(grad_out.detach().cpu().double())
     return out.detach(), [t.grad for t in leaves]
 

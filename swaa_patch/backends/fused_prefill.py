@@ -133,7 +133,13 @@ def _reason(call: AttentionCall) -> str | None:
         return "full-attention layer"
     if plan.layer_answer_mask(layer) is not None:
         return "answer tokens"
-    if plan.triton_prefill in ("auto", "triton"):
+    return tensor_reason(query, strict=plan.triton_prefill in ("auto", "triton")) or _layout(plan, layer)[1]
+
+
+def tensor_reason(query: Tensor, strict: bool) -> str | None:
+    """Why the Triton kernels cannot take these tensors, or None. ``strict`` (every mode but the
+    tests' ``force``): CUDA bf16/fp16 on Ampere or newer only."""
+    if strict:
         if query.device.type != "cuda":
             return "device"
         if query.dtype not in AUTO_DTYPES:
@@ -144,7 +150,7 @@ def _reason(call: AttentionCall) -> str | None:
         return "head_dim"
     if not _triton_available():
         return "no triton"
-    return _layout(plan, layer)[1]
+    return None
 
 
 def _layout(plan: AttentionPlan, layer: int) -> tuple[int, str | None]:

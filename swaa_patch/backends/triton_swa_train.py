@@ -36,9 +36,9 @@ from torch import Tensor
 
 from ..plan import Memo
 from .call import AttentionCall, Kernel
-from .fused_prefill import AUTO_DTYPES, _layout, _triton_available, gpu_supported
+from .fused_prefill import _layout, tensor_reason
 from .setting import KernelSetting
-from .triton_swa import INSTALL_HINT, SUPPORTED_HEAD_DIMS, _check_inputs, _dot_precision, swa_sink_attention
+from .triton_swa import INSTALL_HINT, _check_inputs, _dot_precision, swa_sink_attention
 
 MODES = ("off", "triton", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
@@ -199,17 +199,9 @@ def _reason(call: AttentionCall) -> str | None:
         return "full-attention layer"
     if plan.layer_answer_mask(layer) is not None and answer_starts(plan) is None:
         return "answer tokens not a suffix of each row"
-    if SETTING.get() == "triton":
-        if query.device.type != "cuda":
-            return "device"
-        if query.dtype not in AUTO_DTYPES:
-            return "dtype"
-        if not gpu_supported(query.device):
-            return "gpu older than Ampere"
-    if query.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        return "head_dim"
-    if not _triton_available():
-        return "no triton"
+    reason = tensor_reason(query, strict=SETTING.get() == "triton")
+    if reason is not None:
+        return reason
     if plan.keys(layer).offset or call.key.shape[2] != query.shape[2]:
         return "cached keys"
     skip, reason = _layout(plan, layer)
