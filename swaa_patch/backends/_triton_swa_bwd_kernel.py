@@ -48,6 +48,22 @@ def _load_rows(base, rows, stride_row, stride_d, offs_d, n_rows):
 
 
 @triton.jit
+def _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh,
+                stride_dom, stride_dod, n_q_heads, seq, offs_d):  # fmt: skip
+    """``(q, dO, lse, delta, row_ok)`` of query ``rows`` of q head ``h_q`` in batch row ``b`` (zeros
+    past ``seq``)."""
+    row_ok = rows < seq
+    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh, rows, stride_qm, stride_qd,
+                   offs_d, seq)  # fmt: skip
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h_q.to(tl.int64) * stride_doh, rows, stride_dom, stride_dod,
+                    offs_d, seq)  # fmt: skip
+    base = (b.to(tl.int64) * n_q_heads + h_q) * seq
+    lse = tl.load(Lse + base + rows, mask=row_ok, other=0.0)
+    delta = tl.load(Delta + base + rows, mask=row_ok, other=0.0)
+    return q, do, lse, delta, row_ok
+
+
+@triton.jit
 def _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_n, offs_d, start, end, seq, window, keep_first, scale, softcap, SOFTCAP: tl.constexpr,
                DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
@@ -90,14 +106,9 @@ def swa_sink_bwd_dq(
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < seq
-    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh, offs_m, stride_qm, stride_qd,
-                   offs_d, seq)  # fmt: skip
-    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h_q.to(tl.int64) * stride_doh, offs_m, stride_dom,
-                    stride_dod, offs_d, seq)  # fmt: skip
-    row = (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq
-    lse = tl.load(Lse + row + offs_m, mask=row_ok, other=0.0)
-    delta = tl.load(Delta + row + offs_m, mask=row_ok, other=0.0)
+    q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, offs_m, stride_qb, stride_qh, stride_qm,
+                                            stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+                                            n_kv_heads * groups, seq, offs_d)  # fmt: skip
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
 
@@ -149,16 +160,11 @@ def swa_sink_bwd_sink_tail(
     first = window // BLOCK_M  # no query before `window` sees a sink from beyond the window
     for g in range(groups):
         h_q = h_kv * groups + g
-        q_base = Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh
-        do_base = DO + b.to(tl.int64) * stride_dob + h_q.to(tl.int64) * stride_doh
-        row = (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq
         for i in range(chunk_blocks):
             offs_m = (first + chunk * chunk_blocks + i) * BLOCK_M + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < seq
-            q = _load_rows(q_base, offs_m, stride_qm, stride_qd, offs_d, seq)
-            do = _load_rows(do_base, offs_m, stride_dom, stride_dod, offs_d, seq)
-            lse = tl.load(Lse + row + offs_m, mask=row_ok, other=0.0)
-            delta = tl.load(Delta + row + offs_m, mask=row_ok, other=0.0)
+            q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, offs_m, stride_qb, stride_qh,
+                                                    stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
+                                                    stride_dod, n_kv_heads * groups, seq, offs_d)  # fmt: skip
             z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
             visible = (offs_m[:, None] - offs_s[None, :] >= window) & (offs_s[None, :] < keep_first)
             visible &= row_ok[:, None]
@@ -208,16 +214,11 @@ def swa_sink_bwd_dkdv(
     q_end = tl.minimum(k_lo + BLOCK_N - 1 + window, seq)  # one past the band's last query
     for g in range(groups):
         h_q = h_kv * groups + g
-        q_base = Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh
-        do_base = DO + b.to(tl.int64) * stride_dob + h_q.to(tl.int64) * stride_doh
-        row = (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq
         for start_m in range(q_start, q_end, BLOCK_M):
             rows = start_m + offs_m
-            row_ok = rows < seq
-            q = _load_rows(q_base, rows, stride_qm, stride_qd, offs_d, seq)
-            do = _load_rows(do_base, rows, stride_dom, stride_dod, offs_d, seq)
-            lse = tl.load(Lse + row + rows, mask=row_ok, other=0.0)
-            delta = tl.load(Delta + row + rows, mask=row_ok, other=0.0)
+            q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm,
+                                                    stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+                                                    n_kv_heads * groups, seq, offs_d)  # fmt: skip
             # (keys, queries) orientation: the transposed scores of the forward
             z, dz = _scores(k, q, scale, softcap, SOFTCAP, DOT_PRECISION)
             dist = rows[None, :] - offs_n[:, None]
