@@ -62,7 +62,8 @@ def inputs(batch, heads, kv_heads, seq, dim, seed=0, dtype=torch.float32):
 
 
 # (seq, window, keep_first, config): windows inside / across blocks, sinks inside the first block, across
-# two sink blocks and beyond the window, a window covering everything (no sink tail), no sinks at all
+# two sink blocks and beyond the window, a window covering everything (no sink tail), no sinks at all,
+# windows wide enough for unmasked interior blocks
 CASES = [
     (45, 8, 3, TINY),
     (70, 16, 20, TINY),
@@ -70,6 +71,8 @@ CASES = [
     (33, 64, 4, TINY),
     (61, 12, 0, TINY),
     (64, 1, 2, TINY),
+    (90, 40, 20, TINY),  # unmasked interior blocks in both kernels, with sinks and a sink tail
+    (100, 48, 5, TALL),
     (50, None, 0, TALL),
 ]
 

@@ -66,17 +66,20 @@ def _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm
 @triton.jit
 def _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_n, offs_d, start, end, seq, window, keep_first, scale, softcap, SOFTCAP: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """Fold the key blocks ``start, start + BLOCK_N, ... < end`` into ``dq`` under the element rule."""
+               DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """Fold the key blocks ``start, start + BLOCK_N, ... < end`` into ``dq``: under the element rule
+    (``MASKED``), or unmasked where the caller's range makes every key visible to every query (rows
+    past the end have dO = 0 and add nothing)."""
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         k = _load_rows(k_base, cols, stride_kn, stride_kd, offs_d, seq)
         v = _load_rows(v_base, cols, stride_vn, stride_vd, offs_d, seq)
         z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
-        dist = offs_m[:, None] - cols[None, :]
-        visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq)
-        visible &= row_ok[:, None]
-        p = tl.where(visible, tl.exp2((z - lse[:, None]) * LOG2E), 0.0)
+        p = tl.exp2((z - lse[:, None]) * LOG2E)
+        if MASKED:
+            dist = offs_m[:, None] - cols[None, :]
+            visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq)
+            p = tl.where(visible & row_ok[:, None], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None]) * dz
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
@@ -112,19 +115,33 @@ def swa_sink_bwd_dq(
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
 
+    # the forward's five ranges (``_triton_swa_kernel.swa_sink_fwd``): full sink blocks, the partial sink
+    # block, the window's lower edge, the interior (every key visible to every query) and the diagonal
     q_lo = block * BLOCK_M
     q_last = tl.minimum(q_lo + BLOCK_M, seq) - 1
     win_start = (tl.maximum(q_lo - window + 1, 0) // BLOCK_N) * BLOCK_N
+    lo_end = ((tl.maximum(q_last - window + 1, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    hi_start = ((q_lo + 1) // BLOCK_N) * BLOCK_N
+    mid_start = tl.minimum(tl.maximum(lo_end, win_start), hi_start)
+    sink_full_end = tl.minimum((keep_first // BLOCK_N) * BLOCK_N, win_start)
     sink_end = tl.minimum(((keep_first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, win_start)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    # two ranges, as in the forward: the sink blocks before the window's first block, then the window
     # fmt: off
     dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, 0, sink_end, seq, window, keep_first, scale, softcap, SOFTCAP, DOT_PRECISION,
-                    BLOCK_N)
+                    offs_n, offs_d, 0, sink_full_end, seq, window, keep_first, scale, softcap, SOFTCAP,
+                    DOT_PRECISION, BLOCK_N, False)
     dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, win_start, q_last + 1, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N)
+                    offs_n, offs_d, sink_full_end, sink_end, seq, window, keep_first, scale, softcap, SOFTCAP,
+                    DOT_PRECISION, BLOCK_N, True)
+    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_n, offs_d, win_start, mid_start, seq, window, keep_first, scale, softcap, SOFTCAP,
+                    DOT_PRECISION, BLOCK_N, True)
+    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_n, offs_d, mid_start, hi_start, seq, window, keep_first, scale, softcap, SOFTCAP,
+                    DOT_PRECISION, BLOCK_N, False)
+    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                    offs_n, offs_d, hi_start, q_last + 1, seq, window, keep_first, scale, softcap, SOFTCAP,
+                    DOT_PRECISION, BLOCK_N, True)
     # fmt: on
     dq_base = DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty),
@@ -180,6 +197,32 @@ def swa_sink_bwd_sink_tail(
 
 
 @triton.jit
+def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok, stride_qb, stride_qh,
+                 stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod, n_q_heads, seq, window, scale,
+                 softcap, start, end, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                 MASKED: tl.constexpr):  # fmt: skip
+    """Fold the q blocks ``start, start + BLOCK_M, ... < end`` of q head ``h_q`` into one key block's
+    ``dk, dv`` (band rule ``0 <= i - j < window`` when ``MASKED``; unmasked where the caller's range
+    makes every pair visible: rows past the end have dO = 0, keys past it are never stored)."""
+    for start_m in range(start, end, BLOCK_M):
+        rows = start_m + offs_m
+        q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm,
+                                                stride_qd, stride_dob, stride_doh, stride_dom, stride_dod, n_q_heads,
+                                                seq, offs_d)  # fmt: skip
+        # (keys, queries) orientation: the transposed scores of the forward
+        z, dz = _scores(k, q, scale, softcap, SOFTCAP, DOT_PRECISION)
+        p = tl.exp2((z - lse[None, :]) * LOG2E)
+        if MASKED:
+            dist = rows[None, :] - offs_n[:, None]
+            p = tl.where((dist >= 0) & (dist < window) & row_ok[None, :] & col_ok[:, None], p, 0.0)
+        dv = tl.dot(p.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[None, :]) * dz
+        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
 def swa_sink_bwd_dkdv(
     Q, K, V, DO, Lse, Delta, DK, DV, SinkDK, SinkDV,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -212,22 +255,27 @@ def swa_sink_bwd_dkdv(
     k_lo = block * BLOCK_N
     q_start = (k_lo // BLOCK_M) * BLOCK_M
     q_end = tl.minimum(k_lo + BLOCK_N - 1 + window, seq)  # one past the band's last query
+    # three q ranges: the diagonal (causal mask), the interior (q blocks starting at or after the block's
+    # last key and ending inside the window of its first key: unmasked) and the window's far edge
+    diag_end = tl.minimum(((k_lo + BLOCK_N - 1 + BLOCK_M - 1) // BLOCK_M) * BLOCK_M, q_end)
+    inner_end = tl.maximum(((k_lo + window - BLOCK_M) // BLOCK_M + 1) * BLOCK_M, 0)
+    inner_end = tl.maximum(tl.minimum(inner_end, q_end), diag_end)
     for g in range(groups):
         h_q = h_kv * groups + g
-        for start_m in range(q_start, q_end, BLOCK_M):
-            rows = start_m + offs_m
-            q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm,
-                                                    stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
-                                                    n_kv_heads * groups, seq, offs_d)  # fmt: skip
-            # (keys, queries) orientation: the transposed scores of the forward
-            z, dz = _scores(k, q, scale, softcap, SOFTCAP, DOT_PRECISION)
-            dist = rows[None, :] - offs_n[:, None]
-            visible = (dist >= 0) & (dist < window) & row_ok[None, :] & col_ok[:, None]
-            p = tl.where(visible, tl.exp2((z - lse[None, :]) * LOG2E), 0.0)
-            dv = tl.dot(p.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            ds = p * (dp - delta[None, :]) * dz
-            dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        # fmt: off
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
+                              stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
+                              stride_dod, n_kv_heads * groups, seq, window, scale, softcap, q_start, diag_end,
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, True)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
+                              stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
+                              stride_dod, n_kv_heads * groups, seq, window, scale, softcap, diag_end, inner_end,
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, False)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
+                              stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
+                              stride_dod, n_kv_heads * groups, seq, window, scale, softcap, inner_end, q_end,
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, True)
+        # fmt: on
     if HAS_SINK_TAIL:
         if k_lo < keep_first:
             sink = offs_n[:, None] < keep_first
