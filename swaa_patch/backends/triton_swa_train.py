@@ -66,7 +66,9 @@ class BackwardConfig:
 
     block_m: int = 64
     block_n: int = 64
-    num_warps: int = 4
+    # 8 warps: a dK/dV program accumulates two 64 x 128 float32 tiles (64 registers a thread at 256
+    # threads, 128 at 128); not yet tuned on a GPU (benchmarks/run_gpu.sh train_kernel times this config)
+    num_warps: int = 8
     num_stages: int = 2
     chunk_blocks: int = 16
     sink_block: int = 64
