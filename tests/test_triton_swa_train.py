@@ -156,8 +156,9 @@ def test_training_step_takes_the_kernel_and_matches_the_backend(family, attn, na
     triton_swa_train.PATH_COUNTS.clear()
     with fused_train("force"):
         loss, grads = loss_and_grads()
-    sliding = model.config.num_hidden_layers - len(config.non_sliding_layers)
-    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == sliding
+    full = len(config.non_sliding_layers)
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == model.config.num_hidden_layers - full
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.CAUSAL_TAKEN] == full  # full layers: SDPA causal
     assert abs(float(loss - expected_loss)) < 1e-5
     for n, g in expected.items():
         assert rel(grads[n], g.double()) < 1e-4, n

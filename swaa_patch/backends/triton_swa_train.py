@@ -9,13 +9,14 @@ only the band ``j <= i < j + W`` plus the sink columns (``_triton_swa_bwd_kernel
 Triton compiles each kernel once per dtype / head_dim / block config, not per length.
 
 Calls it serves: the same index-aligned layout as the fused prefill (one unpadded document per
-row, ``fused_prefill.aligned_layout``) with no cache (query i is key i), a sliding layer, no
-dropout, head_dim in ``SUPPORTED_HEAD_DIMS``. Answer-token rows (labels under ``force_fa_decode``,
+row, ``fused_prefill.aligned_layout``) with no cache (query i is key i), no dropout, head_dim in ``SUPPORTED_HEAD_DIMS``. Answer-token rows (labels under ``force_fa_decode``,
 which attend to every earlier key) are allowed when they are each row's suffix, as one prompt +
 answer per row makes them: the kernel computes every row under the window rule, and the answer
 rows are recomputed over all earlier keys by SDPA (a few rows x n keys) and replace the kernel's,
 so the kernel's rows there get no gradient (the flash backend splits them the same way).
-Everything else keeps the backend's own exact path.
+Full-attention layers (``non_sliding_layers``) of that layout are plain causal attention and go to
+SDPA's ``is_causal`` kernels (the Triton kernel with no window when logits are softcapped), so a
+training step compiles no flex kernel at all. Everything else keeps the backend's own exact path.
 
 Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"off"`` (the default until the kernel's speed
 is measured on a GPU against flex), ``"triton"`` (CUDA bf16/fp16 calls that qualify) or
@@ -43,6 +44,7 @@ from .triton_swa import INSTALL_HINT, _check_inputs, _dot_precision, swa_sink_at
 MODES = ("off", "triton", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
 TAKEN = "triton"
+CAUSAL_TAKEN = "sdpa causal (full-attention layer)"
 SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "off")
 
 # outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
@@ -197,8 +199,6 @@ def _reason(call: AttentionCall) -> str | None:
         return "no grad"
     if call.active_dropout:
         return "dropout"
-    if plan.layer_window(layer) is None:
-        return "full-attention layer"
     if plan.layer_answer_mask(layer) is not None and answer_starts(plan) is None:
         return "answer tokens not a suffix of each row"
     reason = tensor_reason(query, strict=SETTING.get() == "triton")
@@ -225,8 +225,17 @@ def dispatch_fused_train(call: AttentionCall) -> Kernel | str:
 
 
 def fused_train_kernel(call: AttentionCall) -> tuple[Tensor, None]:
-    PATH_COUNTS[TAKEN] += 1
     plan, layer = call.plan, call.layer_idx
+    if plan.layer_window(layer) is None and call.softcap is None:
+        # a full-attention layer of the same layout is plain causal attention: SDPA's fused kernels
+        # (no compile, unlike flex's per-length one; the Triton kernel keeps softcapped models)
+        PATH_COUNTS[CAUSAL_TAKEN] += 1
+        out = torch.nn.functional.scaled_dot_product_attention(
+            call.query, call.key, call.value, is_causal=True, scale=call.scaling,
+            enable_gqa=call.key.shape[1] != call.query.shape[1],
+        )  # fmt: skip
+        return out.transpose(1, 2), None
+    PATH_COUNTS[TAKEN] += 1
     out = trainable_swa_sink_attention(
         call.query, call.key, call.value, plan.layer_window(layer), plan.config.keep_first, call.scaling, call.softcap
     )
