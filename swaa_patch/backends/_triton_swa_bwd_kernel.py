@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_swa_kernel import _tanh
+from ._triton_swa_kernel import _key_ranges, _tanh
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -45,6 +45,17 @@ def _load_rows(base, rows, stride_row, stride_d, offs_d, n_rows):
     """A (len(rows), HEAD_DIM) tile, zeros past ``n_rows``."""
     return tl.load(base + rows[:, None] * stride_row + offs_d[None, :] * stride_d, mask=rows[:, None] < n_rows,
                    other=0.0)  # fmt: skip
+
+
+@triton.jit
+def _kv_rows(K, V, b, h_kv, rows, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh, stride_vn,
+             stride_vd, offs_d, n_rows):  # fmt: skip
+    """``(k, v)``: key rows ``rows`` of kv head ``h_kv`` in batch row ``b`` (zeros from ``n_rows`` on)."""
+    k = _load_rows(K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh, rows, stride_kn, stride_kd,
+                   offs_d, n_rows)  # fmt: skip
+    v = _load_rows(V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh, rows, stride_vn, stride_vd,
+                   offs_d, n_rows)  # fmt: skip
+    return k, v
 
 
 @triton.jit
@@ -115,16 +126,11 @@ def swa_sink_bwd_dq(
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
 
-    # the forward's five ranges (``_triton_swa_kernel.swa_sink_fwd``): full sink blocks, the partial sink
-    # block, the window's lower edge, the interior (every key visible to every query) and the diagonal
+    # the forward's five ranges: full sink blocks, the partial sink block, the window's lower edge, the
+    # interior (every key visible to every query) and the diagonal
     q_lo = block * BLOCK_M
     q_last = tl.minimum(q_lo + BLOCK_M, seq) - 1
-    win_start = (tl.maximum(q_lo - window + 1, 0) // BLOCK_N) * BLOCK_N
-    lo_end = ((tl.maximum(q_last - window + 1, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
-    hi_start = ((q_lo + 1) // BLOCK_N) * BLOCK_N
-    mid_start = tl.minimum(tl.maximum(lo_end, win_start), hi_start)
-    sink_full_end = tl.minimum((keep_first // BLOCK_N) * BLOCK_N, win_start)
-    sink_end = tl.minimum(((keep_first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, win_start)
+    sink_full_end, sink_end, win_start, mid_start, hi_start = _key_ranges(q_lo, q_last, window, keep_first, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     # fmt: off
     dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
@@ -168,10 +174,8 @@ def swa_sink_bwd_sink_tail(
     h_kv = bh_kv % n_kv_heads
     offs_s = tl.program_id(2) * SINKS + tl.arange(0, SINKS)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh, offs_s, stride_kn, stride_kd,
-                   offs_d, keep_first)  # fmt: skip
-    v = _load_rows(V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh, offs_s, stride_vn, stride_vd,
-                   offs_d, keep_first)  # fmt: skip
+    k, v = _kv_rows(K, V, b, h_kv, offs_s, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
+                    stride_vn, stride_vd, offs_d, keep_first)  # fmt: skip
     dk = tl.zeros([SINKS, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([SINKS, HEAD_DIM], dtype=tl.float32)
     first = window // BLOCK_M  # no query before `window` sees a sink from beyond the window
@@ -246,10 +250,8 @@ def swa_sink_bwd_dkdv(
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n < seq
-    k = _load_rows(K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh, offs_n, stride_kn, stride_kd,
-                   offs_d, seq)  # fmt: skip
-    v = _load_rows(V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh, offs_n, stride_vn, stride_vd,
-                   offs_d, seq)  # fmt: skip
+    k, v = _kv_rows(K, V, b, h_kv, offs_n, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
+                    stride_vn, stride_vd, offs_d, seq)  # fmt: skip
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     k_lo = block * BLOCK_N

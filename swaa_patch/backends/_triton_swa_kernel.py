@@ -138,6 +138,29 @@ def _attend(
 
 
 @triton.jit
+def _key_ranges(q_lo, q_last, window, keep_first, BLOCK_N: tl.constexpr):
+    """The KV ranges of the queries at key positions ``q_lo .. q_last`` (position == key index), all
+    block-aligned to BLOCK_N, as ``(sink_full_end, sink_end, win_start, mid_start, hi_start)``:
+
+        sinks   [0, sink_full_end) unmasked | [sink_full_end, sink_end) masked (keys < keep_first
+                before the window's first block)
+        window  [win_start, mid_start) lower edge masked | [mid_start, hi_start) interior unmasked |
+                [hi_start, q_last] diagonal masked
+
+    The sink range ends where the window range begins, so no key is counted twice. Used by the
+    forward and by the backward's dQ kernel (``_triton_swa_bwd_kernel``)."""
+    win_start = (tl.maximum(q_lo - window + 1, 0) // BLOCK_N) * BLOCK_N
+    # first block whose keys are all inside the window of the block's last query
+    lo_end = ((tl.maximum(q_last - window + 1, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+    # first block holding a key after the block's first query (needs the causal mask)
+    hi_start = ((q_lo + 1) // BLOCK_N) * BLOCK_N
+    mid_start = tl.minimum(tl.maximum(lo_end, win_start), hi_start)
+    sink_full_end = tl.minimum((keep_first // BLOCK_N) * BLOCK_N, win_start)
+    sink_end = tl.minimum(((keep_first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, win_start)
+    return sink_full_end, sink_end, win_start, mid_start, hi_start
+
+
+@triton.jit
 def _program_heads(groups, n_kv_heads):
     """``(batch, kv head, q head, rank)`` of this program in a grid of ``(q blocks * groups, batch *
     kv heads)``: the ``groups`` q heads of one kv head are adjacent programs (they read the same
@@ -238,20 +261,9 @@ def swa_sink_fwd(
         v_row0 = 0
         v_col = 0
 
-    # KV ranges of this q block (key positions == key indices), all block-aligned to BLOCK_N:
-    #   sinks   [0, sink_end)          keys < keep_first that lie before the window's first block
-    #   window  [win_start, q_last]    lower edge masked | interior unmasked | diagonal masked
-    # The sink range ends where the window range begins, so no key is counted twice.
     q_lo = offset + block * BLOCK_M
     q_last = offset + tl.minimum(block * BLOCK_M + BLOCK_M, seq_q) - 1
-    win_start = (tl.maximum(q_lo - window + 1, 0) // BLOCK_N) * BLOCK_N
-    # first block whose keys are all inside the window of the block's last query
-    lo_end = ((tl.maximum(q_last - window + 1, 0) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
-    # first block holding a key after the block's first query (needs the causal mask)
-    hi_start = ((q_lo + 1) // BLOCK_N) * BLOCK_N
-    mid_start = tl.minimum(tl.maximum(lo_end, win_start), hi_start)
-    sink_full_end = tl.minimum((keep_first // BLOCK_N) * BLOCK_N, win_start)
-    sink_end = tl.minimum(((keep_first + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, win_start)
+    sink_full_end, sink_end, win_start, mid_start, hi_start = _key_ranges(q_lo, q_last, window, keep_first, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)

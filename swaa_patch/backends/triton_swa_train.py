@@ -199,8 +199,6 @@ def _reason(call: AttentionCall) -> str | None:
         return "no grad"
     if call.active_dropout:
         return "dropout"
-    if plan.layer_answer_mask(layer) is not None and answer_starts(plan) is None:
-        return "answer tokens not a suffix of each row"
     reason = tensor_reason(query, strict=SETTING.get() == "triton")
     if reason is not None:
         return reason
@@ -209,6 +207,8 @@ def _reason(call: AttentionCall) -> str | None:
     skip, reason = _layout(plan, layer)
     if reason is None and skip:
         return "padding or empty slots"
+    if reason is None and plan.layer_answer_mask(layer) is not None and answer_starts(plan) is None:
+        return "answer tokens not a suffix of each row"  # one host sync per forward, after the cheaper checks
     return reason
 
 
