@@ -10,7 +10,8 @@ approximation: it counts W+k keys for every query); forward+backward = 3.5x forw
 
 Correctness: for 256 random query rows, a float64 reference on the GPU (the rule written here
 again, independently of swaa_patch.rule) gives out, log-sum-exp and, for the forward+backward
-rows, dq (dq_i depends on row i alone). Compilations: torch._dynamo's unique-graph counter is
+rows, dq (dq_i depends on row i alone); dk and dv of 256 key rows (three sinks among them) from
+every query that sees them, with float64 log-sum-exp and delta of all queries. Compilations: torch._dynamo's unique-graph counter is
 read after warm-up and again after 3 fresh-plan "steps" of 4 flex "layers", which must add none.
 
 Writes a markdown report to --out (atomically) and prints it.
@@ -109,17 +110,23 @@ def bench_ms(fn: Callable[[], object], grad_to_none=None) -> float:
     )
 
 
+def visible_pairs(i: torch.Tensor, j: torch.Tensor, window, keep_first) -> torch.Tensor:
+    """The rule on (queries, keys) index grids, written here independently of swaa_patch.rule."""
+    visible = j <= i
+    if window is not None:
+        visible &= (i - j < window) | (j < keep_first)
+    return visible
+
+
 def reference_rows(q, k, v, rows, window, keep_first, scaling, dout=None):
     """float64 out, lse (and dq when dout is given) of the sampled query rows, head by head.
 
     The rule, written independently: key j is visible to query i iff j <= i and
     (window is None or i - j < window or j < keep_first)."""
     heads, groups = q.shape[1], q.shape[1] // k.shape[1]
-    i = rows[:, None]
-    j = torch.arange(k.shape[2], device=q.device)[None, :]
-    visible = j <= i
-    if window is not None:
-        visible &= (i - j < window) | (j < keep_first)
+    visible = visible_pairs(
+        rows[:, None], torch.arange(k.shape[2], device=q.device)[None, :], window, keep_first
+    )
     outs, lses, dqs = [], [], []
     for h in range(heads):
         qh = q[0, h, rows].double()
@@ -135,6 +142,40 @@ def reference_rows(q, k, v, rows, window, keep_first, scaling, dout=None):
             dscores = probs * (do @ vh.T - (do * out).sum(-1, keepdim=True))
             dqs.append(dscores @ kh * scaling)
     return torch.stack(outs), torch.stack(lses), torch.stack(dqs) if dqs else None
+
+
+def reference_key_grads(q, k, v, dout, key_rows, window, keep_first, scaling, chunk: int = 2048):
+    """float64 dk and dv of the sampled key rows, (kv heads, len(key_rows), D), GQA summed.
+
+    dk_j and dv_j need every query that sees key j (all of them for a sink), with each query's
+    float64 log-sum-exp and delta_i = dO_i . O_i: those come from a chunked float64 forward over the
+    keys each chunk of queries can see (its sinks and its window)."""
+    heads, n, groups = q.shape[1], q.shape[2], q.shape[1] // k.shape[1]
+    dk = torch.zeros(k.shape[1], len(key_rows), k.shape[3], dtype=torch.float64, device=q.device)
+    dv = torch.zeros_like(dk)
+    queries = torch.arange(n, device=q.device)
+    for h in range(heads):
+        qh, do = q[0, h].double(), dout[0, h].double()
+        kh, vh = k[0, h // groups].double(), v[0, h // groups].double()
+        lse = torch.empty(n, dtype=torch.float64, device=q.device)
+        delta = torch.empty_like(lse)
+        for start in range(0, n, chunk):
+            i = queries[start : start + chunk]
+            lo = 0 if window is None else max(0, start - window + 1)
+            keys = torch.cat([queries[: min(keep_first, lo)], queries[lo : int(i[-1]) + 1]])
+            scores = (qh[i] @ kh[keys].T * scaling).masked_fill(
+                ~visible_pairs(i[:, None], keys[None, :], window, keep_first), float("-inf")
+            )
+            lse[i] = torch.logsumexp(scores, -1)
+            out = torch.exp(scores - lse[i][:, None]) @ vh[keys]
+            delta[i] = (do[i] * out).sum(-1)
+        kj, vj = kh[key_rows], vh[key_rows]
+        seen = visible_pairs(queries[:, None], key_rows[None, :], window, keep_first)
+        probs = torch.exp(qh @ kj.T * scaling - lse[:, None]).masked_fill(~seen, 0.0)  # (n, keys)
+        dscores = probs * (do @ vj.T - delta[:, None])
+        dk[h // groups] += dscores.T @ qh * scaling
+        dv[h // groups] += probs.T @ do
+    return dk, dv
 
 
 def rel(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -158,12 +199,25 @@ class Case:
         self.dout = torch.randn(shape_q, device=device, dtype=torch.bfloat16, generator=g)
         self.scaling = args.dim**-0.5
         self.rows = torch.randperm(n, device=device, generator=g)[: args.rows].sort().values
+        # key rows for dk/dv: the first, middle and last sink, then random keys
+        sinks = torch.tensor([0, args.keep_first // 2, args.keep_first - 1], device=device)
+        picked = torch.randperm(n, device=device, generator=g)[: args.rows - 3]
+        self.key_rows = torch.cat([sinks, picked]).unique()
         self.config = SWAAConfig(sliding_window_size=args.window, keep_first=args.keep_first)
         self.plan = self.new_plan()
         self.refs: dict[tuple, tuple] = {}
 
     def new_plan(self):
         return build_plan(self.config, batch_size=1, q_len=self.n, device=self.q.device)
+
+    def key_reference(self, window):
+        """float64 (dk, dv) of the sampled key rows (cached per window)."""
+        key = ("keys", window)
+        if key not in self.refs:
+            self.refs[key] = reference_key_grads(
+                self.q, self.k, self.v, self.dout, self.key_rows, window, self.args.keep_first, self.scaling
+            )
+        return self.refs[key]
 
     def reference(self, window, backward: bool, keep_first: int | None = None):
         keep_first = self.args.keep_first if keep_first is None else keep_first
@@ -222,9 +276,15 @@ def backward_row(case: Case, name: str, fn, window) -> Row:
     out = fn(q, k, v)
     out.backward(case.dout)
     ref_out, _, ref_dq = case.reference(window, backward=True)
-    errors = {"out": rel(out.detach()[0][:, case.rows], ref_out), "dq": rel(q.grad[0][:, case.rows], ref_dq)}
+    ref_dk, ref_dv = case.key_reference(window)
+    errors = {
+        "out": rel(out.detach()[0][:, case.rows], ref_out),
+        "dq": rel(q.grad[0][:, case.rows], ref_dq),
+        "dk": rel(k.grad[0][:, case.key_rows], ref_dk),
+        "dv": rel(v.grad[0][:, case.key_rows], ref_dv),
+    }
     del out
-    ok = errors["out"] < OUT_TOL and errors["dq"] < DQ_TOL
+    ok = errors["out"] < OUT_TOL and max(errors["dq"], errors["dk"], errors["dv"]) < DQ_TOL
     ms = bench_ms(lambda: fn(q, k, v).backward(case.dout), grad_to_none=[q, k, v])
     return Row(name, case.n, ms, 3.5 * fwd_flops(case.args, case.n, window), errors, ok)
 
@@ -362,7 +422,8 @@ def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
         "- FLOP-ideal speedup of SWA+sink over full causal: "
         + ", ".join(f"n={n}: {n / (2 * (args.window + args.keep_first)):.1f}x" for n in args.sizes),
         f"- correctness: {args.rows} random query rows vs a float64 reference of the rule; relative L2 "
-        f"error; tolerances out {OUT_TOL}, lse {LSE_TOL}, dq {DQ_TOL}; NaN fails",
+        f"error; {args.rows} key rows (3 sinks) for dk/dv; tolerances out {OUT_TOL}, lse {LSE_TOL}, "
+        f"dq/dk/dv {DQ_TOL}; NaN fails",
         f"- Triton config chosen by the autotuner: {chosen_config()}",
         f"- cuDNN: {cudnn_line()}",
         "- torch.compile: " + "; ".join(compiles),

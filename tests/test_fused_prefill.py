@@ -35,8 +35,11 @@ from swaa_patch.backends.fused_prefill import (  # noqa: E402
 )
 from swaa_patch.plan import build_plan  # noqa: E402
 
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
+# the models here are float32 CPU models: their Triton calls need the interpreter even where a GPU is
+# present (on an H200 without it, 13 tests failed with "the Triton SWA kernel runs on CUDA tensors";
+# the compiled kernels are covered there by benchmarks/gpu_correctness.py and attention_speed.py)
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("CPU models through Triton's interpreter: set TRITON_INTERPRET=1", allow_module_level=True)
 
 TOL = 1e-5
 WINDOW, KEEP = 5, 2

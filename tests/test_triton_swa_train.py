@@ -26,6 +26,7 @@ from swaa_patch.backends import triton_swa_train  # noqa: E402
 from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
 from swaa_patch.backends.triton_swa_train import (  # noqa: E402
     BackwardConfig,
+    Launch,
     fused_train,
     swa_sink_attention_backward,
     trainable_swa_sink_attention,
@@ -37,8 +38,15 @@ if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
 
 TOL = 1e-5
 # blocks of 16, two q blocks per sink-tail chunk, sink blocks of 16 keys
-TINY = BackwardConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, chunk_blocks=2, sink_block=16)
-TALL = BackwardConfig(block_m=32, block_n=16, num_warps=1, num_stages=1, chunk_blocks=1, sink_block=32)
+TINY = BackwardConfig.uniform(
+    block_m=16, block_n=16, num_warps=1, num_stages=1, chunk_blocks=2, sink_block=16
+)
+TALL = BackwardConfig.uniform(
+    block_m=32, block_n=16, num_warps=1, num_stages=1, chunk_blocks=1, sink_block=32
+)
+# each kernel its own tiles (as the GPU config may): dQ wide in queries, dK/dV wide in keys, the sink
+# tail with q blocks of its own
+MIXED = BackwardConfig(Launch(32, 16, 1, 1), Launch(16, 32, 1, 1), Launch(32, 16, 1, 1), chunk_blocks=3)
 
 
 def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None):
@@ -49,7 +57,7 @@ def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None
 
 
 def rel(a, b):
-    return float((a.double().cpu() - b).norm() / b.norm().clamp_min(1e-30))
+    return float((a.double().cpu() - b.cpu()).norm() / b.norm().clamp_min(1e-30))
 
 
 def inputs(batch, heads, kv_heads, seq, dim, seed=0, dtype=torch.float32):
@@ -74,6 +82,8 @@ CASES = [
     (90, 40, 20, TINY),  # unmasked interior blocks in both kernels, with sinks and a sink tail
     (100, 48, 5, TALL),
     (50, None, 0, TALL),
+    (110, 40, 20, MIXED),
+    (77, 16, 3, MIXED),
 ]
 
 
@@ -87,7 +97,11 @@ def test_backward_matches_float64_autograd(seq, window, keep_first, config, soft
                                              config=config)  # fmt: skip
     expected_out, (eq, ek, ev) = reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap)
     assert rel(out, expected_out) < TOL
-    assert rel(dq, eq) < TOL and rel(dk, ek) < TOL and rel(dv, ev) < TOL, (rel(dq, eq), rel(dk, ek), rel(dv, ev))
+    assert rel(dq, eq) < TOL and rel(dk, ek) < TOL and rel(dv, ev) < TOL, (
+        rel(dq, eq),
+        rel(dk, ek),
+        rel(dv, ev),
+    )
 
 
 def test_autograd_function_with_strided_inputs_and_gqa_of_four():
@@ -114,7 +128,9 @@ def test_bad_inputs_are_refused_with_the_field_named():
     q, k, v, grad_out = inputs(1, 2, 1, 20, 16)
     out, lse = swa_sink_attention(q, k, v, 4, 1, 0.3)
     with pytest.raises(ValueError, match="q length 19 must equal k length 20"):
-        swa_sink_attention_backward(q[:, :, 1:], k, v, out[:, :, 1:], lse[:, :, 1:], grad_out[:, :, 1:], 4, 1, 0.3)
+        swa_sink_attention_backward(
+            q[:, :, 1:], k, v, out[:, :, 1:], lse[:, :, 1:], grad_out[:, :, 1:], 4, 1, 0.3
+        )
     with pytest.raises(ValueError, match="lse must be float32"):
         swa_sink_attention_backward(q, k, v, out, lse.double(), grad_out, 4, 1, 0.3)
     with pytest.raises(ValueError, match="fused_train: must be one of \\('off', 'triton', 'force'\\)"):
@@ -125,7 +141,9 @@ MODEL_CONFIGS = {
     "window+sinks": SWAAConfig(sliding_window_size=5, keep_first=2),
     "interleaved": SWAAConfig(sliding_window_size=4, keep_first=1, non_sliding_layers=[1]),
     # answer tokens (labels after each row's prompt) attend to every earlier key on sliding layers
-    "force_fa_decode": SWAAConfig(sliding_window_size=3, keep_first=2, force_fa_decode=True, non_sliding_layers=[2]),
+    "force_fa_decode": SWAAConfig(
+        sliding_window_size=3, keep_first=2, force_fa_decode=True, non_sliding_layers=[2]
+    ),
 }
 
 
@@ -141,8 +159,10 @@ def test_training_step_takes_the_kernel_and_matches_the_backend(family, attn, na
     """A whole model's loss and parameter gradients with the fused training path equal the backend's
     own path (itself checked against float64 in tests/test_equivalence.py); the kernel really ran."""
     config = MODEL_CONFIGS[name]
-    model = apply_swaa(tiny_model(family, attn), config).train()  # training: no cache (attention dropout 0)
-    ids = torch.randint(3, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1))
+    model = apply_swaa(tiny_model(family, attn), config).to(DEVICE).train()  # training: no cache (dropout 0)
+    ids = torch.randint(3, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(1)).to(
+        DEVICE
+    )
     labels = ids.clone()
     labels[0, :15], labels[1, :9] = -100, -100  # prompts of 15 and 9 tokens, answers after them
 
@@ -156,9 +176,11 @@ def test_training_step_takes_the_kernel_and_matches_the_backend(family, attn, na
     triton_swa_train.PATH_COUNTS.clear()
     with fused_train("force"):
         loss, grads = loss_and_grads()
-    full = len(config.non_sliding_layers)
-    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == model.config.num_hidden_layers - full
-    assert triton_swa_train.PATH_COUNTS[triton_swa_train.CAUSAL_TAKEN] == full  # full layers: SDPA causal
+    # full layers: SDPA causal, or the Triton kernel with no window when logits are softcapped (gemma2)
+    softcapped = getattr(model.config, "attn_logit_softcapping", None) is not None
+    causal = 0 if softcapped else len(config.non_sliding_layers)
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == model.config.num_hidden_layers - causal
+    assert triton_swa_train.PATH_COUNTS[triton_swa_train.CAUSAL_TAKEN] == causal
     assert abs(float(loss - expected_loss)) < 1e-5
     for n, g in expected.items():
         assert rel(grads[n], g.double()) < 1e-4, n
@@ -178,3 +200,19 @@ def test_calls_it_cannot_serve_keep_the_backend_path():
     assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == 0
     assert triton_swa_train.PATH_COUNTS["padding or empty slots"] > 0
     assert triton_swa_train.PATH_COUNTS["no grad"] > 0
+
+
+def test_default_takes_cuda_bf16_training_calls_only():
+    """The shipped default (``triton``) routes bf16 training calls on a GPU to the kernel and leaves
+    CPU calls (and float32 ones) on the backend's path."""
+    assert triton_swa_train.SETTING.get() == "triton", "the test suite must run with the shipped default"
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=1)).train()
+    model = model.to(DEVICE, torch.bfloat16)
+    ids = torch.randint(3, model.config.vocab_size, (2, 12), device=DEVICE)
+    triton_swa_train.PATH_COUNTS.clear()
+    model(ids, labels=ids).loss.backward()
+    layers = model.config.num_hidden_layers
+    if DEVICE.type == "cuda":
+        assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == layers
+    else:
+        assert triton_swa_train.PATH_COUNTS == {"device": layers}

@@ -75,6 +75,29 @@ def _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm
 
 
 @triton.jit
+def swa_sink_bwd_delta(
+    Out, DO, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    n_heads, seq,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """``delta_i = sum_d dO_i O_i`` in float32 for BLOCK_M rows of one head (no float32 copies of O
+    and dO in memory). Delta: float32 (batch * heads, seq). Grid: (row blocks, batch * heads)."""
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    o = _load_rows(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh, rows, stride_om, stride_od, offs_d,
+                   seq)  # fmt: skip
+    do = _load_rows(DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, rows, stride_dom, stride_dod,
+                    offs_d, seq)  # fmt: skip
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + bh.to(tl.int64) * seq + rows, delta, mask=rows < seq)
+
+
+@triton.jit
 def _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_n, offs_d, start, end, seq, window, keep_first, scale, softcap, SOFTCAP: tl.constexpr,
                DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip

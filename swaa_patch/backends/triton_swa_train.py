@@ -18,8 +18,9 @@ Full-attention layers (``non_sliding_layers``) of that layout are plain causal a
 SDPA's ``is_causal`` kernels (the Triton kernel with no window when logits are softcapped), so a
 training step compiles no flex kernel at all. Everything else keeps the backend's own exact path.
 
-Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"off"`` (the default until the kernel's speed
-is measured on a GPU against flex), ``"triton"`` (CUDA bf16/fp16 calls that qualify) or
+Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"triton"`` (the default: CUDA bf16/fp16 calls
+that qualify; on an H200 `swaa sft` ran 1.22x flex's tokens/s at 32K and 1.24x at 128K,
+benchmarks/results/sft_speed.md), ``"off"`` (the backend's own path: flex or masked SDPA) or
 ``"force"`` (also CPU tensors through Triton's interpreter and float32: for tests).
 """
 
@@ -45,7 +46,7 @@ MODES = ("off", "triton", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
 TAKEN = "triton"
 CAUSAL_TAKEN = "sdpa causal (full-attention layer)"
-SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "off")
+SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "triton")
 
 # outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
 PATH_COUNTS: Counter[str] = Counter()
@@ -62,23 +63,42 @@ def set_fused_train(mode: str) -> str:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """One backward kernel's tiles and pipeline: ``block_m`` query rows and ``block_n`` key rows per
+    step (the sink-tail kernel: ``block_n`` sink rows per program, a power of two >= 16)."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
 class BackwardConfig:
-    """Launch parameters of the three backward kernels; ``chunk_blocks``: q blocks per program of
-    the sink-tail kernel; ``sink_block``: sink keys per program there (a power of two >= 16)."""
+    """Launch parameters of the three backward kernels, each its own: dQ walks keys for a block of
+    queries (wide in queries), dK/dV walks queries for a block of keys (wide in keys), so their best
+    tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel."""
 
-    block_m: int = 64
-    block_n: int = 64
-    # 8 warps: a dK/dV program accumulates two 64 x 128 float32 tiles (64 registers a thread at 256
-    # threads, 128 at 128); not yet tuned on a GPU (benchmarks/run_gpu.sh train_kernel times this config)
-    num_warps: int = 8
-    num_stages: int = 2
+    dq: Launch
+    dkdv: Launch
+    tail: Launch
     chunk_blocks: int = 16
-    sink_block: int = 64
+
+    @classmethod
+    def uniform(cls, block_m: int, block_n: int, num_warps: int, num_stages: int, chunk_blocks: int,
+                sink_block: int) -> BackwardConfig:  # fmt: skip
+        """The same tiles for every kernel (``sink_block`` sink rows per sink-tail program)."""
+        same = Launch(block_m, block_n, num_warps, num_stages)
+        return cls(same, same, Launch(block_m, sink_block, num_warps, num_stages), chunk_blocks)
 
 
-GPU_CONFIG = BackwardConfig()
-FLOAT32_CONFIG = BackwardConfig(32, 32, 4, 1, 16, 32)
-INTERPRETER_CONFIG = BackwardConfig(16, 16, 1, 1, 2, 16)
+# bf16/fp16 on a GPU: chosen from benchmarks/train_kernel_tuning.py's sweep (results/train_kernel_tuning.md)
+GPU_CONFIG = BackwardConfig(
+    dq=Launch(128, 64, 8, 3), dkdv=Launch(32, 64, 4, 3), tail=Launch(128, 64, 8, 2), chunk_blocks=16
+)
+FLOAT32_CONFIG = BackwardConfig.uniform(32, 32, 4, 1, 16, 32)
+INTERPRETER_CONFIG = BackwardConfig.uniform(16, 16, 1, 1, 2, 16)
+DELTA_ROWS = 64  # rows per program of the delta kernel (memory-bound: any size does)
 
 
 def _config_for(q: Tensor) -> BackwardConfig:
@@ -93,7 +113,12 @@ def load_backward_kernels() -> SimpleNamespace:
         from . import _triton_swa_bwd_kernel as kernels
     except ImportError as err:
         raise ImportError(INSTALL_HINT) from err
-    return SimpleNamespace(dq=kernels.swa_sink_bwd_dq, tail=kernels.swa_sink_bwd_sink_tail, dkdv=kernels.swa_sink_bwd_dkdv)
+    return SimpleNamespace(
+        delta=kernels.swa_sink_bwd_delta,
+        dq=kernels.swa_sink_bwd_dq,
+        tail=kernels.swa_sink_bwd_sink_tail,
+        dkdv=kernels.swa_sink_bwd_dkdv,
+    )
 
 
 def swa_sink_attention_backward(
@@ -131,38 +156,44 @@ def swa_sink_attention_backward(
     window = seq + 1 if window is None else min(window, seq + 1)
     keep_first = min(keep_first, seq)
     lse = lse.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # (B, Hq, L): rowsum(dO * O)
     kernels = load_backward_kernels()
+    delta = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)  # rowsum(dO * O)
+    kernels.delta[(math.ceil(seq / DELTA_ROWS), batch * heads)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq, HEAD_DIM=dim, BLOCK_M=DELTA_ROWS
+    )  # fmt: skip
     flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
-    launch = dict(num_warps=config.num_warps, num_stages=config.num_stages)
     softcap_value = 1.0 if softcap is None else softcap
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
 
     # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed here
     tail = keep_first > 0 and seq > window
-    sink_blocks = math.ceil(keep_first / config.sink_block)
-    sink_rows = sink_blocks * config.sink_block
+    run = config.tail
+    sink_blocks = math.ceil(keep_first / run.block_n)
+    sink_rows = sink_blocks * run.block_n
     sink_dk = sink_dv = torch.zeros(1, dtype=torch.float32, device=q.device)
     if tail:
-        first = window // config.block_m
-        chunks = math.ceil((math.ceil(seq / config.block_m) - first) / config.chunk_blocks)
+        first = window // run.block_m
+        chunks = math.ceil((math.ceil(seq / run.block_m) - first) / config.chunk_blocks)
         part_dk = torch.empty(chunks, batch * kv_heads, sink_rows, dim, dtype=torch.float32, device=q.device)
         part_dv = torch.empty_like(part_dk)
         kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
             q, k, v, grad_out, lse, delta, part_dk, part_dv, *common,
             kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
-            **flags, BLOCK_M=config.block_m, SINKS=config.sink_block, **launch,
+            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, num_warps=run.num_warps, num_stages=run.num_stages,
         )  # fmt: skip
         sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
-    kernels.dkdv[(math.ceil(seq / config.block_n), batch * kv_heads)](
+    run = config.dkdv
+    kernels.dkdv[(math.ceil(seq / run.block_n), batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, *common, *dk.stride(), *dv.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
-        **flags, HAS_SINK_TAIL=tail, BLOCK_M=config.block_m, BLOCK_N=config.block_n, **launch,
+        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, num_warps=run.num_warps,
+        num_stages=run.num_stages,
     )  # fmt: skip
-    kernels.dq[(math.ceil(seq / config.block_m) * groups, batch * kv_heads)](
+    run = config.dq
+    kernels.dq[(math.ceil(seq / run.block_m) * groups, batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value,
-        **flags, BLOCK_M=config.block_m, BLOCK_N=config.block_n, **launch,
+        **flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, num_warps=run.num_warps, num_stages=run.num_stages,
     )  # fmt: skip
     return dq, dk, dv
 
@@ -185,7 +216,13 @@ class SWASinkAttention(torch.autograd.Function):
 
 
 def trainable_swa_sink_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int | None, keep_first: int, scaling: float, softcap: float | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int | None,
+    keep_first: int,
+    scaling: float,
+    softcap: float | None = None,
 ) -> Tensor:
     """Differentiable SWA+sink attention over one unpadded sequence per row (query i is key i):
     (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D)."""
@@ -237,7 +274,13 @@ def fused_train_kernel(call: AttentionCall) -> tuple[Tensor, None]:
         return out.transpose(1, 2), None
     PATH_COUNTS[TAKEN] += 1
     out = trainable_swa_sink_attention(
-        call.query, call.key, call.value, plan.layer_window(layer), plan.config.keep_first, call.scaling, call.softcap
+        call.query,
+        call.key,
+        call.value,
+        plan.layer_window(layer),
+        plan.config.keep_first,
+        call.scaling,
+        call.softcap,
     )
     if plan.layer_answer_mask(layer) is not None:
         out = with_full_answer_rows(call, out, answer_starts(plan))
@@ -272,7 +315,10 @@ def with_full_answer_rows(call: AttentionCall, out: Tensor, starts: list[int]) -
             continue
         q = call.query[b : b + 1, :, start:]
         k, v = call.key[b : b + 1], call.value[b : b + 1]
-        visible = torch.arange(length, device=q.device)[None, :] <= torch.arange(start, length, device=q.device)[:, None]
+        visible = (
+            torch.arange(length, device=q.device)[None, :]
+            <= torch.arange(start, length, device=q.device)[:, None]
+        )
         groups = q.shape[1] // k.shape[1]
         if call.softcap is None:
             full = torch.nn.functional.scaled_dot_product_attention(
