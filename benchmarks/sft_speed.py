@@ -3,8 +3,10 @@ one GPU and two (DDP, FSDP2), with correctness checked in the same run.
 
 Every row is one `swaa sft` run in a fresh process (`python -m swaa_patch.cli sft ROW.json`, or under
 `accelerate launch` with sft/accelerate_ddp.yaml / accelerate_fsdp.yaml for the 2-GPU layouts), so the
-first step is what a user waits for on a fresh process (flex compile included; inductor's on-disk
-cache is warm after the first row of a length). Model: the Qwen3-4B shape saved as a model folder by
+first step is what a user waits for on a fresh machine: each row gets empty Triton and inductor cache
+folders (flex's, Liger's and the Triton training kernel's compiles all included; `--warm-caches` shares
+them, as a second run on the same machine would; the first-step seconds of rows measured before this
+option depended on which row ran first: 12.8 s vs 42.7 s for the same flex + Liger row). Model: the Qwen3-4B shape saved as a model folder by
 this script (random bf16 weights, the built-in tiny model's tokenizer: every id < 2048 is a valid
 token). Each step trains one example: a prompt of ~n tokens and a short answer (labels on the answer
 only), batch 1, no packing; LoRA r 16 (alpha 32, dropout 0: runs compare losses exactly) on
@@ -38,6 +40,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -95,6 +98,7 @@ class SFTSpeedArgs:
     out: str = "benchmarks/results/sft_speed.md"
     resume: bool = False
     tiny: bool = False
+    warm_caches: bool = False  # share Triton / inductor caches between rows (first step: not a fresh machine's)
     given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
@@ -218,6 +222,10 @@ def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Pat
     settings_path = work / "runs" / f"{row.n}-{row.variant}-{row.layout}.json"
     atomic_write_json(settings_path, row_settings(args, row, model_dir, data, out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    if not args.warm_caches:  # compile caches as empty as a fresh machine's
+        caches = work / "runs" / f"{row.n}-{row.variant}-{row.layout}-caches"
+        shutil.rmtree(caches, ignore_errors=True)
+        env["TRITON_CACHE_DIR"], env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "triton"), str(caches / "inductor")
     if "_triton" in row.variant:  # sliding layers' training calls on backends/triton_swa_train.py
         env["SWAA_FUSED_TRAIN"] = "force" if args.tiny else "triton"
         if args.tiny:
@@ -374,7 +382,8 @@ def report(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -
         "or accelerate_fsdp.yaml); one example of n tokens per step and process (prompt + a short answer, loss on the "
         "answer), batch 1, no packing; LoRA r 16 alpha 32 dropout 0 on q/k/v/o/gate/up/down; gradient checkpointing "
         "(FSDP: its own); constant lr 1e-4",
-        "- first step s: train() start to the first step's log (compiles included); s/step: median of the later steps; "
+        "- first step s: train() start to the first step's log (compiles included; compile caches: "
+        f"{'shared between rows' if args.warm_caches else 'empty for every row, as on a fresh machine'}); s/step: median of the later steps; "
         "tok/s = tokens of all processes per step / s/step; MFU as `swaa sft` logs it (attention counted with "
         "min(p+1, W) keys plus sinks on sliding layers); peak GiB: largest per-GPU max allocated; ratio: tok/s / "
         "stock's at the same n and layout",
@@ -468,10 +477,13 @@ def parse_args(argv: list[str] | None = None) -> SFTSpeedArgs:
     p.add_argument("--out", default=d.out)
     p.add_argument("--resume", action="store_true", help="keep the rows an earlier invocation wrote to --out's .json")
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, well under a minute")
+    p.add_argument("--warm-caches", action="store_true",
+                   help="share Triton / inductor compile caches between rows (default: each row starts empty)")
     a = p.parse_args(argv)
     return SFTSpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), variants=tuple(a.variants.split(",")),
                         layouts=tuple(a.layouts.split(",")), steps=a.steps, budget_s=a.budget_s, work_dir=a.work_dir,
-                        out=a.out, resume=a.resume, tiny=a.tiny, given=given_options(p, argv))
+                        out=a.out, resume=a.resume, tiny=a.tiny, warm_caches=a.warm_caches,
+                        given=given_options(p, argv))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,35 @@ def test_checks_compare_liger_with_its_base_and_two_gpus_with_one():
     assert not rows[6].ok
     # no swaa_triton row to compare the Liger effect with; the kernel's against swaa_liger
     assert rows[7].ok and rows[7].check.startswith("vs the backend's kernel: loss 1.0e-04")
+
+
+def test_checks_are_rewritten_not_appended_when_rows_arrive():
+    """cross_check runs after every new row: a row's check text must not repeat (it did three times)."""
+    rows = [sft_speed.Row(32, "swaa", "1gpu", losses=[10.0], grad_norm=1.0),
+            sft_speed.Row(32, "swaa_triton", "1gpu", losses=[10.0], grad_norm=1.0)]  # fmt: skip
+    sft_speed.cross_check(rows)
+    sft_speed.cross_check(rows)
+    assert rows[1].check == "vs the backend's kernel: loss 0.0e+00, grad norm 0.0e+00"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_each_row_starts_with_empty_compile_caches_unless_warm(tmp_path, monkeypatch, warm):
+    seen = []
+
+    def fake_run(command, cwd, env, capture_output, text):
+        seen.append(env)
+        return type("Done", (), {"returncode": 1, "stdout": "", "stderr": "stopped here"})()
+
+    monkeypatch.setattr(sft_speed.subprocess, "run", fake_run)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    (tmp_path / "runs").mkdir()
+    args = sft_speed.SFTSpeedArgs(tiny=True, work_dir=str(tmp_path), warm_caches=warm)
+    row = sft_speed.run_row(args, sft_speed.Row(96, "swaa", "1gpu"), tmp_path / "model", tmp_path / "d.jsonl", tmp_path)
+    assert not row.ok and row.note == "ERROR exit 1: stopped here"
+    if warm:
+        assert "TRITON_CACHE_DIR" not in seen[0]
+    else:
+        caches = tmp_path / "runs" / "96-swaa-1gpu-caches"
+        assert seen[0]["TRITON_CACHE_DIR"] == str(caches / "triton")
+        assert seen[0]["TORCHINDUCTOR_CACHE_DIR"] == str(caches / "inductor")
+    assert seen[0]["SWAA_FUSED_TRAIN"] == "off"  # a flex row stays on flex whatever the default
