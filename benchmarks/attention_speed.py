@@ -449,6 +449,20 @@ def main(args: SpeedArgs) -> int:
     return 0 if all(r.ok for r in rows) else 1
 
 
+def sweep_args(doc: str, out: str, argv: list[str] | None = None, extra=None) -> tuple[SpeedArgs, argparse.Namespace]:
+    """The options every launch-sweep script shares (--sizes, --out; ``extra(parser)`` adds its own)
+    as SpeedArgs and the parsed namespace; a machine without CUDA is refused before any work."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--sizes", default="32768,131072")
+    p.add_argument("--out", default=out)
+    if extra is not None:
+        extra(p)
+    a = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{os.path.basename(sys.argv[0])} needs a CUDA device")
+    return SpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), backward=False, out=a.out), a
+
+
 def parse_args(argv: list[str] | None = None) -> SpeedArgs:
     d = SpeedArgs()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

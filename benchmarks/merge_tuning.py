@@ -11,7 +11,6 @@ this table. Shapes are attention_speed's. Writes a markdown report to --out (ato
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from attention_speed import OUT_TOL, SpeedArgs, bench_ms, environment_lines, rel  # noqa: E402
+from attention_speed import OUT_TOL, SpeedArgs, bench_ms, environment_lines, rel, sweep_args  # noqa: E402
 
 from swaa_patch.backends.triton_swa import MERGE_CONFIG, KernelConfig, merge_sinks, swa_sink_attention  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
@@ -58,13 +57,7 @@ def sweep(args: SpeedArgs, n: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="32768,131072")
-    p.add_argument("--out", default="benchmarks/results/merge_tuning.md")
-    a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("merge_tuning.py needs a CUDA device")
-    args = SpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), out=a.out)
+    args, _ = sweep_args(__doc__, "benchmarks/results/merge_tuning.md", argv)
     rows = [row for n in args.sizes for row in sweep(args, n)]
     text = "\n".join(
         [

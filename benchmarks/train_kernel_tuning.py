@@ -13,7 +13,6 @@ from. A launch that does not compile or fit is an ERROR row, not a crash. Writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from attention_speed import DQ_TOL, Case, SpeedArgs, bench_ms, environment_lines, fwd_flops, rel  # noqa: E402
+from attention_speed import DQ_TOL, Case, SpeedArgs, bench_ms, environment_lines, fwd_flops, rel, sweep_args  # noqa: E402
 
 from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
 from swaa_patch.backends.triton_swa_train import (  # noqa: E402
@@ -185,13 +184,7 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="32768,131072")
-    p.add_argument("--out", default="benchmarks/results/train_kernel_tuning.md")
-    a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("train_kernel_tuning.py needs a CUDA device")
-    args = SpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), out=a.out)
+    args, _ = sweep_args(__doc__, "benchmarks/results/train_kernel_tuning.md", argv)
     rows: list[Row] = []
     for n in args.sizes:
         bench = Backward(args, n)

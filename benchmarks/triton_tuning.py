@@ -32,6 +32,7 @@ from attention_speed import (  # noqa: E402
     environment_lines,
     fwd_flops,
     rel,
+    sweep_args,
 )
 
 from swaa_patch.backends.triton_swa import KernelConfig, swa_sink_attention  # noqa: E402
@@ -152,15 +153,11 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="32768,131072")
-    p.add_argument("--out", default="benchmarks/results/triton_tuning.md")
-    p.add_argument("--loads", default="pointer,tma", help="comma-separated subset of pointer,tma")
-    p.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
-    a = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("triton_tuning.py needs a CUDA device")
-    args = SpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), backward=False, out=a.out)
+    def own_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--loads", default="pointer,tma", help="comma-separated subset of pointer,tma")
+        p.add_argument("--loops", default=",".join(LOOPS), help=f"comma-separated subset of {','.join(LOOPS)}")
+
+    args, a = sweep_args(__doc__, "benchmarks/results/triton_tuning.md", argv, own_options)
     rows: list[Row] = []
     for n in args.sizes:
         case = Case(args, n)
