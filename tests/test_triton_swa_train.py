@@ -216,3 +216,22 @@ def test_default_takes_cuda_bf16_training_calls_only():
         assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == layers
     else:
         assert triton_swa_train.PATH_COUNTS == {"device": layers}
+
+
+def test_training_forward_has_a_fixed_launch_on_gpus_only():
+    """16-bit CUDA inputs take TRAIN_FORWARD_CONFIG (no autotuning before a first step); float32 and
+    the interpreter keep the forward's own fixed configs."""
+    from types import SimpleNamespace
+
+    def fake(device: str, dtype):
+        return SimpleNamespace(device=torch.device(device), dtype=dtype)
+
+    assert (
+        triton_swa_train._forward_config(fake("cuda", torch.bfloat16))
+        is triton_swa_train.TRAIN_FORWARD_CONFIG
+    )
+    assert (
+        triton_swa_train._forward_config(fake("cuda", torch.float16)) is triton_swa_train.TRAIN_FORWARD_CONFIG
+    )
+    assert triton_swa_train._forward_config(fake("cuda", torch.float32)) is None
+    assert triton_swa_train._forward_config(fake("cpu", torch.bfloat16)) is None

@@ -40,7 +40,7 @@ from ..plan import Memo
 from .call import AttentionCall, Kernel
 from .fused_prefill import _layout, tensor_reason
 from .setting import KernelSetting
-from .triton_swa import INSTALL_HINT, _check_inputs, _dot_precision, swa_sink_attention
+from .triton_swa import INSTALL_HINT, KernelConfig, _check_inputs, _dot_precision, swa_sink_attention
 
 MODES = ("off", "triton", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
@@ -98,7 +98,21 @@ GPU_CONFIG = BackwardConfig(
 )
 FLOAT32_CONFIG = BackwardConfig.uniform(32, 32, 4, 1, 16, 32)
 INTERPRETER_CONFIG = BackwardConfig.uniform(16, 16, 1, 1, 2, 16)
+# The forward's launch in training: the config the autotuner chose on the H200 (head_dim 128, bf16) at 32K
+# and 128K in every run (benchmarks/results/attention_speed.md), fixed as the backward's is, so a training
+# run compiles one forward variant instead of tuning AUTOTUNE_CONFIGS' four before its first step.
+TRAIN_FORWARD_CONFIG = KernelConfig(64, 64, 4, 3)
 DELTA_ROWS = 64  # rows per program of the delta kernel (memory-bound: any size does)
+
+
+def _forward_config(q: Tensor) -> KernelConfig | None:
+    """TRAIN_FORWARD_CONFIG for 16-bit CUDA inputs; None (the forward's own choice: float32's or the
+    interpreter's fixed config) elsewhere."""
+    return (
+        TRAIN_FORWARD_CONFIG
+        if q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
+        else None
+    )
 
 
 def _config_for(q: Tensor) -> BackwardConfig:
@@ -203,7 +217,9 @@ class SWASinkAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, window, keep_first, scaling, softcap):
-        out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling, softcap)
+        out, lse = swa_sink_attention(
+            q, k, v, window, keep_first, scaling, softcap, config=_forward_config(q)
+        )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.rule = (window, keep_first, scaling, softcap)
         return out
