@@ -11,7 +11,7 @@ address, so a decode step can run under ``torch.compile(mode="reduce-overhead", 
   c % W``. Writing the new token first and then attending to every valid slot is exactly the rule:
   the ring then holds the last ``W`` columns, all inside the window; tokens at positions below
   ``keep_first`` count from their sink slot only, so nothing is counted twice. A decode step writes
-  its token with one scatter per tensor: to its ring slot and to its sink slot, or to the spare
+  its token with one indexed write per tensor: to its ring slot and to its sink slot, or to the spare
   slot (never attended) for rows past their sinks;
 - a *full* layer (``non_sliding_layers``, ``force_fa_decode`` layers) has ``max_cache_len`` slots
   indexed by column, like transformers' ``StaticCache``.
@@ -289,10 +289,13 @@ class _BoundedStaticLayer(_StaticLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if current.decode:
+            # an index_put_ (advanced indexing), not scatter_: inductor writes index_put_ in place,
+            # while a scatter_ on a graph input became a copy of the whole buffer, the scatter, and a
+            # copy back (two full-buffer kernels per tensor and layer in the H200 decode profile)
+            batch = key_states.shape[0]
+            rows = torch.arange(batch, device=key_states.device)[:, None].expand(batch, 2)
             for buffer, new in ((self.keys, key_states), (self.values, value_states)):
-                batch, heads, _, dim = new.shape
-                index = current.write_slots[:, None, :, None].expand(batch, heads, 2, dim)
-                buffer.scatter_(2, index, new.expand(batch, heads, 2, dim))
+                buffer[rows, :, current.write_slots] = new[:, :, 0].unsqueeze(1).expand(-1, 2, -1, -1)  # (B, 2, H, D)
             return self.keys, self.values
         keys = torch.cat([self.keys[:, :, current.order], key_states], dim=2)
         values = torch.cat([self.values[:, :, current.order], value_states], dim=2)

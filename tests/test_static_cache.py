@@ -190,3 +190,30 @@ def _cuda_graph_decode_matches_reference(name):
     with torch._dynamo.config.patch(error_on_recompile=True):
         again, expected_again, _ = generate_with_reference(model, ref, rule, ids, valid, new, **extra)
     assert rel_error(again, expected_again) < 1e-4
+
+
+def test_compiled_decode_write_is_in_place():
+    """The decode step's write to a bounded layer compiles (inductor, here on the CPU) to an in-place
+    indexed write: a scatter_ on the buffer compiled to a copy of the whole buffer, the scatter and a
+    copy back (two full-buffer kernels per tensor and layer, 933 vs stock's 783 kernels a step on the
+    H200). The written slots hold the new token."""
+    from torch._inductor.utils import run_and_get_code
+
+    config = SWAAConfig(sliding_window_size=4, keep_first=2)
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
+    cache = StaticSWAACache(config, model.config.num_hidden_layers, max_cache_len=20)
+    ids, valid = _left_padded(2, 9, [0, 3], seed=4)
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=valid.long(), **cache_kwargs(model, cache))
+    layer = cache.layers[0]
+    cache.begin_decode()
+    slots = cache.current.write_slots.clone()
+    new_k, new_v = (torch.randn(2, layer.keys.shape[1], 1, layer.keys.shape[3]) for _ in range(2))
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(layer.update, fullgraph=True), new_k, new_v)
+    assert "scatter" not in "\n".join(code)
+    for b in range(2):
+        for slot in slots[b].tolist():
+            assert torch.equal(layer.keys[b, :, slot], new_k[b, :, 0]) and torch.equal(
+                layer.values[b, :, slot], new_v[b, :, 0]
+            )
