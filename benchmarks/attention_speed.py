@@ -11,8 +11,9 @@ approximation: it counts W+k keys for every query); forward+backward = 3.5x forw
 Correctness: for 256 random query rows, a float64 reference on the GPU (the rule written here
 again, independently of swaa_patch.rule) gives out, log-sum-exp and, for the forward+backward
 rows, dq (dq_i depends on row i alone); dk and dv of 256 key rows (three sinks among them) from
-every query that sees them, with float64 log-sum-exp and delta of all queries. Compilations: torch._dynamo's unique-graph counter is
-read after warm-up and again after 3 fresh-plan "steps" of 4 flex "layers", which must add none.
+every query that sees them, with float64 log-sum-exp and delta of all queries. Compilations:
+torch._dynamo's unique-graph counter is read after warm-up and again after 3 fresh-plan "steps"
+of 4 flex "layers", which must add none.
 
 Writes a markdown report to --out (atomically) and prints it.
 """

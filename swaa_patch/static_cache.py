@@ -49,6 +49,7 @@ class _Pass:
     decode: bool
     # decode steps
     write_slots: Tensor | None = None  # (B, 2) long: ring slot and sink-or-spare slot of the new token
+    write_rows: Tensor | None = None  # (B, 2) long: the batch row of each write_slots entry
     column: Tensor | None = None  # (1,) long: column of the new token (full layers' slot)
     # multi-token passes
     order: Tensor | None = None  # (S,) long: buffer slots of the stored keys, in position order
@@ -212,7 +213,10 @@ class StaticSWAACache(Cache):
             full_mask = self.full_valid[:, None, None, :]
         sink_or_spare = torch.where(is_sink, pos, keep)  # slot keep is the spare one
         write_slots = torch.stack([(self.ring_start + slot).expand_as(pos), sink_or_spare], dim=1)
-        self.current = _Pass(decode=True, write_slots=write_slots, column=column.clone())
+        write_rows = torch.arange(pos.shape[0], device=pos.device)[:, None].expand_as(write_slots)
+        self.current = _Pass(
+            decode=True, write_rows=write_rows, write_slots=write_slots, column=column.clone()
+        )
         self.seen.add_(1)
         self.column.add_(1)
         spare = torch.zeros_like(self.sink_valid[:, :1])
@@ -292,10 +296,9 @@ class _BoundedStaticLayer(_StaticLayer):
             # an index_put_ (advanced indexing), not scatter_: inductor writes index_put_ in place,
             # while a scatter_ on a graph input became a copy of the whole buffer, the scatter, and a
             # copy back (two full-buffer kernels per tensor and layer in the H200 decode profile)
-            batch = key_states.shape[0]
-            rows = torch.arange(batch, device=key_states.device)[:, None].expand(batch, 2)
             for buffer, new in ((self.keys, key_states), (self.values, value_states)):
-                buffer[rows, :, current.write_slots] = new[:, :, 0].unsqueeze(1).expand(-1, 2, -1, -1)  # (B, 2, H, D)
+                both = new[:, :, 0].unsqueeze(1).expand(-1, 2, -1, -1)  # (B, 2, H, D): one per written slot
+                buffer[current.write_rows, :, current.write_slots] = both
             return self.keys, self.values
         keys = torch.cat([self.keys[:, :, current.order], key_states], dim=2)
         values = torch.cat([self.values[:, :, current.order], value_states], dim=2)

@@ -22,7 +22,7 @@ from test_triton_swa import dense_reference  # noqa: E402  (the forward tests' f
 from tiny import tiny_model  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa  # noqa: E402
-from swaa_patch.backends import triton_swa_train  # noqa: E402
+from swaa_patch.backends import triton_swa, triton_swa_train  # noqa: E402
 from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
 from swaa_patch.backends.triton_swa_train import (  # noqa: E402
     BackwardConfig,
@@ -233,5 +233,6 @@ def test_training_forward_has_a_fixed_launch_on_gpus_only():
     assert (
         triton_swa_train._forward_config(fake("cuda", torch.float16)) is triton_swa_train.TRAIN_FORWARD_CONFIG
     )
-    assert triton_swa_train._forward_config(fake("cuda", torch.float32)) is None
-    assert triton_swa_train._forward_config(fake("cpu", torch.bfloat16)) is None
+    # the configs the forward itself takes there (it took them when handed None before)
+    assert triton_swa_train._forward_config(fake("cuda", torch.float32)) is triton_swa.FLOAT32_CONFIG
+    assert triton_swa_train._forward_config(fake("cpu", torch.bfloat16)) is triton_swa.INTERPRETER_CONFIG

@@ -9,11 +9,12 @@ only the band ``j <= i < j + W`` plus the sink columns (``_triton_swa_bwd_kernel
 Triton compiles each kernel once per dtype / head_dim / block config, not per length.
 
 Calls it serves: the same index-aligned layout as the fused prefill (one unpadded document per
-row, ``fused_prefill.aligned_layout``) with no cache (query i is key i), no dropout, head_dim in ``SUPPORTED_HEAD_DIMS``. Answer-token rows (labels under ``force_fa_decode``,
-which attend to every earlier key) are allowed when they are each row's suffix, as one prompt +
-answer per row makes them: the kernel computes every row under the window rule, and the answer
-rows are recomputed over all earlier keys by SDPA (a few rows x n keys) and replace the kernel's,
-so the kernel's rows there get no gradient (the flash backend splits them the same way).
+row, ``fused_prefill.aligned_layout``) with no cache (query i is key i), no dropout, head_dim in
+``SUPPORTED_HEAD_DIMS``. Answer-token rows (labels under ``force_fa_decode``, which attend to every
+earlier key) are allowed when they are each row's suffix, as one prompt + answer per row makes
+them: the kernel computes every row under the window rule, and the answer rows are recomputed over
+all earlier keys by SDPA (a few rows x n keys) and replace the kernel's, so the kernel's rows there
+get no gradient (the flash backend splits them the same way).
 Full-attention layers (``non_sliding_layers``) of that layout are plain causal attention and go to
 SDPA's ``is_causal`` kernels (the Triton kernel with no window when logits are softcapped), so a
 training step compiles no flex kernel at all. Everything else keeps the backend's own exact path.
@@ -40,7 +41,14 @@ from ..plan import Memo
 from .call import AttentionCall, Kernel
 from .fused_prefill import _layout, tensor_reason
 from .setting import KernelSetting
-from .triton_swa import INSTALL_HINT, KernelConfig, _check_inputs, _dot_precision, swa_sink_attention
+from .triton_swa import (
+    INSTALL_HINT,
+    KernelConfig,
+    _check_inputs,
+    _dot_precision,
+    _fixed_config,
+    swa_sink_attention,
+)
 
 MODES = ("off", "triton", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
@@ -71,6 +79,10 @@ class Launch:
     block_n: int
     num_warps: int
     num_stages: int
+
+    def pipeline(self) -> dict[str, int]:
+        """The launch options Triton takes beside the grid."""
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
 @dataclass(frozen=True)
@@ -105,14 +117,10 @@ TRAIN_FORWARD_CONFIG = KernelConfig(64, 64, 4, 3)
 DELTA_ROWS = 64  # rows per program of the delta kernel (memory-bound: any size does)
 
 
-def _forward_config(q: Tensor) -> KernelConfig | None:
-    """TRAIN_FORWARD_CONFIG for 16-bit CUDA inputs; None (the forward's own choice: float32's or the
-    interpreter's fixed config) elsewhere."""
-    return (
-        TRAIN_FORWARD_CONFIG
-        if q.device.type == "cuda" and q.dtype in (torch.bfloat16, torch.float16)
-        else None
-    )
+def _forward_config(q: Tensor) -> KernelConfig:
+    """The forward's own fixed config where the device or dtype imposes one (the interpreter's,
+    float32's), else TRAIN_FORWARD_CONFIG instead of autotuning."""
+    return _fixed_config(q) or TRAIN_FORWARD_CONFIG
 
 
 def _config_for(q: Tensor) -> BackwardConfig:
@@ -193,21 +201,20 @@ def swa_sink_attention_backward(
         kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
             q, k, v, grad_out, lse, delta, part_dk, part_dv, *common,
             kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
-            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, num_warps=run.num_warps, num_stages=run.num_stages,
+            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
         )  # fmt: skip
         sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
     run = config.dkdv
     kernels.dkdv[(math.ceil(seq / run.block_n), batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, *common, *dk.stride(), *dv.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
-        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, num_warps=run.num_warps,
-        num_stages=run.num_stages,
+        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
     run = config.dq
     kernels.dq[(math.ceil(seq / run.block_m) * groups, batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value,
-        **flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, num_warps=run.num_warps, num_stages=run.num_stages,
+        **flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
     return dq, dk, dv
 
