@@ -21,7 +21,8 @@ sft_speed() {
   python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
   cp .sft_speed/sft_speed.md .sft_speed/sft_speed.json "$OUT/"
 }
-# decode_speed rows accumulate in .decode_speed/ the same way; DECODE_ARGS picks rows (decode_speed.py --help)
+# decode_speed rows accumulate in .decode_speed/ the same way; DECODE_ARGS picks rows (decode_speed.py --help);
+# PROFILE_ARGS passes options to decode_profile.py (e.g. --attention flex,sdpa)
 decode_speed() {
   mkdir -p .decode_speed
   python3 benchmarks/decode_speed.py --resume --out .decode_speed/decode_speed.md ${DECODE_ARGS:-} 2>&1 | tee -a "$OUT/decode_speed.log"
@@ -45,7 +46,7 @@ for part in "${parts[@]}"; do
     model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;
-    decode_profile) python3 benchmarks/decode_profile.py --out "$OUT/decode_profile.md" 2>&1 | tee "$OUT/decode_profile.log" ;;
+    decode_profile) python3 benchmarks/decode_profile.py ${PROFILE_ARGS:-} --out "$OUT/decode_profile.md" 2>&1 | tee "$OUT/decode_profile.log" ;;
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       decode_speed ;;

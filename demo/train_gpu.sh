@@ -8,7 +8,8 @@
 # Then, on the CPU machine: copy $OUT/model to demo/model, run `swaa eval settings/demo.json`, fill demo/README.md.
 # Knobs (environment): MAX_STEPS (default 3300, the shipped model's: 244 s of training on an H100),
 # BUDGET training seconds (optional: the run times steps 5-55 and shortens the cosine schedule to fit;
-# early steps are slow, so it under-plans), DEMO_EVAL=0 to skip the preview, PYTHON, and
+# early steps are slow, so it under-plans: on an H200 it planned 0.205 s/step where the run averaged 0.11,
+# benchmarks/results/demo_deep_model_attempts.md; prefer MAX_STEPS), DEMO_EVAL=0 to skip the preview, PYTHON, and
 # TRAIN_ARGS (extra `swaa train-demo` flags, e.g. a tiny CPU smoke test:
 #   OUT=/tmp/smoke BUDGET=20 TRAIN_ARGS="--hidden-size 32 --device cpu" bash demo/train_gpu.sh).
 set -euo pipefail

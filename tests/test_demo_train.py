@@ -137,9 +137,27 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(trained):
     summary = json.loads((trained / SUMMARY_FILE).read_text())
     assert summary["steps"] == 30 and not summary["stopped_by_budget"]
     assert set(summary["final_eval"]["accuracy"]) == {"passkey"}
+    assert model.dtype == torch.float32  # the default save_dtype
     assert not checkpoint_dir(trained).exists()  # removed once the final folder is in place
     prompt = loaded("Question: What is the pass key?", return_tensors="pt")
     assert model.generate(**prompt, max_new_tokens=3, do_sample=False).shape[1] >= prompt["input_ids"].shape[1]
+
+
+def test_save_dtype_casts_the_saved_weights_only(tmp_path):
+    """bfloat16 halves the file; the weights are the float32 run's, rounded (training is unchanged)."""
+    full = train(tiny_args(tmp_path / "full", max_steps=6))
+    half = train(tiny_args(tmp_path / "half", max_steps=6, save_dtype="bfloat16"))
+    ref, small = (AutoModelForCausalLM.from_pretrained(p) for p in (full, half))
+    assert small.dtype == torch.bfloat16
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    for (name, a), (_, b) in zip(ref.state_dict().items(), small.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+
+
+def test_save_dtype_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="save_dtype: must be one of"):
+        train(tiny_args(tmp_path / "model", save_dtype="int8"))
+    assert not (tmp_path / "model").exists()
 
 
 def test_finished_output_is_not_retrained(trained):

@@ -8,9 +8,9 @@ visible tokens) is the same for every head. Two kernels compute it:
   cuDNN runs it as one 64-row tile per kv head: 8 thread blocks for the 4B shape, 48 µs a layer.
 - ``flex`` (the default on CUDA): flex_attention with every key block partial and a mask_mod that
   reads the validity mask. Under inductor a one-token query takes PyTorch's flex-decoding kernel,
-  which splits the key slots over thread blocks (split-K): 9 µs a layer on the same shape
-  (benchmarks/results/decode_profile.md), 143-145 tok/s against sdpa's 111-120 at 32K-128K
-  (benchmarks/results/decode_speed.md). On the CPU flex_attention is many times slower than SDPA.
+  which splits the key slots over thread blocks (split-K): 10 µs a layer plus a 4 µs merge on the
+  same shape, against sdpa's 47 µs; 155 tok/s against sdpa's 119 in one profile
+  (benchmarks/results/decode_profile.md). On the CPU flex_attention is many times slower than SDPA.
 
 ``auto`` (the default; ``SWAA_STATIC_DECODE`` or :func:`static_decode_kernel` override it) picks
 by the query's device.

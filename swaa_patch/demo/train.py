@@ -37,6 +37,7 @@ DEFAULT_TASKS = ("passkey", "multikey_niah", "kv_lookup")
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_STEPS = (5, 55)  # time steps 5..55 (after kernel warm-up) to size a time budget
+SAVE_DTYPES = ("float32", "bfloat16", "float16")
 BUDGET_MARGIN = 0.85  # share of the remaining budget planned for steps (evals, slower steps: the rest)
 
 
@@ -90,6 +91,9 @@ class TrainDemoArgs:
     )
     resume: bool = field(default=True, metadata=_help("continue from the checkpoint / skip a finished output"))
     keep_checkpoint: bool = field(default=False, metadata=_help("keep OUTPUT.ckpt/ after a finished run"))
+    save_dtype: str = field(default="float32", metadata=_help(
+        "dtype of the saved weights (training keeps float32 master weights either way): bfloat16 halves the "
+        "file, e.g. to ship a deeper model under 20 MB; settings/demo.json evaluates in float32", choices=SAVE_DTYPES))
 
 
 # Fields that change what is trained; a checkpoint made with other values is refused.
@@ -240,11 +244,14 @@ def replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_model(target: Path, model: Any, tokenizer: Any, summary: dict[str, Any]) -> None:
+def write_model(target: Path, model: Any, tokenizer: Any, summary: dict[str, Any], dtype: str = "float32") -> None:
+    """Write the final folder atomically; the weights are cast to ``dtype`` in place (the model's last use)."""
+    import torch
+
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        model.save_pretrained(staging)
+        model.to(getattr(torch, dtype)).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
         replace_dir(staging, target)
@@ -404,6 +411,8 @@ def start_run(args: TrainDemoArgs) -> Run:
     from .data import check_min_length, heldout_records
     from .tokenizer import build_demo_tokenizer
 
+    if args.save_dtype not in SAVE_DTYPES:  # checked before training, not when saving its result
+        raise ValueError(f"save_dtype: must be one of {SAVE_DTYPES}, got {args.save_dtype!r}")
     device = resolve_device(args.device)
     ckpt = checkpoint_dir(Path(args.output_dir))
     resuming = args.resume and (ckpt / STATE_FILE).is_file()
@@ -470,7 +479,7 @@ def train(args: TrainDemoArgs, on_step: Callable[[TrainState], None] | None = No
         if run.liger is not None:
             run.liger.restore()  # the trained instance keeps its kernels; other Qwen3 models get transformers' own
     final = {**run.evaluate(), "seed": VALIDATION_SEED}
-    write_model(output, run.model, run.tokenizer, summarize(run, final))
+    write_model(output, run.model, run.tokenizer, summarize(run, final), args.save_dtype)
     if not args.keep_checkpoint:
         shutil.rmtree(run.ckpt, ignore_errors=True)
     logger.info("wrote %s: %d steps in %.0f s, held-out mean accuracy %.3f",
