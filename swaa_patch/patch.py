@@ -37,7 +37,7 @@ from .backends.fused_prefill import triton_prefill_setting
 from .cache import SWAACache, prepare_cache
 from .compat import (
     TransformersMismatch,
-    cache_arg_name,
+    cache_arg_name_of,
     check_transformers_version,
     forward_params,
     static_cache_capacity,
@@ -186,18 +186,18 @@ def _swaa_pre_forward(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     if config is None:
         serving_engine.check_stock_forward(kwargs)
         return None
-    cls = type(model)
-    bound = {**dict(zip(forward_params(cls), args)), **kwargs}
+    params = model._swaa_forward_params
+    bound = {**dict(zip(params, args)), **kwargs}
     paged = serving_engine.find_paged_cache(bound)
     if paged is not None:  # continuous batching: requests packed into one row, a paged cache
-        bound[PLAN_KWARG] = serving_engine.plan_packed_forward(config, bound, paged, cache_arg_name(cls))
+        bound[PLAN_KWARG] = serving_engine.plan_packed_forward(config, bound, paged, _cache_arg(model))
         return (), bound
     tokens = bound.get("input_ids")
     if tokens is None:
         tokens = bound.get("inputs_embeds")
     if tokens is None:
         return None
-    cache_arg = cache_arg_name(cls)
+    cache_arg = _cache_arg(model)
     given = take_cache(bound, cache_arg)
     use_cache = bound.get("use_cache")
     use_cache = model.config.use_cache if use_cache is None else use_cache
@@ -250,8 +250,15 @@ def _masks_for_generate(model: nn.Module) -> Callable:
     return create_masks_for_generate
 
 
+def _cache_arg(model: nn.Module) -> str:
+    return cache_arg_name_of(model._swaa_forward_params, f"{type(model).__name__}.forward")
+
+
 def _install_hook(model: nn.Module) -> None:
     if getattr(model, "_swaa_hook", None) is None:
+        # read once here: inside a compiled decode step dynamo would trace inspect.signature through the
+        # lru_cache of forward_params (and warn about it) at every compile
+        model._swaa_forward_params = forward_params(type(model))
         model._swaa_hook = model.register_forward_pre_hook(_swaa_pre_forward, with_kwargs=True)
         model.create_masks_for_generate = _masks_for_generate(model)
         _STATE.hooked.add(model)

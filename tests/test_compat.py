@@ -76,7 +76,7 @@ def test_a_cache_the_hook_did_not_see_raises_instead_of_a_wrong_result(monkeypat
     model = apply_swaa(tiny_model("qwen3", attn), SWAAConfig(sliding_window_size=100_000))
     real = cache_arg_name(type(model))
     monkeypatch.setattr(compat, "CACHE_ARG_NAMES", ("kv_state",))
-    monkeypatch.setattr(patch, "cache_arg_name", lambda cls: "kv_state")
+    monkeypatch.setattr(patch, "_cache_arg", lambda model: "kv_state")
     ids = torch.randint(3, VOCAB, (1, 9))
     message = re.escape(f"installed transformers {transformers.__version__}")
     with torch.no_grad():

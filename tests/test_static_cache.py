@@ -217,3 +217,19 @@ def test_compiled_decode_write_is_in_place():
             assert torch.equal(layer.keys[b, :, slot], new_k[b, :, 0]) and torch.equal(
                 layer.values[b, :, slot], new_v[b, :, 0]
             )
+
+
+def test_compiled_decode_step_reads_the_forward_signature_once():
+    """The hook reads the forward's parameter names from the model (stored when it was installed):
+    inside a compiled step dynamo would otherwise trace inspect.signature through an lru_cache at
+    every compile and warn users about it."""
+    import warnings
+
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=2))
+    ids = torch.randint(3, VOCAB, (1, 9), generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    torch._dynamo.utils.warn_once_cache.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(ids, max_new_tokens=3, do_sample=False, **static_generate_kwargs(torch.device("cpu")))
+    assert not [str(w.message) for w in caught if "lru_cache" in str(w.message)]
