@@ -36,7 +36,7 @@ from swaa_patch.calibration.report import sensitivity_table
 from swaa_patch.calibration.run import CalibrationRun
 from swaa_patch.calibration.settings import load_calibration_settings
 from swaa_patch.cli import main as swaa
-from swaa_patch.evaluation.report import environment_lines
+from swaa_patch.evaluation.report import environment_lines, format_bytes
 from swaa_patch.evaluation.settings import load_settings
 from swaa_patch.jobs.io import atomic_write_json, atomic_write_text, read_jsonl
 from swaa_patch.jobs.validate import resolve_path
@@ -123,6 +123,16 @@ def accuracy_rows(metrics: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:
     return rows
 
 
+def decode_kv(metrics: list[dict[str, Any]]) -> dict[Any, str]:
+    """The most KV bytes one sequence's decoding held, per row (keys as in :func:`accuracy_rows`)."""
+    most: dict[Any, int] = {}
+    for m in metrics:
+        key = None if m["sliding_window_size"] is None else tuple(m["non_sliding_layers"])
+        if m.get("max_kv_bytes") is not None:
+            most[key] = max(most.get(key, 0), int(m["max_kv_bytes"]))
+    return {key: format_bytes(n) for key, n in most.items()}
+
+
 def datasets_of(metrics: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(m["dataset"] for m in metrics))
 
@@ -161,19 +171,25 @@ def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], 
     labels = {layers: " + ".join(n for n, s in (("calibration", chosen), ("hand (demo.json)", hand_picked)) if s == layers)
               for layers in layer_sets}
     labels = {k: v for k, v in labels.items() if v}
+    kv = decode_kv(metrics)
     extra: dict[Any, list[str]] = {layers: [f"{scores[layers]['kl']:.4f}", f"{scores[layers]['delta_nll']:.4f}"]
                                    for layers in layer_sets}
     extra.update({None: ["0", "0"], "mean": ["-", "-"]})
-    lines, mean = set_table(acc, layer_sets, labels, datasets, ["KL (calibration)", "ΔNLL (calibration)"], extra)
+    extra = {key: [*cells, kv.get(key, "-")] for key, cells in extra.items()}
+    lines, mean = set_table(acc, layer_sets, labels, datasets,
+                            ["KL (calibration)", "ΔNLL (calibration)", "decode KV / sequence"], extra)
     summary = (f"Mean accuracy before SFT: calibrated {chosen} {mean_of(acc[chosen], datasets):.3f}, hand-picked "
                f"{hand_picked} {mean_of(acc[hand_picked], datasets):.3f}, random set of {len(chosen)} (mean of all "
                f"{len(layer_sets)}) {mean_of(mean, datasets):.3f}, full attention {mean_of(acc[None], datasets):.3f}.\n")
     after = ""
     if sft_metrics:
         sft_acc = accuracy_rows(sft_metrics)
-        before: dict[Any, list[str]] = {key: [f"{mean_of(acc[key], datasets):.3f}"] for key in [None, *layer_sets]}
-        before["mean"] = [f"{mean_of(mean, datasets):.3f}"]
-        sft_lines, sft_mean = set_table(sft_acc, layer_sets, labels, datasets, ["mean before SFT"], before)
+        sft_kv = decode_kv(sft_metrics)
+        before: dict[Any, list[str]] = {key: [f"{mean_of(acc[key], datasets):.3f}", sft_kv.get(key, "-")]
+                                        for key in [None, *layer_sets]}
+        before["mean"] = [f"{mean_of(mean, datasets):.3f}", "-"]
+        sft_lines, sft_mean = set_table(sft_acc, layer_sets, labels, datasets,
+                                        ["mean before SFT", "decode KV / sequence"], before)
         after = (
             f"\n## After LoRA SFT ({sft_steps} steps per set)\n\n"
             f"Each set: `swaa sft` of settings/demo_sft_interleaved.json (LoRA r 16 on all 7 projections, lr 1e-3, batch 2 "

@@ -398,3 +398,11 @@ def compiled_generation(mode: str, device: torch.device) -> dict:
     if mode == "off" or (mode == "auto" and torch.device(device).type != "cuda"):
         return {}
     return static_generate_kwargs(torch.device(device))
+
+
+def filler_rows(mode: str, device: torch.device, rows: int, batch_size: int) -> int:
+    """Rows to append (copies of a prompt, answers dropped) so that a batch of compiled generation has
+    the batch size of the others: the compiled decode step is specialised to its batch size, so a
+    short last batch (of every dataset and every eval row) would compile it again (30-55 s for a
+    4B model on an H200, benchmarks/results/decode_speed.md). 0 when decoding is not compiled."""
+    return max(0, batch_size - rows) if compiled_generation(mode, device) else 0

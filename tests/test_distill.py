@@ -118,3 +118,21 @@ def test_cli_runs_the_shipped_tiny_settings(tmp_path):
     assert len(rows) == 6 and all(r["prompt"] and "response" in r for r in rows)
     assert main(["distill", str(ROOT / "settings" / "distill_tiny.json"), "--output-dir", str(tmp_path)]) == 0
     assert len(read_jsonl(tmp_path / "generations" / "passkey.rank0.jsonl")) == 4  # finished: nothing redone
+
+
+def test_compiled_teacher_answers_like_the_eager_one_and_compiles_once(model_dir, qa_file, tmp_path):
+    """`compile: on` (stock StaticCache + compiled decode steps for the full-attention teacher; dynamo
+    alone on a CPU): 5 prompts in batches of 2 give `compile: off`'s answers, and the last batch of
+    one prompt is filled to 2 rather than compiling the step again."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    answers, graphs = {}, {}
+    for mode in ("off", "on"):
+        torch._dynamo.reset()
+        before = counters["stats"]["unique_graphs"]
+        dataset = run_distill(settings_for(model_dir, [str(qa_file)], tmp_path / mode, compile=mode))
+        graphs[mode] = counters["stats"]["unique_graphs"] - before
+        answers[mode] = {r["sample_id"]: r["response"] for r in read_jsonl(dataset)}
+    assert len(answers["on"]) == 5 and answers["on"] == answers["off"]
+    assert graphs == {"off": 0, "on": 1}

@@ -321,6 +321,26 @@ def test_compiled_decoding_answers_like_the_eager_path(tmp_path, tiny_model):
     assert rows["on"] == rows["off"]
 
 
+def test_a_short_last_batch_does_not_compile_the_decode_step_again(tmp_path, tiny_model):
+    """6 samples in batches of 4: the last batch of 2 is filled to 4 under `compile: on`, so every row
+    compiles what batches of 3 (no short batch) compile, and answers stay those of `compile: off`."""
+    from torch._dynamo.utils import counters
+
+    graphs, answers = {}, {}
+    for mode, batch_size in (("on", 3), ("on", 4), ("off", 4)):
+        torch._dynamo.reset()
+        before = counters["stats"]["unique_graphs"]
+        out = tmp_path / f"{mode}{batch_size}"
+        run_eval(make_settings(out, tiny_model, compile=mode, batch_size=batch_size, max_new_tokens=6))
+        graphs[mode, batch_size] = counters["stats"]["unique_graphs"] - before
+        rows = [r for p in (out / "out").glob("responses/*/*.jsonl") for r in read_jsonl(p)]
+        answers[mode, batch_size] = {(r["run_name"], r["id"]): r["response"] for r in rows}
+        if mode == "on":  # one static cache per row, reused by every batch: the same bytes per sequence
+            assert len({(r["run_name"], r["kv_bytes"]) for r in rows}) == 2
+    assert graphs["on", 4] == graphs["on", 3] > 0 and graphs["off", 4] == 0
+    assert len(answers["on", 4]) == 12 and answers["on", 4] == answers["off", 4]
+
+
 def test_compile_setting_is_validated(tmp_path, tiny_model):
     with pytest.raises(SettingsError, match=r"compile: must be one of \['auto', 'on', 'off'\], got 'always'"):
         make_settings(tmp_path, tiny_model, compile="always")

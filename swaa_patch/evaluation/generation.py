@@ -8,19 +8,23 @@ from typing import Any
 from ..cache import kv_bytes
 from ..compat import output_cache
 from ..jobs.prompts import Prepared
-from ..static_cache import compiled_generation
+from ..static_cache import compiled_generation, filler_rows
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, batch: Sequence[Prepared], max_new_tokens: int, compile_mode: str = "off"
+    model: Any, tokenizer: Any, batch: Sequence[Prepared], max_new_tokens: int, compile_mode: str = "off",
+    batch_size: int | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy generation for one left-padded batch; returns response text, token counts and the KV
     bytes the generation's cache held per sequence at the end (its bytes / batch rows: what decoding
     this batch kept in memory, padding to the batch's longest prompt included).
-    ``compile_mode`` (auto / on / off): compiled decode steps on a StaticSWAACache."""
+    ``compile_mode`` (auto / on / off): compiled decode steps on a StaticSWAACache; a compiled batch
+    shorter than ``batch_size`` is filled up to it (:func:`~swaa_patch.static_cache.filler_rows`)."""
     import torch
 
-    padded = tokenizer.pad({"input_ids": [p.input_ids for p in batch]}, padding=True, return_tensors="pt")
+    prompts = [p.input_ids for p in batch]
+    prompts += prompts[-1:] * filler_rows(compile_mode, model.device, len(prompts), batch_size or len(prompts))
+    padded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     input_ids = padded["input_ids"].to(model.device)
     attention_mask = padded["attention_mask"].to(model.device)
     with torch.inference_mode():
@@ -33,8 +37,8 @@ def generate_batch(
             return_dict_in_generate=True,
             **compiled_generation(compile_mode, model.device),
         )
-    per_sequence = kv_bytes(output_cache(output)) // len(batch)
-    new_tokens = output.sequences[:, input_ids.shape[1] :]
+    per_sequence = kv_bytes(output_cache(output)) // len(prompts)
+    new_tokens = output.sequences[: len(batch), input_ids.shape[1] :]
     results = []
     for row in new_tokens.tolist():
         kept = [t for t in row if t != tokenizer.pad_token_id]

@@ -279,7 +279,8 @@ class EvalRun(ShardedRun):
 
         def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             start = time.perf_counter()
-            outputs = generate_batch(model, slot.tokenizer, batch, self.settings.max_new_tokens, self.settings.compile)
+            outputs = generate_batch(model, slot.tokenizer, batch, self.settings.max_new_tokens, self.settings.compile,
+                                     self.settings.batch_size)
             seconds = (time.perf_counter() - start) / len(batch)
             return self.batch_records(block, batch, outputs, records, seconds)
 

@@ -35,7 +35,7 @@ from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_pos
 from ..jobs.prompts import Prepared, PromptOptions, eos_ids, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
 from ..scope import swaa_enabled
-from ..static_cache import compiled_generation
+from ..static_cache import compiled_generation, filler_rows
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -80,10 +80,13 @@ class Generation:
 def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Prepared], settings: DistillSettings,
                      seed: int) -> list[list[Generation]]:
     """``num_generations`` answers per prompt of a left-padded batch; sampling is seeded per batch,
-    so a resumed run draws the same answers."""
+    so a resumed run draws the same answers. A compiled batch shorter than ``batch_size`` is filled
+    up to it (:func:`~swaa_patch.static_cache.filler_rows`)."""
     import torch
 
-    padded = tokenizer.pad({"input_ids": [p.input_ids for p in batch]}, padding=True, return_tensors="pt")
+    prompts = [p.input_ids for p in batch]
+    prompts += prompts[-1:] * filler_rows(settings.compile, model.device, len(prompts), settings.batch_size)
+    padded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     sample = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sample else {}
     torch.manual_seed(seed)
@@ -99,9 +102,9 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Prepared], sett
             **compiled_generation(settings.compile, model.device),
         )
     stops = eos_ids(model, tokenizer)
-    rows = output[:, padded["input_ids"].shape[1] :].tolist()
-    answers = [_generation(row, stops, tokenizer) for row in rows]
     n = settings.num_generations
+    rows = output[: len(batch) * n, padded["input_ids"].shape[1] :].tolist()  # filler rows' answers dropped
+    answers = [_generation(row, stops, tokenizer) for row in rows]
     return [answers[i * n : (i + 1) * n] for i in range(len(batch))]
 
 

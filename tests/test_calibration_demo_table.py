@@ -1,0 +1,43 @@
+"""benchmarks/calibration_demo.py's tables: every layer set's row carries the decode KV its
+evaluation measured (from `swaa eval`'s metrics), before and after SFT."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import calibration_demo  # noqa: E402
+
+SETS = [(0, 1), (0, 2), (1, 2)]
+
+
+def metric(layers, dataset, accuracy, kv):
+    return {"sliding_window_size": None if layers is None else 4, "non_sliding_layers": list(layers or ()),
+            "dataset": dataset, "accuracy": accuracy, "max_kv_bytes": kv, "finished_at": "2026-12-01T00:00:00"}
+
+
+def metrics(kv_of):
+    rows = [metric(None, d, 1.0, kv_of(None) - i) for i, d in enumerate(("passkey", "kv_lookup"))]
+    return rows + [metric(s, d, 0.5, kv_of(s)) for s in SETS for d in ("passkey", "kv_lookup")]
+
+
+def test_decode_kv_is_the_most_any_dataset_held_per_row():
+    kv = calibration_demo.decode_kv(metrics(lambda s: 4096 if s is None else 2048 * (1 + s[1])))
+    assert kv == {None: "4.00 KiB", (0, 1): "4.00 KiB", (0, 2): "6.00 KiB", (1, 2): "6.00 KiB"}
+    assert calibration_demo.decode_kv([{**metric((0, 1), "passkey", 1.0, None)}]) == {}
+
+
+def test_both_tables_show_each_sets_decode_kv():
+    before = metrics(lambda s: 3 << 20 if s is None else (1 + s[1]) << 20)
+    after = metrics(lambda s: 3 << 20 if s is None else (5 + s[1]) << 20)
+    result = {"non_sliding_layers": [0, 2], "budget": 2, "num_layers": 3, "examples": {"passkey": 2},
+              "answer_tokens": 8, "greedy": [], "sensitivity": [],
+              "swaa_config": {"sliding_window_size": 4, "keep_first": 1, "force_fa_decode": False}}
+    scores = {s: {"kl": 0.5, "delta_nll": 0.2} for s in SETS}
+    text = calibration_demo.render(result, scores, before, (1, 2), {}, {}, "test", after, 10)
+    before_table, after_table = text.split("## After LoRA SFT")
+    assert "| 0, 2 | calibration | 0.5000 | 0.2000 | 3.00 MiB | 0.500 | 0.500 | 0.500 |" in before_table
+    assert "| all (full attention) | - | 0 | 0 | 3.00 MiB |" in before_table
+    assert "| 0, 2 | calibration | 0.500 | 7.00 MiB | 0.500 | 0.500 | 0.500 |" in after_table
