@@ -114,22 +114,25 @@ def eval_adapters(layer_sets_eval: Path, adapters: dict[tuple[int, ...], Path], 
     return out
 
 
+def row_key(metric: dict[str, Any]) -> tuple[int, ...] | None:
+    """A metrics record's table row: the tuple of full layers (None: stock full attention)."""
+    return None if metric["sliding_window_size"] is None else tuple(metric["non_sliding_layers"])
+
+
 def accuracy_rows(metrics: list[dict[str, Any]]) -> dict[Any, dict[str, float]]:
-    """Accuracy per dataset, keyed by the tuple of full layers (None: stock full attention)."""
+    """Accuracy per dataset, keyed by :func:`row_key`."""
     rows: dict[Any, dict[str, float]] = {}
     for m in metrics:
-        key = None if m["sliding_window_size"] is None else tuple(m["non_sliding_layers"])
-        rows.setdefault(key, {})[m["dataset"]] = m["accuracy"]
+        rows.setdefault(row_key(m), {})[m["dataset"]] = m["accuracy"]
     return rows
 
 
 def decode_kv(metrics: list[dict[str, Any]]) -> dict[Any, str]:
-    """The most KV bytes one sequence's decoding held, per row (keys as in :func:`accuracy_rows`)."""
+    """The most KV bytes one sequence's decoding held, per row (keyed by :func:`row_key`)."""
     most: dict[Any, int] = {}
     for m in metrics:
-        key = None if m["sliding_window_size"] is None else tuple(m["non_sliding_layers"])
         if m.get("max_kv_bytes") is not None:
-            most[key] = max(most.get(key, 0), int(m["max_kv_bytes"]))
+            most[row_key(m)] = max(most.get(row_key(m), 0), int(m["max_kv_bytes"]))
     return {key: format_bytes(n) for key, n in most.items()}
 
 

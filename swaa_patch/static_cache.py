@@ -400,9 +400,11 @@ def compiled_generation(mode: str, device: torch.device) -> dict:
     return static_generate_kwargs(torch.device(device))
 
 
-def filler_rows(mode: str, device: torch.device, rows: int, batch_size: int) -> int:
-    """Rows to append (copies of a prompt, answers dropped) so that a batch of compiled generation has
-    the batch size of the others: the compiled decode step is specialised to its batch size, so a
-    short last batch (of every dataset and every eval row) would compile it again (30-55 s for a
-    4B model on an H200, benchmarks/results/decode_speed.md). 0 when decoding is not compiled."""
-    return max(0, batch_size - rows) if compiled_generation(mode, device) else 0
+def filled_batch(prompts: list[list[int]], mode: str, device: torch.device, batch_size: int) -> list[list[int]]:
+    """``prompts`` followed by copies of its last prompt up to ``batch_size`` rows when decoding is
+    compiled (callers drop the copies' answers): the compiled decode step is specialised to its batch
+    size, so a short last batch (of every dataset and every eval row) would compile it again (30-55 s
+    for a 4B model on an H200, benchmarks/results/decode_speed.md). Unchanged when not compiled."""
+    if not compiled_generation(mode, device):
+        return prompts
+    return prompts + prompts[-1:] * max(0, batch_size - len(prompts))

@@ -8,7 +8,7 @@ from typing import Any
 from ..cache import kv_bytes
 from ..compat import output_cache
 from ..jobs.prompts import Prepared
-from ..static_cache import compiled_generation, filler_rows
+from ..static_cache import compiled_generation, filled_batch
 
 
 def generate_batch(
@@ -19,11 +19,10 @@ def generate_batch(
     bytes the generation's cache held per sequence at the end (its bytes / batch rows: what decoding
     this batch kept in memory, padding to the batch's longest prompt included).
     ``compile_mode`` (auto / on / off): compiled decode steps on a StaticSWAACache; a compiled batch
-    shorter than ``batch_size`` is filled up to it (:func:`~swaa_patch.static_cache.filler_rows`)."""
+    shorter than ``batch_size`` is filled up to it (:func:`~swaa_patch.static_cache.filled_batch`)."""
     import torch
 
-    prompts = [p.input_ids for p in batch]
-    prompts += prompts[-1:] * filler_rows(compile_mode, model.device, len(prompts), batch_size or len(prompts))
+    prompts = filled_batch([p.input_ids for p in batch], compile_mode, model.device, batch_size or len(batch))
     padded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     input_ids = padded["input_ids"].to(model.device)
     attention_mask = padded["attention_mask"].to(model.device)

@@ -35,7 +35,7 @@ from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_pos
 from ..jobs.prompts import Prepared, PromptOptions, eos_ids, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes, rank_shards
 from ..scope import swaa_enabled
-from ..static_cache import compiled_generation, filler_rows
+from ..static_cache import compiled_generation, filled_batch
 from .settings import DistillSettings
 
 logger = logging.getLogger(__name__)
@@ -81,11 +81,10 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Prepared], sett
                      seed: int) -> list[list[Generation]]:
     """``num_generations`` answers per prompt of a left-padded batch; sampling is seeded per batch,
     so a resumed run draws the same answers. A compiled batch shorter than ``batch_size`` is filled
-    up to it (:func:`~swaa_patch.static_cache.filler_rows`)."""
+    up to it (:func:`~swaa_patch.static_cache.filled_batch`)."""
     import torch
 
-    prompts = [p.input_ids for p in batch]
-    prompts += prompts[-1:] * filler_rows(settings.compile, model.device, len(prompts), settings.batch_size)
+    prompts = filled_batch([p.input_ids for p in batch], settings.compile, model.device, settings.batch_size)
     padded = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
     sample = settings.temperature > 0
     extra = {"temperature": settings.temperature, "top_p": settings.top_p} if sample else {}
