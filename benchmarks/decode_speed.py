@@ -7,7 +7,7 @@ compile switch. Every row is one ``model.generate`` call on random prompt tokens
 stopping-criteria clock records each step (after a device sync), so a step is what a user waits
 for, logits processing included. tok/s = batch / median step after the warm-up steps; compile s
 = the warm-up steps' time beyond that many median steps. graphs = dynamo graphs added by the row
-(the compiled SWAA step is two graphs, the hook's and the forward's, compiled once per batch size;
+(the compiled SWAA step is one graph, compiled once per batch size;
 later contexts must add none). KV GiB = bytes of the cache's tensors at the end; peak = max
 allocated during the call. Correctness in the same run: the compiled SWAA row's tokens against
 the eager bounded row's (same prompts), and a logits check on the first steps. A stock row whose
@@ -89,6 +89,7 @@ class DecodeSpeedArgs:
     tiny: bool = False
     out: str = "benchmarks/results/decode_speed.md"
     resume: bool = False  # keep the rows (and eval table) of an earlier invocation with the same --out
+    compile_metrics: str = ""  # write torch's compile-phase seconds (summed per phase) to this JSON file
     seed: int = 0
     given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
@@ -480,8 +481,18 @@ def main(args: DecodeSpeedArgs) -> int:
         save_state(args, rows, eval_lines)
     text = report(bench, rows, eval_lines)
     atomic_write_text(args.out, text)
+    if args.compile_metrics:
+        atomic_write_text(args.compile_metrics, json.dumps(compile_phase_seconds(), indent=1))
     sys.stdout.write(text)
     return 0 if all(r.ok for r in rows) else 1
+
+
+def compile_phase_seconds() -> dict[str, float]:
+    """Seconds this process spent in each compile phase torch times (dynamo tracing, AOT autograd,
+    inductor lowering, waiting for Triton compiles, CUDA graph recording...), summed over frames."""
+    from torch._dynamo.utils import compilation_time_metrics
+
+    return {name: round(sum(values), 3) for name, values in compilation_time_metrics.items()}
 
 
 def row_kernels(args: DecodeSpeedArgs, variant: str) -> tuple[str, ...]:
@@ -513,6 +524,8 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
     p.add_argument("--batch-context", type=int, default=d.batch_context)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--stock-steps", type=int, default=d.stock_steps)
+    p.add_argument("--reference-context", type=int, default=d.reference_context,
+                   help="prompt of the stock static row at SWAA's cache size (0: no such row)")
     p.add_argument("--variants", default=",".join(d.variants), help=f"comma-separated subset of {VARIANTS}")
     p.add_argument("--decode-kernels", default=",".join(d.decode_kernels),
                    help=f"static-decode kernels of the compiled SWAA rows, a subset of {static_decode.KERNELS}")
@@ -520,14 +533,16 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU (compile: dynamo only)")
     p.add_argument("--resume", action="store_true", help="keep the rows an earlier invocation wrote to --out")
     p.add_argument("--out", default=d.out)
+    p.add_argument("--compile-metrics", default="",
+                   help="write the seconds of each compile phase (torch's dynamo_timed metrics) to this JSON file")
     a = p.parse_args(argv)
     return DecodeSpeedArgs(
         contexts=tuple(int(s) for s in a.contexts.split(",")),
         batches=tuple(int(s) for s in a.batches.split(",")),
-        batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps,
+        batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps, reference_context=a.reference_context,
         variants=tuple(a.variants.split(",")), decode_kernels=tuple(a.decode_kernels.split(",")),
         eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
-        resume=a.resume, given=given_options(p, argv),
+        resume=a.resume, compile_metrics=a.compile_metrics, given=given_options(p, argv),
     )  # fmt: skip
 
 

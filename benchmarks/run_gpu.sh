@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long] [sft_stock_long] [sft_2gpu]
+#                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
+#                                                  [sft_stock_long] [sft_2gpu]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -51,6 +52,14 @@ for part in "${parts[@]}"; do
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       decode_speed ;;
     decode_speed) decode_speed ;;  # the table only (e.g. a second call on a warm machine)
+    # cold compile of the decode step, stock vs SWAA (flex, sdpa), one fresh process and empty caches each: ~5 min
+    decode_cold)
+      python3 benchmarks/decode_compile_time.py --work /tmp/decode_cold --out "$OUT/decode_compile_time.md" 2>&1 \
+        | tee "$OUT/decode_compile_time.log"
+      cp /tmp/decode_cold/*.log "$OUT/" ;;
+    # `swaa eval` / `swaa distill` with compile off / on (4B shape; the model folder is kept in .job_throughput/): ~6 min
+    jobs)
+      python3 benchmarks/job_throughput.py --work .job_throughput --out "$OUT/job_throughput.md" 2>&1 | tee "$OUT/job_throughput.log" ;;
     sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
     sft_triton) sft_speed --sizes 32768,131072 --variants swaa_liger,swaa_triton_liger ;;  # ~5 min: flex vs Triton
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min

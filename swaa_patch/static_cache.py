@@ -32,7 +32,9 @@ the rule keeps into the buffers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -100,6 +102,9 @@ class StaticSWAACache(Cache):
         self.ring_pos: Tensor | None = None  # (B, ring) long: its position
         self.full_valid: Tensor | None = None  # (B, max_cache_len) bool
         self.current: _Pass | None = None
+        # a decode step the hook announced; planned by the first layer that writes (inside the forward)
+        self.decode_pending = False
+        self.decode_masks: tuple[Tensor, Tensor | None] | None = None  # bounded, full: (B, 1, 1, slots)
 
     # -- sizes ------------------------------------------------------------------------------------
     @property
@@ -137,6 +142,8 @@ class StaticSWAACache(Cache):
                 tensor.zero_()
         self.prefilled = False
         self.current = None
+        self.decode_pending = False
+        self.decode_masks = None
 
     # -- multi-token passes (eager) -----------------------------------------------------------------
     def begin_forward(self, q_pos: Tensor, q_valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,6 +157,7 @@ class StaticSWAACache(Cache):
         elif self.seen.shape[0] != batch:
             raise ValueError(f"input_ids: this StaticSWAACache holds batch {self.seen.shape[0]}, got batch {batch}")
         keep, ring = self.keep_first, self.ring_size
+        self.decode_pending, self.decode_masks = False, None
         columns = self.columns()
         if self.full_valid.shape[1] and columns + n > self.full_slots:
             raise ValueError(
@@ -195,6 +203,21 @@ class StaticSWAACache(Cache):
         return stored_pos, stored_valid
 
     # -- decode steps (compiled) ----------------------------------------------------------------
+    def expect_decode(self) -> None:
+        """Announce a one-token step (the SWAA hook, with Python values only). The step's tensor work
+        is done by :meth:`layer_pass` when the first layer writes, inside the model's forward: a
+        compiled step is then one graph (one CUDA graph), not the hook's frame and the forward's."""
+        self.current = None
+        self.decode_masks = None
+        self.decode_pending = True
+
+    def layer_pass(self) -> _Pass | None:
+        """What a layer does with its keys in this forward (planning an announced decode step first)."""
+        if self.decode_pending:
+            self.decode_pending = False
+            self.decode_masks = self.begin_decode()
+        return self.current
+
     def begin_decode(self) -> tuple[Tensor, Tensor | None]:
         """Plan a one-token step on a filled cache with tensor ops only (it runs inside the compiled
         step). Returns the key masks of bounded and full layers, (B, 1, 1, slots) bool."""
@@ -246,7 +269,7 @@ class _StaticLayer(CacheLayerMixin):
         self.layer_idx = layer_idx
 
     def _pass(self) -> _Pass:
-        current = self._cache.current
+        current = self._cache.layer_pass()
         if current is None:
             raise TransformersMismatch(
                 f"StaticSWAACache layer {self.layer_idx} was updated by a forward that SWAA's hook did not plan "
@@ -340,31 +363,43 @@ class _FullStaticLayer(_StaticLayer):
 
 @dataclass
 class StaticDecodePlan:
-    """What a compiled decode step on a StaticSWAACache needs: one key mask per layer kind. Built
-    from tensors only, so nothing in the step depends on a changing Python value."""
+    """What a compiled decode step on a StaticSWAACache needs: one key mask per layer kind, built
+    by the cache from tensors only (nothing in the step depends on a changing Python value) when
+    the first layer writes its key."""
 
-    bounded_mask: Tensor  # (B, 1, 1, keep_first + W) bool
-    full_mask: Tensor | None  # (B, 1, 1, max_cache_len) bool
-    bounded_layers: frozenset[int]
-    bounded_slots: int
-    full_slots: int
+    cache: StaticSWAACache
     cache_arg: str
+    shared: dict = field(default_factory=dict)  # what a backend builds once per step for every layer alike
+
+    def once(self, key: object, build: Callable[[], Any]) -> Any:
+        """``build()``, run once per step and key: a kernel's per-step objects (flex's BlockMask) are
+        the same for every layer of a kind, and building them per layer multiplied the compiled
+        step's trace and ops by the layer count."""
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]
+
+    def layer_kind(self, layer_idx: int) -> str:
+        return "bounded" if layer_idx in self.cache.bounded_layers else "full"
 
     def key_count(self, layer_idx: int) -> int:
-        return self.bounded_slots if layer_idx in self.bounded_layers else self.full_slots
+        return self.cache.bounded_slots if layer_idx in self.cache.bounded_layers else self.cache.full_slots
 
     def key_mask(self, layer_idx: int) -> Tensor:
-        return self.bounded_mask if layer_idx in self.bounded_layers else self.full_mask
+        if self.cache.decode_masks is None:
+            raise TransformersMismatch(
+                f"layer {layer_idx} attends in a static decode step before any layer wrote to the StaticSWAACache"
+            )
+        bounded_mask, full_mask = self.cache.decode_masks
+        return bounded_mask if layer_idx in self.cache.bounded_layers else full_mask
 
     def describe_keys(self, layer_idx: int) -> str:
         return f"a static decode step over {self.key_count(layer_idx)} cache slots"
 
 
 def plan_static_decode(cache: StaticSWAACache, cache_arg: str) -> StaticDecodePlan:
-    bounded_mask, full_mask = cache.begin_decode()
-    return StaticDecodePlan(
-        bounded_mask, full_mask, cache.bounded_layers, cache.bounded_slots, cache.full_slots, cache_arg
-    )
+    cache.expect_decode()
+    return StaticDecodePlan(cache, cache_arg)
 
 
 def decode_compile_config(device: torch.device):

@@ -33,8 +33,8 @@ def test_tiny_run_in_two_invocations_writes_one_passing_table(tmp_path):
     static = [r.split(" | ") for r in rows if "StaticSWAACache" in r]
     assert [r[3].split(", ")[-1] for r in static] == ["flex decode kernel", "sdpa decode kernel"] * 3
     assert [r[0].lstrip("| ") for r in static] == ["1"] * 4 + ["2"] * 2  # run column: batch 3 is the resumed one
-    # sdpa compiles first (the hook's graph and the forward's), flex adds its forward; context 40 -> 90 adds none
-    assert [r[7] for r in static[:4]] == ["1", "2", "0", "0"]
+    # one graph per kernel (the step is one graph: the hook only announces it); context 40 -> 90 adds none
+    assert [r[7] for r in static[:4]] == ["1", "1", "0", "0"]
     assert all("tokens = bounded" in r[10] for r in static)
     assert "swaa eval batching" in out.read_text()
 
@@ -52,3 +52,21 @@ def test_decode_profile_variants_agree_with_the_shipped_kernel(tmp_path):
     assert [r[1] for r in rows] == ["swaa_sdpa", "stock", "swaa_flex", "swaa_math"]
     assert all(float(r[7].rstrip(" |")) < 1e-5 for r in rows if r[1] != "stock"), rows
     assert decode_profile.static_decode.static_decode_attention is decode_profile.DEFAULT_ATTENTION  # restored
+
+
+def test_cold_compile_table_runs_each_path_in_a_fresh_process(tmp_path):
+    """benchmarks/decode_compile_time.py --tiny: each path's decode_speed.py process gets its own empty
+    inductor and Triton cache folders, and the table has its compile seconds, torch's compile phases
+    and the compiled SWAA step's logits check."""
+    import decode_compile_time
+
+    out = tmp_path / "decode_compile_time.md"
+    work = tmp_path / "work"
+    assert decode_compile_time.main(["--tiny", "--paths", "stock,swaa_sdpa", "--out", str(out), "--work", str(work)]) == 0
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| stock") or line.startswith("| SWAA")]
+    assert [r[0].lstrip("| ") for r in rows] == ["stock HF, StaticCache + compile",
+                                                 "SWAA, StaticSWAACache + compile, sdpa decode kernel"]  # fmt: skip
+    assert all(float(r[1]) > 0 and float(r[4]) > 0 and r[-1] == "ok |" for r in rows), rows  # compile s, dynamo s
+    assert "teacher-forced logits" in rows[1][-2]
+    caches = sorted(p.name.split("_")[1] for p in work.glob("cold_*"))
+    assert caches == ["stock", "swaa"] and all((p / "inductor").is_dir() for p in work.glob("cold_*"))

@@ -95,23 +95,32 @@ def _grouped_attention(call: AttentionCall, sdpa: bool) -> tuple[Tensor, None]:
     return out.reshape(batch, heads, 1, dim).transpose(1, 2), None
 
 
-def flex_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
-    """flex_attention over all key blocks, the cache's validity mask as mask_mod (a fixed-address
-    buffer, so CUDA graphs replay it). Slots past the last full block are bounds-masked by flex."""
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+def _block_mask(valid: Tensor, slots: int):
+    """Every key block partial, the validity mask (B, slots) as mask_mod: one per step and layer kind."""
+    from torch.nn.attention.flex_attention import BlockMask
 
-    query, key, value = call.query, call.key, call.value
-    valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]  # (B, slots)
-    slots = key.shape[2]
     blocks = -(-slots // FLEX_BLOCK)
-    count = torch.full((1, 1, 1), blocks, dtype=torch.int32, device=query.device)
-    indices = torch.arange(blocks, dtype=torch.int32, device=query.device).view(1, 1, 1, blocks)
+    count = torch.full((1, 1, 1), blocks, dtype=torch.int32, device=valid.device)
+    indices = torch.arange(blocks, dtype=torch.int32, device=valid.device).view(1, 1, 1, blocks)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return valid[b, kv_idx]
 
-    block_mask = BlockMask.from_kv_blocks(
+    return BlockMask.from_kv_blocks(
         count, indices, BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod, seq_lengths=(1, slots)
+    )
+
+
+def flex_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """flex_attention over all key blocks, the cache's validity mask as mask_mod (a fixed-address
+    buffer, so CUDA graphs replay it). Slots past the last full block are bounds-masked by flex."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    query, key, value = call.query, call.key, call.value
+    plan = call.plan
+    block_mask = plan.once(
+        ("flex_block_mask", plan.layer_kind(call.layer_idx)),
+        lambda: _block_mask(plan.key_mask(call.layer_idx)[:, 0, 0, :], key.shape[2]),
     )
     score_mod = None
     if call.softcap is not None:

@@ -59,7 +59,7 @@ class DistillSettings:
     max_prompt_tokens: int | None = None  # longer prompts are dropped (the teacher must see all of it)
     max_new_tokens: int = 512
     batch_size: int = 1
-    compile: str = "auto"  # decode steps compiled on a StaticSWAACache: auto (on CUDA) / on / off
+    compile: str = "auto"  # the teacher's decode steps compiled on its stock StaticCache: auto (on CUDA) / on / off
     num_generations: int = 1
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
