@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu]
+#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -14,11 +14,14 @@ parts=("$@")
 # `swaa sft` rows accumulate in .sft_speed/ (kept between calls on a warm machine; on a fresh one, carry the
 # sft_speed.json an earlier call returned as .sft_speed/sft_speed.json); trl, datasets and Liger come as wheels
 # (bash benchmarks/sft_wheels.sh here, then carry .whl). sft_speed prints its time plan first.
-sft_speed() {
+install_sft_wheels() {  # trl, datasets, liger-kernel (carried as .whl/sft) for `swaa sft` and train-demo's Liger
   if [ -d .whl/sft ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sft/*.whl
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
   fi
+}
+sft_speed() {
+  install_sft_wheels
   python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
   cp .sft_speed/sft_speed.md .sft_speed/sft_speed.json "$OUT/"
 }
@@ -71,6 +74,13 @@ for part in "${parts[@]}"; do
       # rows accumulate in .serve_speed/ (kept between calls on a warm machine; --resume continues there)
       python3 benchmarks/serve_speed.py --resume --out .serve_speed/serve_speed.md ${SERVE_ARGS:-} 2>&1 | tee -a "$OUT/serve_speed.log"
       cp .serve_speed/serve_speed.md .serve_speed/serve_speed.json "$OUT/" ;;
+    # issue 18's deeper demo model: train-demo recipes at once on the one GPU (SWEEP_ARGS: the recipes, e.g.
+    #   SWEEP_ARGS='--common "--num-layers 8 --save-dtype bfloat16 --max-steps 8000 --eval-every 2000" --recipe lr5e-4="--learning-rate 5e-4 --warmup-steps 500"')
+    # recipes live in .demo_sweep/ and resume there on a warm machine; one table + one tar of finished models come back
+    demo_sweep)
+      install_sft_wheels
+      eval "python3 benchmarks/demo_recipe_sweep.py --out \"$OUT/demo_sweep.md\" --models-tar \"$OUT/demo_models.tar\" \
+        --time-limit-s ${SWEEP_SECONDS:-540} ${SWEEP_ARGS:?set SWEEP_ARGS to the recipes}" 2>&1 | tail -n 60 | tee "$OUT/demo_sweep.log" ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done
