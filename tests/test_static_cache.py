@@ -180,6 +180,16 @@ def test_bad_use_is_refused():
         model(torch.randint(3, VOCAB, (2, 4)), **cache_kwargs(model, cache))
         with pytest.raises(ValueError, match="input_ids: this StaticSWAACache holds batch 2, got batch 3"):
             model(torch.randint(3, VOCAB, (3, 4)), **cache_kwargs(model, cache))
+    # a decode step whose attention runs before any layer wrote its key (a layer that skips the cache,
+    # as KV-sharing layers do) fails loudly instead of attending over last step's mask
+    from swaa_patch.compat import TransformersMismatch
+    from swaa_patch.static_cache import plan_static_decode
+
+    plan = plan_static_decode(cache, "past_key_values")
+    with pytest.raises(TransformersMismatch, match="layer 0 attends in a static decode step before any layer wrote"):
+        plan.key_mask(0)
+    cache.layers[0].update(torch.zeros_like(cache.layers[0].keys[:, :, :1]), torch.zeros_like(cache.layers[0].values[:, :, :1]))
+    assert plan.key_mask(0).shape == (2, 1, 1, cache.full_slots)  # force_fa_decode: every layer keeps every key
 
 
 @pytest.mark.gpu
