@@ -118,7 +118,22 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         phases = " | ".join(f"{r.phases[name]:.1f}" if name in r.phases else "-" for name in PHASES.values())
         lines.append(f"| {PATHS[r.key][0]} | {compile_s} | {ratio} | {r.wall_s:.0f} | {phases} | {r.triton_kernels} | "
                      f"{'-' if r.graphs is None else r.graphs} | {r.check} | {r.verdict} |")  # fmt: skip
+    lines += phase_table(results)
     return "\n".join(lines) + "\n"
+
+
+def phase_table(results: list[Result], top: int = 20) -> list[str]:
+    """Every path's seconds in the phases that took longest on any path (torch's own names), so one
+    results file says where a compile went without the per-path logs."""
+    names = sorted({n for r in results for n in r.phases}, key=lambda n: -max(r.phases.get(n, 0.0) for r in results))
+    if not names:
+        return []
+    head = " | ".join(r.key for r in results)
+    lines = ["", f"Compile phases, seconds summed over frames (the {min(top, len(names))} longest):", "",
+             f"| phase | {head} |", "| --- |" + " --- |" * len(results)]  # fmt: skip
+    for name in names[:top]:
+        lines.append(f"| {name} | " + " | ".join(f"{r.phases[name]:.2f}" if name in r.phases else "-" for r in results) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
