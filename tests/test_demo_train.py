@@ -160,6 +160,24 @@ def test_save_dtype_is_checked_before_training(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+def test_depth_residual_init_scales_the_residual_writes_only(tokenizer, tmp_path):
+    """--residual-init depth: o_proj and down_proj start at 1/sqrt(2 * layers) of transformers' init
+    (same seed), every other weight unchanged; an unknown value is refused before training."""
+    from swaa_patch.demo.train import build_model
+
+    args = tiny_args(tmp_path / "unused")
+    plain = build_model(args, tokenizer)
+    scaled = build_model(dataclasses.replace(args, residual_init="depth"), tokenizer)
+    factor = (2 * args.num_layers) ** -0.5
+    for (name, a), (_, b) in zip(plain.state_dict().items(), scaled.state_dict().items()):
+        expected = a * factor if name.endswith(("o_proj.weight", "down_proj.weight")) else a
+        assert torch.allclose(b, expected, rtol=1e-6, atol=0), name
+    assert sum(n.endswith(("o_proj.weight", "down_proj.weight")) for n in plain.state_dict()) == 2 * args.num_layers
+    with pytest.raises(ValueError, match="residual_init: must be unset or one of"):
+        train(tiny_args(tmp_path / "model", residual_init="mup"))
+    assert not (tmp_path / "model").exists()
+
+
 def test_finished_output_is_not_retrained(trained):
     stamp = (trained / "model.safetensors").stat().st_mtime_ns
     assert train(tiny_args(trained)) == trained

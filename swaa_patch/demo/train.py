@@ -38,6 +38,7 @@ STATE_FILE = "state.pt"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_STEPS = (5, 55)  # time steps 5..55 (after kernel warm-up) to size a time budget
 SAVE_DTYPES = ("float32", "bfloat16", "float16")
+RESIDUAL_INITS = ("depth",)
 BUDGET_MARGIN = 0.85  # share of the remaining budget planned for steps (evals, slower steps: the rest)
 
 
@@ -75,6 +76,10 @@ class TrainDemoArgs:
         default=0.1, metadata=_help("weight of the prompt's next-token loss next to the reply's (mean each)")
     )
     seed: int = field(default=0, metadata=_help("init and data seed (training task seeds start at 1,000,000)"))
+    residual_init: str | None = field(default=None, metadata=_help(
+        "depth: the projections that write into the residual stream (attention o_proj, MLP down_proj) start at "
+        "std / sqrt(2 * num_layers), GPT-2's scaled init for deeper stacks; unset: transformers' init",
+        choices=RESIDUAL_INITS))
     eval_every: int = field(default=500, metadata=_help("held-out accuracy every N steps (0: only at the end)"))
     eval_lengths: list[int] = field(default_factory=lambda: [512, 1024], metadata=_help("held-out prompt lengths"))
     eval_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9], metadata=_help("held-out depths"))
@@ -100,7 +105,7 @@ class TrainDemoArgs:
 RECIPE_FIELDS = (
     "tasks", "min_length", "max_length", "vocab_size", "hidden_size", "num_layers", "num_heads",
     "num_kv_heads", "head_dim", "intermediate_size", "rope_theta", "batch_size", "learning_rate",
-    "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "prompt_loss_weight", "seed",
+    "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "prompt_loss_weight", "seed", "residual_init",
 )
 
 
@@ -158,9 +163,25 @@ def build_model(args: TrainDemoArgs, tokenizer: Any) -> Any:
     )
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    if args.residual_init == "depth":
+        scale_residual_writes(model, args.num_layers)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def scale_residual_writes(model: Any, num_layers: int) -> None:
+    """Scale the initial weights of every projection that adds to the residual stream by
+    1 / sqrt(2 * num_layers) (two writes per layer): the stream's variance at the top then does not
+    grow with depth (GPT-2). A lever for the deeper demo model, whose retrieval did not form under
+    the 4-layer recipe (benchmarks/results/demo_deep_model_attempts.md)."""
+    import torch
+
+    factor = (2 * num_layers) ** -0.5
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(factor)
+            layer.mlp.down_proj.weight.mul_(factor)
 
 
 def build_optimizer(model: Any, args: TrainDemoArgs, device: str) -> Any:
@@ -413,6 +434,8 @@ def start_run(args: TrainDemoArgs) -> Run:
 
     if args.save_dtype not in SAVE_DTYPES:  # checked before training, not when saving its result
         raise ValueError(f"save_dtype: must be one of {SAVE_DTYPES}, got {args.save_dtype!r}")
+    if args.residual_init not in (None, *RESIDUAL_INITS):
+        raise ValueError(f"residual_init: must be unset or one of {RESIDUAL_INITS}, got {args.residual_init!r}")
     device = resolve_device(args.device)
     ckpt = checkpoint_dir(Path(args.output_dir))
     resuming = args.resume and (ckpt / STATE_FILE).is_file()
