@@ -53,6 +53,8 @@ class _Pass:
     write_slots: Tensor | None = None  # (B, 2) long: ring slot and sink-or-spare slot of the new token
     write_rows: Tensor | None = None  # (B, 2) long: the batch row of each write_slots entry
     column: Tensor | None = None  # (1,) long: column of the new token (full layers' slot)
+    bounded_mask: Tensor | None = None  # (B, 1, 1, bounded slots) bool: the slots a bounded layer attends to
+    full_mask: Tensor | None = None  # (B, 1, 1, max_cache_len) bool, for full layers (None: there are none)
     # multi-token passes
     order: Tensor | None = None  # (S,) long: buffer slots of the stored keys, in position order
     sink_source: Tensor | None = None  # (B, keep_first) long: column of [stored | new] per sink slot
@@ -102,9 +104,7 @@ class StaticSWAACache(Cache):
         self.ring_pos: Tensor | None = None  # (B, ring) long: its position
         self.full_valid: Tensor | None = None  # (B, max_cache_len) bool
         self.current: _Pass | None = None
-        # a decode step the hook announced; planned by the first layer that writes (inside the forward)
-        self.decode_pending = False
-        self.decode_masks: tuple[Tensor, Tensor | None] | None = None  # bounded, full: (B, 1, 1, slots)
+        self.decode_pending = False  # a decode step the hook announced; planned by the first layer that writes
 
     # -- sizes ------------------------------------------------------------------------------------
     @property
@@ -143,7 +143,6 @@ class StaticSWAACache(Cache):
         self.prefilled = False
         self.current = None
         self.decode_pending = False
-        self.decode_masks = None
 
     # -- multi-token passes (eager) -----------------------------------------------------------------
     def begin_forward(self, q_pos: Tensor, q_valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -157,7 +156,7 @@ class StaticSWAACache(Cache):
         elif self.seen.shape[0] != batch:
             raise ValueError(f"input_ids: this StaticSWAACache holds batch {self.seen.shape[0]}, got batch {batch}")
         keep, ring = self.keep_first, self.ring_size
-        self.decode_pending, self.decode_masks = False, None
+        self.decode_pending = False
         columns = self.columns()
         if self.full_valid.shape[1] and columns + n > self.full_slots:
             raise ValueError(
@@ -208,19 +207,18 @@ class StaticSWAACache(Cache):
         is done by :meth:`layer_pass` when the first layer writes, inside the model's forward: a
         compiled step is then one graph (one CUDA graph), not the hook's frame and the forward's."""
         self.current = None
-        self.decode_masks = None
         self.decode_pending = True
 
     def layer_pass(self) -> _Pass | None:
         """What a layer does with its keys in this forward (planning an announced decode step first)."""
         if self.decode_pending:
             self.decode_pending = False
-            self.decode_masks = self.begin_decode()
+            self.begin_decode()
         return self.current
 
-    def begin_decode(self) -> tuple[Tensor, Tensor | None]:
+    def begin_decode(self) -> None:
         """Plan a one-token step on a filled cache with tensor ops only (it runs inside the compiled
-        step). Returns the key masks of bounded and full layers, (B, 1, 1, slots) bool."""
+        step): the pass's writes and the key masks of bounded and full layers."""
         keep, ring = self.keep_first, self.ring_size
         column = self.column
         slot = column % ring
@@ -237,14 +235,14 @@ class StaticSWAACache(Cache):
         sink_or_spare = torch.where(is_sink, pos, keep)  # slot keep is the spare one
         write_slots = torch.stack([(self.ring_start + slot).expand_as(pos), sink_or_spare], dim=1)
         write_rows = torch.arange(pos.shape[0], device=pos.device)[:, None].expand_as(write_slots)
+        spare = torch.zeros_like(self.sink_valid[:, :1])
+        bounded_mask = torch.cat([self.sink_valid, spare, self.ring_valid], 1)[:, None, None, :]
         self.current = _Pass(
-            decode=True, write_rows=write_rows, write_slots=write_slots, column=column.clone()
+            decode=True, write_rows=write_rows, write_slots=write_slots, column=column.clone(),
+            bounded_mask=bounded_mask, full_mask=full_mask,
         )
         self.seen.add_(1)
         self.column.add_(1)
-        spare = torch.zeros_like(self.sink_valid[:, :1])
-        bounded_mask = torch.cat([self.sink_valid, spare, self.ring_valid], 1)[:, None, None, :]
-        return bounded_mask, full_mask
 
     def get_seq_length(self, layer_idx: int = 0) -> Tensor | int:
         """The column counter as a tensor (transformers' static layers do the same: an int would be
@@ -386,12 +384,12 @@ class StaticDecodePlan:
         return self.cache.bounded_slots if layer_idx in self.cache.bounded_layers else self.cache.full_slots
 
     def key_mask(self, layer_idx: int) -> Tensor:
-        if self.cache.decode_masks is None:
+        current = self.cache.current
+        if current is None or not current.decode:
             raise TransformersMismatch(
                 f"layer {layer_idx} attends in a static decode step before any layer wrote to the StaticSWAACache"
             )
-        bounded_mask, full_mask = self.cache.decode_masks
-        return bounded_mask if layer_idx in self.cache.bounded_layers else full_mask
+        return current.bounded_mask if layer_idx in self.cache.bounded_layers else current.full_mask
 
     def describe_keys(self, layer_idx: int) -> str:
         return f"a static decode step over {self.key_count(layer_idx)} cache slots"
