@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,13 @@ class ModelBench:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+
+def compile_cache_env(folder: Path) -> dict[str, str]:
+    """Environment variables that put a process's inductor and Triton compile caches in ``folder``
+    (``inductor/``, ``triton/``): an empty folder gives a fresh machine's first compile, one a run
+    used before gives every later run's."""
+    return {"TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor"), "TRITON_CACHE_DIR": str(folder / "triton")}
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[str, ...]:

@@ -31,6 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench_common import compile_cache_env  # noqa: E402  (this folder is on sys.path)
+
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 # (label, decode_speed variant, static-decode kernel)
@@ -63,7 +65,7 @@ class Result:
 def run_path(key: str, args: argparse.Namespace, work: Path) -> Result:
     _, variant, kernel = PATHS[key]
     caches = Path(tempfile.mkdtemp(prefix=f"cold_{key}_", dir=work))
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"))
+    env = {**os.environ, **compile_cache_env(caches)}
     out, metrics = caches / "rows.md", caches / "metrics.json"
     cmd = [sys.executable, str(HERE / "decode_speed.py"), "--contexts", str(args.context), "--batches", "1",
            "--batch-context", str(args.context), "--variants", variant, "--reference-context", "0",
@@ -80,7 +82,7 @@ def run_path(key: str, args: argparse.Namespace, work: Path) -> Result:
     state = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     rows = [r for r in state.get("rows", []) if r["variant"] == variant]
     phases = json.loads(metrics.read_text()) if metrics.exists() else {}
-    kernels = sum(1 for _ in (caches / "triton").rglob("*.cubin"))
+    kernels = sum(1 for _ in Path(env["TRITON_CACHE_DIR"]).rglob("*.cubin"))
     if proc.returncode != 0 or not rows:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return Result(key, None, wall, phases, kernels, None, "-", f"failed (exit {proc.returncode}): {tail[0][:100]}")

@@ -32,7 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from sft_speed import SFTSpeedArgs, build_model_folder  # noqa: E402  (this folder is on sys.path)
+from bench_common import compile_cache_env  # noqa: E402  (this folder is on sys.path)
+from sft_speed import SFTSpeedArgs, build_model_folder  # noqa: E402
 
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
@@ -75,8 +76,7 @@ def run_job(job: str, compile_mode: str, label: str, fresh_caches: bool, args: a
     caches = work / "compile_caches"
     if fresh_caches:
         shutil.rmtree(caches, ignore_errors=True)
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"),
-               TQDM_DISABLE="1")  # fmt: skip
+    env = {**os.environ, **compile_cache_env(caches), "TQDM_DISABLE": "1"}
     settings = folder / "settings.json"
     settings.write_text(json.dumps(settings_for(job, args, model, folder / "out", compile_mode), indent=1))
     start = time.perf_counter()

@@ -53,7 +53,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_common import given_options, with_tiny_defaults  # noqa: E402
+from bench_common import compile_cache_env, given_options, with_tiny_defaults  # noqa: E402
 
 from swaa_patch.jobs.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -225,7 +225,7 @@ def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Pat
     if not args.warm_caches:  # compile caches as empty as a fresh machine's
         caches = work / "runs" / f"{row.n}-{row.variant}-{row.layout}-caches"
         shutil.rmtree(caches, ignore_errors=True)
-        env["TRITON_CACHE_DIR"], env["TORCHINDUCTOR_CACHE_DIR"] = str(caches / "triton"), str(caches / "inductor")
+        env.update(compile_cache_env(caches))
     if "_triton" in row.variant:  # sliding layers' training calls on backends/triton_swa_train.py
         env["SWAA_FUSED_TRAIN"] = "force" if args.tiny else "triton"
         if args.tiny:
