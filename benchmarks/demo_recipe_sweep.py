@@ -75,10 +75,10 @@ def launch(recipe: Recipe, common: list[str], work: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "swaa_patch.cli", "train-demo", "--output-dir", str(model_dir(work, recipe)),
            *common, *recipe.args]  # fmt: skip
     (folder / "command.txt").write_text(shlex.join(cmd) + "\n")
-    log = open(folder / "train.log", "a")  # noqa: SIM115  (closed with the process, in run_all)
     env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent,
-                            start_new_session=True)  # fmt: skip
+    with open(folder / "train.log", "a") as log:  # the child writes through its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent,
+                                start_new_session=True)  # fmt: skip
 
 
 def run_all(recipes: list[Recipe], common: list[str], work: Path, time_limit_s: float) -> dict[str, int | None]:
