@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep]
+#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -81,6 +81,23 @@ for part in "${parts[@]}"; do
       install_sft_wheels
       eval "python3 benchmarks/demo_recipe_sweep.py --out \"$OUT/demo_sweep.md\" --models-tar \"$OUT/demo_models.tar\" \
         --time-limit-s ${SWEEP_SECONDS:-540} ${SWEEP_ARGS:?set SWEEP_ARGS to the recipes}" 2>&1 | tail -n 60 | tee "$OUT/demo_sweep.log" ;;
+    # the demo's adapters (demo/adapt.sh, recipes at once) beside calibration_demo.py's per-set SFT: one tar + one table
+    demo_adapt)
+      install_sft_wheels
+      RECIPES= OUT= bash demo/adapt.sh > "$OUT/demo_adapt.log" 2>&1  # distill once, before the two jobs that read it
+      PARALLEL=1 OUT= bash demo/adapt.sh >> "$OUT/demo_adapt.log" 2>&1 &
+      adapt=$!
+      python3 benchmarks/calibration_demo.py --sft-steps "${CAL_SFT_STEPS:-200}" --out "$OUT/calibration_demo.md" \
+        > "$OUT/calibration_demo.log" 2>&1 || echo "calibration_demo failed (see calibration_demo.log)"
+      wait "$adapt" || echo "demo/adapt.sh failed (see demo_adapt.log)"
+      tail -n 5 sft_output/demo_*.log >> "$OUT/demo_adapt.log" || true
+      tar -cf "$OUT/demo_adapters.tar" demo/sft-* distill_output/demo/summary.json calibration_output/demo ;;
+    # benchmarks/calibration_demo.py with per-set SFT (CAL_SFT_STEPS, default 200), CAL_JOBS runs at once: one table
+    calibration_demo)
+      install_sft_wheels
+      python3 benchmarks/calibration_demo.py --sft-steps "${CAL_SFT_STEPS:-200}" --jobs "${CAL_JOBS:-5}" \
+        --out "$OUT/calibration_demo.md" > "$OUT/calibration_demo.log" 2>&1 || echo "calibration_demo failed (see its log)"
+      tar -cf "$OUT/calibration_demo_logs.tar" sft_output/layer_sets/*/*.log calibration_output/demo || true ;;
     *) echo "unknown part: $part" >&2; exit 2 ;;
   esac
 done

@@ -6,7 +6,11 @@
 #   train.log     the training log; device.txt  the GPU
 #   demo_eval/    `swaa eval settings/demo.json` on the new model (a preview; the README's table is the CPU run)
 # Then, on the CPU machine: copy $OUT/model to demo/model, run `swaa eval settings/demo.json`, fill demo/README.md.
-# Knobs (environment): MAX_STEPS (default 3300, the shipped model's: 244 s of training on an H100),
+# The shipped 8-layer model's 8,000 steps (train-demo's defaults) take ~10-11 minutes on an H200, more than one
+# call: it was trained by benchmarks/demo_recipe_sweep.py (run_gpu.sh part demo_sweep, recipe "lr5e-4" of
+# benchmarks/results/demo_deep_model_attempts.md), which resumes across calls on a warm machine; $OUT here is
+# empty on every call, so this script cannot resume.
+# Knobs (environment): MAX_STEPS (default 8000, the shipped model's: 666 s of training on an H200 shared with 3 other runs),
 # BUDGET training seconds (optional: the run times steps 5-55 and shortens the cosine schedule to fit;
 # early steps are slow, so it under-plans: on an H200 it planned 0.205 s/step where the run averaged 0.11,
 # benchmarks/results/demo_deep_model_attempts.md; prefer MAX_STEPS), DEMO_EVAL=0 to skip the preview, PYTHON, and
@@ -17,7 +21,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
 PY="${PYTHON:-python3}"
 : "${OUT:?set OUT to the folder that comes back}"
-MAX_STEPS="${MAX_STEPS:-3300}"
+MAX_STEPS="${MAX_STEPS:-8000}"
 BUDGET_ARGS=()
 [ -n "${BUDGET:-}" ] && BUDGET_ARGS=(--time-budget-s "$BUDGET")
 mkdir -p "$OUT"

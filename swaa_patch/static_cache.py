@@ -433,6 +433,28 @@ def compiled_generation(mode: str, device: torch.device) -> dict:
     return static_generate_kwargs(torch.device(device))
 
 
+class CompiledConfigs:
+    """Keeps the compiled decode steps of one (model, SWAA config) at a time in a process that runs
+    several one after another (the rows of ``swaa eval``).
+
+    Dynamo caches compiled frames per code object (the decoder's forward), shared by every model
+    and SWAA configuration in the process; each new one adds an entry, and once a frame holds
+    ``torch._dynamo.config.recompile_limit`` entries (8) a fullgraph compile fails hard: the 9th
+    compiled eval row died so on an H200 (benchmarks/results/calibration_demo.md). Rows do not come
+    back, so switching drops the previous one's graphs (``torch._dynamo.reset``)."""
+
+    def __init__(self) -> None:
+        self.current: Any = None
+
+    def switch_to(self, key: Any, mode: str, device: torch.device) -> None:
+        """Call before generating with ``key`` (e.g. the eval row's name) under ``compile`` ``mode``."""
+        if not compiled_generation(mode, device):
+            return
+        if self.current is not None and key != self.current:
+            torch._dynamo.reset()
+        self.current = key
+
+
 def filled_batch(prompts: list[list[int]], mode: str, device: torch.device, batch_size: int) -> list[list[int]]:
     """``prompts`` followed by copies of its last prompt up to ``batch_size`` rows when decoding is
     compiled (callers drop the copies' answers): the compiled decode step is specialised to its batch

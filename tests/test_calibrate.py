@@ -3,7 +3,6 @@ and the written config loading and running."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from dataclasses import replace
@@ -202,15 +201,14 @@ def test_layers_outside_the_model_are_refused_before_weights_load(model_dir, qa_
 
 def test_shipped_demo_settings_parse():
     settings = load_calibration_settings(ROOT / "settings" / "demo_calibrate.json")
-    assert settings.calibrate.budget == 2 and settings.swaa_config.sliding_window_size == 64
+    assert settings.calibrate.budget == 4 and settings.swaa_config.sliding_window_size == 64
     assert all(spec.seed == 3 for spec in settings.datasets)  # neither test (0), monitoring (1) nor distill (2)
 
 
-def test_shipped_layer_sets_hold_full_attention_and_every_pair():
+def test_shipped_layer_sets_hold_only_full_attention():
+    """benchmarks/calibration_demo.py adds the compared sets' rows to this base (and refuses a base with more)."""
     runs = load_settings(ROOT / "settings" / "demo_layer_sets.json").runs
-    assert [run.swaa_config for run in runs].count(None) == 1
-    pairs = {run.swaa_config.non_sliding_layers for run in runs if run.swaa_config is not None}
-    assert pairs == set(itertools.combinations(range(4), 2))
+    assert [run.swaa_config for run in runs] == [None]
 
 
 # -- resume -----------------------------------------------------------------------------------------

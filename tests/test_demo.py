@@ -40,8 +40,11 @@ def config_tuple(config) -> tuple | None:
 
 def test_shipped_model_and_adapters_are_complete_and_small():
     summary = json.loads((DEMO / "model" / "training_summary.json").read_text())
-    assert summary["final_eval"]["mean_accuracy"] >= 0.9  # the model card's held-out validation number
-    for name in ("sft-interleaved", "sft-fad"):
+    accuracy = summary["final_eval"]["accuracy"]  # the model card's held-out validation numbers
+    assert summary["args"]["num_layers"] == 8 and "variable_tracking" in accuracy
+    assert all(accuracy[task] >= 0.9 for task in ("passkey", "multikey_niah", "kv_lookup")), accuracy
+    assert summary["final_eval"]["mean_accuracy"] >= 0.8
+    for name in ("sft-interleaved", "sft-calibrated", "sft-fad"):
         adapter = DEMO / name
         assert Path(adapter_base_path(adapter)) == (DEMO / "model").resolve()
         assert read_swaa_config(adapter) is not None
@@ -94,18 +97,22 @@ def mean(accuracy: dict[str, float]) -> float:
 def test_reduced_demo_shows_the_measured_ordering(reduced_demo):
     runs, _ = reduced_demo
     assert set(runs) == {
-        "model__full", "model__swa64", "model__swa64_sink4", "model__swa64_sink4_full1-3",
-        "model__swa64_sink4_full0-2", "model__swa64_sink4_fad", "model__swa64_sink4_fad_full1-3",
-        "sft-interleaved__swa64_sink4_full1-3", "sft-fad__swa64_sink4_fad",
+        "model__full", "model__swa64", "model__swa64_sink4", "model__swa64_sink4_full1-3-5-7",
+        "model__swa64_sink4_full1-5-6-7", "model__swa64_sink4_fad", "model__swa64_sink4_fad_full1-3-5-7",
+        "sft-interleaved__swa64_sink4_full1-3-5-7", "sft-calibrated__swa64_sink4_full1-5-6-7",
+        "sft-fad__swa64_sink4_fad",
     }
-    assert mean(runs["model__full"]) >= 0.8
-    for broken in ("model__swa64", "model__swa64_sink4", "model__swa64_sink4_full1-3"):
+    full = mean(runs["model__full"])
+    assert full >= 0.75
+    for broken in ("model__swa64", "model__swa64_sink4", "model__swa64_sink4_full1-3-5-7"):
         assert mean(runs[broken]) <= 0.2, broken
-    # the calibrated layers (0, 2) recover it with half the layers' KV bounded at decode, no force_fa_decode
-    for recovered in ("model__swa64_sink4_full0-2", "model__swa64_sink4_fad", "model__swa64_sink4_fad_full1-3",
-                      "sft-fad__swa64_sink4_fad"):
+    # the calibrated layers (1, 5, 6, 7) keep >= 90% of it with half the layers' KV bounded at decode, no
+    # force_fa_decode, before and after SFT
+    for recovered in ("model__swa64_sink4_full1-5-6-7", "sft-calibrated__swa64_sink4_full1-5-6-7"):
+        assert mean(runs[recovered]) >= 0.9 * full, recovered
+    for recovered in ("model__swa64_sink4_fad", "model__swa64_sink4_fad_full1-3-5-7", "sft-fad__swa64_sink4_fad"):
         assert mean(runs[recovered]) >= 0.7, recovered
-    sft, before = runs["sft-interleaved__swa64_sink4_full1-3"], runs["model__swa64_sink4_full1-3"]
+    sft, before = runs["sft-interleaved__swa64_sink4_full1-3-5-7"], runs["model__swa64_sink4_full1-3-5-7"]
     assert sft["passkey"] >= 0.5 > before["passkey"]
 
 
@@ -114,9 +121,11 @@ def test_sft_report_pairs_each_adapter_with_its_recipe_before_sft(reduced_demo, 
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     _, output = reduced_demo
-    text = report.render(output / "metrics.jsonl", tmp_path / "missing.json", [DEMO / "sft-interleaved", DEMO / "sft-fad"])
+    adapters = [DEMO / "sft-interleaved", DEMO / "sft-calibrated", DEMO / "sft-fad"]
+    text = report.render(output / "metrics.jsonl", tmp_path / "missing.json", adapters)
     rows = [line for line in text.splitlines() if line.startswith("| ")][2:]
     assert [row.split(" | ")[1] for row in rows] == [
-        "`model__full`", "`model__swa64_sink4_full1-3`", "`sft-interleaved__swa64_sink4_full1-3`",
+        "`model__full`", "`model__swa64_sink4_full1-3-5-7`", "`sft-interleaved__swa64_sink4_full1-3-5-7`",
+        "`model__swa64_sink4_full1-5-6-7`", "`sft-calibrated__swa64_sink4_full1-5-6-7`",
         "`model__swa64_sink4_fad`", "`sft-fad__swa64_sink4_fad`"]
     assert "`sft-interleaved`: 2000 steps" in text

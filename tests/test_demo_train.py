@@ -44,7 +44,7 @@ def tiny_args(output_dir: Path, **overrides) -> TrainDemoArgs:
         output_dir=str(output_dir), hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
         intermediate_size=64, tasks=["passkey"], batch_size=4, max_steps=30, warmup_steps=5, min_length=128,
         max_length=192, eval_every=0, eval_lengths=[160], eval_depths=[0.5], eval_samples=1, eval_batch_size=4,
-        max_new_tokens=8, log_every=10, save_every=10, device="cpu", num_workers=0,
+        max_new_tokens=8, log_every=10, save_every=10, device="cpu", num_workers=0, save_dtype="float32",
     )
     return dataclasses.replace(args, **overrides)
 
@@ -137,7 +137,7 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_model(trained):
     summary = json.loads((trained / SUMMARY_FILE).read_text())
     assert summary["steps"] == 30 and not summary["stopped_by_budget"]
     assert set(summary["final_eval"]["accuracy"]) == {"passkey"}
-    assert model.dtype == torch.float32  # the default save_dtype
+    assert model.dtype == torch.float32  # tiny_args saves float32 (the default is bfloat16)
     assert not checkpoint_dir(trained).exists()  # removed once the final folder is in place
     prompt = loaded("Question: What is the pass key?", return_tensors="pt")
     assert model.generate(**prompt, max_new_tokens=3, do_sample=False).shape[1] >= prompt["input_ids"].shape[1]
@@ -201,7 +201,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path):
         train(args, on_step=kill_at_6)
     assert not Path(args.output_dir).exists() and (checkpoint_dir(Path(args.output_dir)) / "state.pt").is_file()
     with pytest.raises(ValueError, match="another recipe"):
-        train(dataclasses.replace(args, learning_rate=5e-4))
+        train(dataclasses.replace(args, learning_rate=1e-3))  # the default is 5e-4
 
     resumed = train(args)
     a = AutoModelForCausalLM.from_pretrained(whole).state_dict()
@@ -225,3 +225,47 @@ def test_settings_notes_are_ignored_and_unknown_keys_still_fail(trained, tmp_pat
     assert len(parse_settings({"settings": [run], "_about": "a note"}).runs) == 1
     with pytest.raises(SettingsError, match=r"settings\[0\]: unknown key\(s\) \['why'\]"):
         parse_settings({"settings": [{**run, "why": "not a note"}]})
+
+
+def test_grow_from_keeps_the_source_function_then_trains(trained, tmp_path):
+    """--grow-from: the 8-layer model built from the trained 4-layer one gives the source's logits exactly
+    at step 0 (each repeated layer's residual writes are zero), uses the source's tokenizer, trains and
+    records the source in its recipe."""
+    from swaa_patch.demo.grow import grow_into, source_layer_map
+
+    assert source_layer_map(4, 8) == [(0, True), (0, False), (1, True), (1, False),
+                                      (2, True), (2, False), (3, True), (3, False)]
+    assert source_layer_map(4, 6) == [(0, True), (0, False), (1, True), (2, True), (2, False), (3, True)]
+    tok = AutoTokenizer.from_pretrained(trained)
+    source = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32).eval()
+    grown = build_model(tiny_args(tmp_path / "unused", num_layers=8), tok)
+    before = [layer.self_attn.q_proj.weight.clone() for layer in grown.model.layers]
+    grow_into(grown, trained)
+    grown.eval()
+    ids = torch.randint(0, len(tok), (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(grown(input_ids=ids).logits, source(input_ids=ids).logits, atol=1e-5, rtol=0)
+    assert torch.equal(grown.model.layers[3].self_attn.q_proj.weight, source.model.layers[1].self_attn.q_proj.weight)
+    assert not torch.equal(grown.model.layers[3].self_attn.q_proj.weight, before[3])
+    assert grown.model.layers[3].mlp.down_proj.weight.abs().sum() == 0
+    assert grown.model.layers[2].mlp.down_proj.weight.abs().sum() > 0
+
+    out = train(tiny_args(tmp_path / "grown", num_layers=8, grow_from=str(trained), max_steps=4, save_every=2))
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["args"]["grow_from"] == str(trained) and summary["steps"] == 4
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 8
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(num_layers=2), "num_layers: must be at least the grow_from model's 4 layers, got 2"),
+    (dict(num_layers=8, hidden_size=48, num_heads=3), "hidden_size: must equal the grow_from model's hidden_size"),
+    (dict(num_layers=8, rope_theta=500.0), "rope_theta: must equal the grow_from model's"),
+    (dict(num_layers=8, residual_init="depth"), "residual_init: must be unset with grow_from"),
+])
+def test_grow_from_refuses_a_source_it_cannot_grow(trained, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny_args(tmp_path / "model", grow_from=str(trained), **overrides))
+    assert not (tmp_path / "model").exists() and not checkpoint_dir(tmp_path / "model").exists()
+    with pytest.raises(ValueError, match="grow_from: .* holds no config.json"):
+        train(tiny_args(tmp_path / "model", num_layers=8, grow_from=str(tmp_path)))

@@ -344,3 +344,14 @@ def test_a_short_last_batch_does_not_compile_the_decode_step_again(tmp_path, tin
 def test_compile_setting_is_validated(tmp_path, tiny_model):
     with pytest.raises(SettingsError, match=r"compile: must be one of \['auto', 'on', 'off'\], got 'always'"):
         make_settings(tmp_path, tiny_model, compile="always")
+
+
+def test_compiled_rows_do_not_pile_up_in_dynamos_cache(tmp_path, tiny_model):
+    """Each compiled row (model + SWAA config) adds an entry to dynamo's cache of the decoder's forward;
+    at `recompile_limit` entries a fullgraph compile fails hard (the 9th row of an H200 eval did). The
+    runner drops a finished row's graphs, so even a limit of 1 lets several rows compile in turn."""
+    torch._dynamo.reset()
+    rows = [{"swaa_config": config, "model_list": [tiny_model]} for config in (None, SWA, {**SWA, "keep_first": 0})]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        metrics = run_eval(make_settings(tmp_path, tiny_model, compile="on", max_new_tokens=3, settings=rows))
+    assert len({m["run_name"] for m in metrics}) == 3

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "demo" / "model"
 TASK_DIR = REPO / "eval" / "lm_eval"
 DATA = TASK_DIR / "swaa_demo" / "data"
-TASKS = ("passkey", "multikey_niah", "kv_lookup")
+TASKS = ("passkey", "multikey_niah", "kv_lookup", "variable_tracking")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-# Layers 0 and 2 bounded to 4 sinks + 63 keys: generation must run on SWAACache to agree.
-BOUNDED = {"sliding_window_size": 64, "keep_first": 4, "force_fa_decode": False, "non_sliding_layers": [1, 3]}
+# The calibrated set: layers 0, 2, 3, 4 bounded to 4 sinks + 63 keys, so generation must run on SWAACache to agree.
+BOUNDED = {"sliding_window_size": 64, "keep_first": 4, "force_fa_decode": False, "non_sliding_layers": [1, 5, 6, 7]}
 LIMIT = 2  # samples per task
 
 
@@ -68,8 +68,8 @@ def test_swaa_is_registered_with_lm_eval():
 
 
 def test_layer_indices_beyond_the_model_are_refused_at_load():
-    with pytest.raises(ValueError, match=r"non_sliding_layers: layer indices must be in \[0, 3\]"):
-        SWAALM(pretrained=str(DEMO), sliding_window_size=64, non_sliding_layers="5", device="cpu")
+    with pytest.raises(ValueError, match=r"non_sliding_layers: layer indices must be in \[0, 7\]"):
+        SWAALM(pretrained=str(DEMO), sliding_window_size=64, non_sliding_layers="9", device="cpu")
 
 
 def test_without_swaa_args_a_checkpoints_own_swaa_config_applies(tmp_path):
@@ -141,7 +141,7 @@ def test_python_api_generates_on_the_bounded_cache(monkeypatch):
         task_manager=lm_eval.tasks.TaskManager(include_path=str(TASK_DIR)),
     )
     assert set(results["results"]) == {"swaa_demo_passkey", "swaa_demo_ll"}
-    assert seen and all(cache.bounded_layers == {0, 2} for cache in seen)
+    assert seen and all(cache.bounded_layers == {0, 2, 3, 4} for cache in seen)  # BOUNDED keeps 1, 5, 6, 7 full
     assert seen[-1].layers[0].keys.shape[-2] == 4 + 64 - 1
 
 
@@ -166,7 +166,7 @@ def swaa_eval_responses(out_dir: Path) -> dict[str, tuple[str, float]]:
 def test_lm_eval_cli_answers_equal_swaa_eval(tmp_path):
     """The CI test: lm-eval's own command line (through ``python -m swaa_patch.lm_eval``) on the demo
     model gives, sample by sample, the answers and scores of ``swaa eval`` with the same config."""
-    model_args = f"pretrained={DEMO},dtype=float32,sliding_window_size=64,keep_first=4,non_sliding_layers=1;3"
+    model_args = f"pretrained={DEMO},dtype=float32,sliding_window_size=64,keep_first=4,non_sliding_layers=1;5;6;7"
     command = [sys.executable, "-m", "swaa_patch.lm_eval", "run", "--model", "swaa", "--model_args", model_args,
                "--device", "cpu", "--batch_size", "1", "--tasks", "swaa_demo", "--include_path", str(TASK_DIR),
                "--apply_chat_template", "--limit", str(LIMIT), "--log_samples", "--output_path", str(tmp_path / "lm")]

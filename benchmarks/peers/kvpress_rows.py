@@ -45,8 +45,8 @@ def streaming_llm_row(model, tokenizer, samples) -> dict:
 
 
 def half_budget_kept(prompt_tokens: int) -> int:
-    """Keys per layer that give a press the calibrated SWAA row's total KV: 2 of 4 layers keep every
-    prompt key and 2 keep SINKS + RECENT - 1 (both add the decoded tokens), so each of 4 layers may keep
+    """Keys per layer that give a press the calibrated SWAA row's total KV: half the layers (4 of 8) keep
+    every prompt key and half keep SINKS + RECENT - 1 (both add the decoded tokens), so each layer may keep
     n / 2 + (SINKS + RECENT - 1) / 2 prompt keys (rounded up: the peers get the odd key)."""
     return math.ceil(prompt_tokens / 2 + (SINKS + RECENT - 1) / 2)
 

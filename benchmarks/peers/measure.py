@@ -30,11 +30,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "eval" / "lm_eval" / "swaa_demo" / "data"
-TASKS = ("passkey", "multikey_niah", "kv_lookup")
+TASKS = ("passkey", "multikey_niah", "kv_lookup", "variable_tracking")
 MAX_NEW_TOKENS = 16  # settings/demo.json
 KiB = 1024
 # the KV budgets a comparison can be run at (run_peers.sh BUDGET=...): "same" = SWAA's bounded rows (4 sinks +
-# W 64 on every layer); "half" = SWAA's calibrated layer set (layers 0 and 2 full, 1 and 3 bounded), about half
+# W 64 on every layer); "half" = SWAA's calibrated layer set (4 of 8 layers full, 4 bounded), about half
 # of full attention's KV, with the peers keeping as many keys in total (kvpress_rows.half_budget_press)
 BUDGETS = ("same", "half")
 

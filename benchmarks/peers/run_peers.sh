@@ -13,7 +13,7 @@ PYTHON="${PYTHON:-python}"
 KVPRESS_VENV="${KVPRESS_VENV:-$ROOT/.venv-kvpress}"
 BUDGET="${BUDGET:-same}"
 OUT="${OUT:-$ROOT/eval_output/peers-$BUDGET}"
-RESULT="$ROOT/benchmarks/results/peers_demo$([ "$BUDGET" = half ] && echo _half_kv).md"
+RESULT="$ROOT/benchmarks/results/peers_demo$([ "$BUDGET" = half ] && echo _half_kv || true).md"  # "|| true": set -e would exit on a false test
 
 if ! "$KVPRESS_VENV/bin/python" -c "import kvpress" 2>/dev/null; then
     python3 -m venv "$KVPRESS_VENV"

@@ -1,6 +1,6 @@
 """``swaa train-demo``: train the demo model, a small full-attention Qwen3, and its tokenizer.
 
-The whole recipe is here and in :class:`TrainDemoArgs` (the defaults are the shipped model's):
+The whole recipe is here and in :class:`TrainDemoArgs` (the defaults are the shipped 8-layer model's):
 a BPE tokenizer trained on the task text, then AdamW with linear warmup and a cosine decay on
 batches streamed from the synthetic tasks (:mod:`.data`), loss on the reply tokens plus a small
 language-modelling term on the prompt, bf16 autocast + TF32 on a GPU and float32 on a CPU.
@@ -33,7 +33,7 @@ from ..jobs.liger import LIGER_MODES, LigerPatch, apply_liger, use_liger
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASKS = ("passkey", "multikey_niah", "kv_lookup")
+DEFAULT_TASKS = ("passkey", "multikey_niah", "kv_lookup", "variable_tracking")
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_STEPS = (5, 55)  # time steps 5..55 (after kernel warm-up) to size a time budget
@@ -56,20 +56,20 @@ class TrainDemoArgs:
     max_length: int = field(default=1024, metadata=_help("longest training prompt, tokens"))
     vocab_size: int = field(default=2048, metadata=_help("BPE vocabulary size"))
     hidden_size: int = field(default=256, metadata=_help("model width"))
-    num_layers: int = field(default=4, metadata=_help("decoder layers"))
+    num_layers: int = field(default=8, metadata=_help("decoder layers"))
     num_heads: int = field(default=4, metadata=_help("query heads"))
     num_kv_heads: int = field(default=2, metadata=_help("key/value heads"))
     head_dim: int = field(default=64, metadata=_help("head dimension"))
     intermediate_size: int = field(default=768, metadata=_help("MLP width"))
     rope_theta: float = field(default=10000.0, metadata=_help("RoPE base"))
     batch_size: int = field(default=32, metadata=_help("sequences per step (all of one length)"))
-    max_steps: int = field(default=3300, metadata=_help("optimiser steps (the cosine schedule's length)"))
+    max_steps: int = field(default=8000, metadata=_help("optimiser steps (the cosine schedule's length)"))
     time_budget_s: float | None = field(
         default=None, metadata=_help("shorten max_steps to fit this many seconds (timed on the first steps)")
     )
-    learning_rate: float = field(default=1e-3, metadata=_help("peak learning rate"))
+    learning_rate: float = field(default=5e-4, metadata=_help("peak learning rate"))
     min_lr_ratio: float = field(default=0.1, metadata=_help("final learning rate / peak"))
-    warmup_steps: int = field(default=200, metadata=_help("linear warmup steps"))
+    warmup_steps: int = field(default=500, metadata=_help("linear warmup steps"))
     weight_decay: float = field(default=0.1, metadata=_help("AdamW weight decay (matrices only)"))
     grad_clip: float = field(default=1.0, metadata=_help("gradient norm clip"))
     prompt_loss_weight: float = field(
@@ -80,6 +80,10 @@ class TrainDemoArgs:
         "depth: the projections that write into the residual stream (attention o_proj, MLP down_proj) start at "
         "std / sqrt(2 * num_layers), GPT-2's scaled init for deeper stacks; unset: transformers' init",
         choices=RESIDUAL_INITS))
+    grow_from: str | None = field(default=None, metadata=_help(
+        "start from this finished train-demo folder (same widths, fewer or equal layers) and its tokenizer: "
+        "each source layer is followed by copies of it whose o_proj / down_proj start at zero, so step 0 "
+        "computes exactly what the source does (depth up-scaling; swaa_patch/demo/grow.py)"))
     eval_every: int = field(default=500, metadata=_help("held-out accuracy every N steps (0: only at the end)"))
     eval_lengths: list[int] = field(default_factory=lambda: [512, 1024], metadata=_help("held-out prompt lengths"))
     eval_depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9], metadata=_help("held-out depths"))
@@ -96,9 +100,9 @@ class TrainDemoArgs:
     )
     resume: bool = field(default=True, metadata=_help("continue from the checkpoint / skip a finished output"))
     keep_checkpoint: bool = field(default=False, metadata=_help("keep OUTPUT.ckpt/ after a finished run"))
-    save_dtype: str = field(default="float32", metadata=_help(
+    save_dtype: str = field(default="bfloat16", metadata=_help(
         "dtype of the saved weights (training keeps float32 master weights either way): bfloat16 halves the "
-        "file, e.g. to ship a deeper model under 20 MB; settings/demo.json evaluates in float32", choices=SAVE_DTYPES))
+        "file, which keeps the 8-layer model under 20 MB; settings/demo.json evaluates in float32", choices=SAVE_DTYPES))
 
 
 # Fields that change what is trained; a checkpoint made with other values is refused.
@@ -106,6 +110,7 @@ RECIPE_FIELDS = (
     "tasks", "min_length", "max_length", "vocab_size", "hidden_size", "num_layers", "num_heads",
     "num_kv_heads", "head_dim", "intermediate_size", "rope_theta", "batch_size", "learning_rate",
     "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip", "prompt_loss_weight", "seed", "residual_init",
+    "grow_from",
 )
 
 
@@ -173,8 +178,8 @@ def build_model(args: TrainDemoArgs, tokenizer: Any) -> Any:
 def scale_residual_writes(model: Any, num_layers: int) -> None:
     """Scale the initial weights of every projection that adds to the residual stream by
     1 / sqrt(2 * num_layers) (two writes per layer): the stream's variance at the top then does not
-    grow with depth (GPT-2). A lever for the deeper demo model, whose retrieval did not form under
-    the 4-layer recipe (benchmarks/results/demo_deep_model_attempts.md)."""
+    grow with depth (GPT-2). Tried for the 8-layer demo model: retrieval formed at the same step as
+    without it and multikey_niah later, so it is off by default (benchmarks/results/demo_deep_model_attempts.md)."""
     import torch
 
     factor = (2 * num_layers) ** -0.5
@@ -430,24 +435,35 @@ def start_run(args: TrainDemoArgs) -> Run:
     from transformers import AutoTokenizer
 
     from .data import check_min_length, heldout_records
+    from .grow import check_source, grow_into
     from .tokenizer import build_demo_tokenizer
 
     if args.save_dtype not in SAVE_DTYPES:  # checked before training, not when saving its result
         raise ValueError(f"save_dtype: must be one of {SAVE_DTYPES}, got {args.save_dtype!r}")
     if args.residual_init not in (None, *RESIDUAL_INITS):
         raise ValueError(f"residual_init: must be unset or one of {RESIDUAL_INITS}, got {args.residual_init!r}")
+    if args.grow_from is not None:
+        if args.residual_init is not None:
+            raise ValueError("residual_init: must be unset with grow_from (every layer's weights come from the source)")
+        check_source(Path(args.grow_from), args)
     device = resolve_device(args.device)
     ckpt = checkpoint_dir(Path(args.output_dir))
     resuming = args.resume and (ckpt / STATE_FILE).is_file()
     if not resuming:
         shutil.rmtree(ckpt, ignore_errors=True)
-        write_tokenizer_once(ckpt, build_demo_tokenizer(args.vocab_size, args.tasks))
+        source_tokenizer = AutoTokenizer.from_pretrained(args.grow_from) if args.grow_from else None
+        write_tokenizer_once(ckpt, source_tokenizer or build_demo_tokenizer(args.vocab_size, args.tasks))
     # Always the saved copy: the haystack (stdlib docstrings) differs between Python versions,
     # so a checkpoint moved to another machine keeps the tokenizer it was trained with.
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     tokenizer.padding_side = "left"  # for held-out generation; training pads by itself
     check_min_length(tokenizer, args.tasks, args.min_length)
-    model = build_model(args, tokenizer).to(device)
+    model = build_model(args, tokenizer)
+    if args.grow_from is not None and not resuming:
+        mapping = grow_into(model, Path(args.grow_from))
+        logger.info("grown from %s: layer j copies source layer %s (zero residual writes where repeated)",
+                    args.grow_from, [src if first else f"{src}'" for src, first in mapping])
+    model = model.to(device)
     on_cuda = device.startswith("cuda")
     liger = apply_liger(model) if use_liger(args.liger, model.config.model_type, on_cuda, "--liger") else None
     optimizer = build_optimizer(model, args, device)

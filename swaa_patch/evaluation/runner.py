@@ -27,6 +27,7 @@ from ..jobs.loading import load_model, load_tokenizer, local_model_path, max_pos
 from ..jobs.prompts import Prepared, PromptOptions, prepare, within_model
 from ..jobs.run import BatchAnswer, ShardedRun, logged_rows, meta_changes
 from ..patch import apply_swaa
+from ..static_cache import CompiledConfigs
 from .generation import generate_batch
 from .judge import Judge, make_judge, score_response
 from .layout import Layout
@@ -176,6 +177,7 @@ class EvalRun(ShardedRun):
         self.options = PromptOptions(settings.chat_template, settings.max_prompt_tokens, settings.truncation)
         self._records: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._prepared: dict[tuple[str, str], list[Prepared]] = {}  # tokenised once per model
+        self.compiled = CompiledConfigs()
 
     def work(self) -> list[dict[str, Any]]:
         """Evaluate all blocks; returns the metrics records of this output folder."""
@@ -276,6 +278,7 @@ class EvalRun(ShardedRun):
     def answerer(self, block: Block, slot: ModelSlot, records: dict[str, dict]) -> BatchAnswer:
         """Generates and scores one batch with the block's model (loaded on the first call)."""
         model = slot.model(block.swaa)
+        self.compiled.switch_to(block.run_name, self.settings.compile, model.device)
 
         def answer(batch: list[Prepared]) -> list[dict[str, Any]]:
             start = time.perf_counter()
