@@ -224,7 +224,7 @@ def random_label(drawn: list[tuple[int, ...]], exact: bool, seed: int) -> str:
 def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], hand_picked: tuple[int, ...],
            drawn: list[tuple[int, ...]], exact: bool, seed: int,
            timings: dict[str, tuple[float, float]], commands: dict[str, str], machine: str,
-           sft_metrics: list[dict[str, Any]] | None = None, sft_steps: int = 0) -> str:
+           sft_metrics: list[dict[str, Any]] | None = None, sft_steps: int = 0, jobs: int = 1) -> str:
     acc = accuracy_rows(metrics)
     datasets = datasets_of(metrics)
     chosen = tuple(result["non_sliding_layers"])
@@ -265,6 +265,7 @@ def render(result: dict[str, Any], scores: dict, metrics: list[dict[str, Any]], 
     steps = "\n".join(f"- `{commands[k]}`: {wall:.0f} s wall, {cpu:.0f} s CPU" for k, (wall, cpu) in timings.items())
     threads = os.environ.get("OMP_NUM_THREADS", "torch default")
     flags = (f" --sft-steps {sft_steps}" if sft_steps else "") + ("" if exact else f" --random-sets {len(drawn)} --seed {seed}")
+    flags += f" --jobs {jobs}" if sft_steps and jobs > 1 else ""
     return (
         f"# Calibrated full-attention layers on the demo model ({time.strftime('%Y-%m-%d')})\n\n"
         f"`OMP_NUM_THREADS={threads} python benchmarks/calibration_demo.py{flags}`, {machine}; its steps:\n\n{steps}\n\n"
@@ -344,7 +345,7 @@ def main() -> None:
     if resumed:
         machine += f"; resumed from existing outputs {resumed}: times cover only the missing work"
     text = render(result, scores, metrics, hand, drawn, exact, args.seed, timings, commands, machine, sft_metrics,
-                  args.sft_steps)
+                  args.sft_steps, args.jobs)
     atomic_write_text(args.out, text)
     logger.info("wrote %s:\n%s", args.out, text)
 
