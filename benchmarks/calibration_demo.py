@@ -99,6 +99,11 @@ def layer_sets_settings(base: Path, sets: list[tuple[int, ...]], swaa: dict[str,
     recipe = {k: swaa[k] for k in ("sliding_window_size", "keep_first", "force_fa_decode")}
     rows += [{"swaa_config": {**recipe, "non_sliding_layers": list(layers)}, "model_list": rows[0]["model_list"]}
              for layers in sets]
+    return write_eval_settings(settings, out)
+
+
+def write_eval_settings(settings: dict[str, Any], out: Path) -> Path:
+    """``settings`` with ``out`` as its output folder, written beside it as OUT.json; that file's path."""
     settings["output_dir"] = str(out)
     path = out.parent / f"{out.name}.json"
     atomic_write_json(path, settings)
@@ -129,7 +134,6 @@ def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, r
         commands.append((root / f"{name}.log", [sys.executable, "-m", "swaa_patch.cli", "sft", str(path),
                                                 "--max-steps", str(steps)]))
         adapters[layers] = root / name / "final"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     running: list[tuple[Path, subprocess.Popen]] = []
 
     def wait_one() -> None:
@@ -141,7 +145,8 @@ def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, r
         if len(running) >= jobs:
             wait_one()
         with open(log, "w") as out:
-            running.append((log, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)))
+            # `python -m` from the repository root imports this checkout's swaa_patch
+            running.append((log, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)))
     while running:
         wait_one()
     return adapters
@@ -150,15 +155,13 @@ def sft_every_set(recipe: Path, layer_sets: list[tuple[int, ...]], steps: int, r
 def eval_adapters(layer_sets_eval: Path, adapters: dict[tuple[int, ...], Path], out: Path) -> Path:
     """The layer-set evaluation with each set's adapter in place of the base model; its output folder."""
     settings = json.loads(layer_sets_eval.read_text(encoding="utf-8"))
-    settings["output_dir"] = str(out)
     for row in settings["settings"]:
         config = row["swaa_config"]
         if config is None:
             absolute(row, layer_sets_eval.parent, ("model_list",))
         else:
             row["model_list"] = [str(adapters[tuple(config["non_sliding_layers"])])]
-    path = out.parent / f"{out.name}.json"
-    atomic_write_json(path, settings)
+    path = write_eval_settings(settings, out)
     if swaa(["eval", str(path)]) != 0:
         raise SystemExit(f"swaa eval {path} failed")
     return out

@@ -39,8 +39,8 @@ def source_layer_map(source_layers: int, layers: int) -> list[tuple[int, bool]]:
     return mapping
 
 
-def check_source(source: Path, args: Any) -> dict[str, Any]:
-    """The source's config, refused with the mismatching field named when it cannot be grown into ``args``."""
+def check_source(source: Path, args: Any) -> None:
+    """Refuses, naming the mismatching field, a source that cannot be grown into ``args``."""
     path = source / "config.json"
     if not path.is_file():
         raise ValueError(f"grow_from: {source} holds no config.json (expected a finished train-demo folder)")
@@ -54,7 +54,6 @@ def check_source(source: Path, args: Any) -> dict[str, Any]:
     if theta != args.rope_theta:
         raise ValueError(f"rope_theta: must equal the grow_from model's ({theta}), got {args.rope_theta}")
     source_layer_map(config["num_hidden_layers"], args.num_layers)  # raises on too few layers
-    return config
 
 
 def grow_into(model: Any, source: Path) -> list[tuple[int, bool]]:
