@@ -32,6 +32,21 @@ class ModelBench:
             torch.cuda.synchronize()
 
 
+def compiled_generate_kwargs(device: torch.device, stock: bool) -> dict:
+    """``generate`` arguments for a compiled decode row. SWAA's: its own ``decode_compile_config``.
+    Stock's: what a user of transformers' static cache passes, ``CompileConfig(fullgraph=True,
+    mode="reduce-overhead")`` (on a CPU, the same dynamo-only config as SWAA's), without SWAA's bound on
+    inductor's fusion attempts, which would shorten stock's compile too."""
+    from transformers import CompileConfig
+
+    from swaa_patch.static_cache import static_generate_kwargs
+
+    kwargs = static_generate_kwargs(device)
+    if stock and device.type == "cuda":
+        kwargs["compile_config"] = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")
+    return kwargs
+
+
 def compile_cache_env(folder: Path) -> dict[str, str]:
     """Environment variables that put a process's inductor and Triton compile caches in ``folder``
     (``inductor/``, ``triton/``): an empty folder gives a fresh machine's first compile, one a run

@@ -54,6 +54,7 @@ PHASES = {
 class Result:
     key: str
     compile_s: float | None
+    step_ms: float | None
     wall_s: float
     phases: dict[str, float]
     triton_kernels: int
@@ -73,6 +74,8 @@ def run_path(key: str, args: argparse.Namespace, work: Path) -> Result:
            "--out", str(out), "--compile-metrics", str(metrics)]  # fmt: skip
     if kernel:
         cmd += ["--decode-kernels", kernel]
+    if args.profile:
+        cmd += ["--stack-samples", str(work / f"{key}.samples.json")]
     if args.tiny:
         cmd.append("--tiny")
     start = time.perf_counter()
@@ -85,9 +88,9 @@ def run_path(key: str, args: argparse.Namespace, work: Path) -> Result:
     kernels = sum(1 for _ in Path(env["TRITON_CACHE_DIR"]).rglob("*.cubin"))
     if proc.returncode != 0 or not rows:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return Result(key, None, wall, phases, kernels, None, "-", f"failed (exit {proc.returncode}): {tail[0][:100]}")
+        return Result(key, None, None, wall, phases, kernels, None, "-", f"failed (exit {proc.returncode}): {tail[0][:100]}")
     row = rows[0]
-    return Result(key, row["compile_s"], wall, phases, kernels, row["graphs"], row["check"],
+    return Result(key, row["compile_s"], row["step_ms"], wall, phases, kernels, row["graphs"], row["check"],
                   "ok" if row["ok"] else f"failed: {row['note']}")  # fmt: skip
 
 
@@ -104,23 +107,26 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
         f"- model: decode_speed.py's ({'tiny' if args.tiny else 'Qwen3 4B shape, random bf16 weights'}); batch 1, "
         f"context {args.context}, {args.steps} greedy steps; SWAA W 2048, keep_first 100 (tiny: decode_speed's tiny sizes)",
         "- each path: `decode_speed.py` in a new process with empty TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR; "
-        "compile s = the warm-up steps beyond the median step (what the user waits for); wall s = the whole process "
+        "compile s = the warm-up steps beyond the median step (what the user waits for); step ms = that median; wall s = the whole process "
         "(model build, prefill, compile, steps, the correctness check); phases = torch's timed compile phases, "
         "summed over frames (dynamo = the frame compile with its backend; backend = AOT autograd + inductor; "
         "Triton wait = waiting for the parallel kernel compiles); Triton kernels = cubin files written",
         "",
-        "| path | compile s | vs stock | wall s | " + " | ".join(f"{p} s" for p in PHASES)
+        "| path | compile s | vs stock | step ms | wall s | " + " | ".join(f"{p} s" for p in PHASES)
         + " | Triton kernels | graphs | check | verdict |",
-        "| --- | --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in PHASES) + " | --- | --- | --- | --- |",
     ]
     stock = next((r.compile_s for r in results if r.key == "stock" and r.compile_s), None)
     for r in results:
         ratio = f"{r.compile_s / stock:.2f}x" if stock and r.compile_s is not None else "-"
         compile_s = "-" if r.compile_s is None else f"{r.compile_s:.1f}"
         phases = " | ".join(f"{r.phases[name]:.1f}" if name in r.phases else "-" for name in PHASES.values())
-        lines.append(f"| {PATHS[r.key][0]} | {compile_s} | {ratio} | {r.wall_s:.0f} | {phases} | {r.triton_kernels} | "
+        step = "-" if r.step_ms is None else f"{r.step_ms:.2f}"
+        lines.append(f"| {PATHS[r.key][0]} | {compile_s} | {ratio} | {step} | {r.wall_s:.0f} | {phases} | {r.triton_kernels} | "
                      f"{'-' if r.graphs is None else r.graphs} | {r.check} | {r.verdict} |")  # fmt: skip
     lines += phase_table(results)
+    if args.profile:
+        lines += profile_tables(results, Path(args.work), args.profile)
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +144,34 @@ def phase_table(results: list[Result], top: int = 20) -> list[str]:
     return lines
 
 
+def profile_tables(results: list[Result], work: Path, top: int) -> list[str]:
+    """Where the paths' processes spent their seconds (stack_sampler.py: the main thread sampled every
+    10 ms, each sample weighted by its wall time; cProfile made the compile 3.3x slower), per function: the ``top``
+    functions whose cumulative and whose own (self) seconds exceed stock's most. Torch's timed phases
+    name the stage that is slower; this names the functions inside it."""
+    stats = {}
+    for r in results:
+        samples = work / f"{r.key}.samples.json"
+        if samples.exists():
+            stats[r.key] = json.loads(samples.read_text())
+    if len(stats) < 2:
+        return []
+    keys = list(stats)
+    base = "stock" if "stock" in stats else keys[0]
+    lines = []
+    for column in ("cumulative", "self"):
+        names = {n for s in stats.values() for n in s[column]}
+
+        def excess(name: str, column: str = column) -> float:
+            return max(s[column].get(name, 0.0) for s in stats.values()) - stats[base][column].get(name, 0.0)
+
+        lines += ["", f"Sampled {column} seconds per function: the {top} that exceed {base}'s most:", "",
+                  "| function | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]  # fmt: skip
+        for name in sorted(names, key=excess, reverse=True)[:top]:
+            lines.append(f"| `{name}` | " + " | ".join(f"{stats[k][column].get(name, 0.0):.2f}" for k in keys) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {tuple(PATHS)}, run in this order")
@@ -145,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=24, help="decode steps per path (the first 4 are the warm-up)")
     p.add_argument("--tiny", action="store_true", help="decode_speed's tiny model on the CPU (dynamo only)")
     p.add_argument("--out", default="benchmarks/results/decode_compile_time.md")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="sample each path's stack and add tables of the N functions whose seconds exceed stock's most")
     p.add_argument("--work", default="", help="folder for the fresh caches and each path's log (default: a temp dir)")
     args = p.parse_args(argv)
     keys = args.paths.split(",")
@@ -154,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny and args.context == 8192:
         args.context = 40
     work = Path(args.work or tempfile.mkdtemp(prefix="decode_compile_time_"))
+    args.work = str(work)
     work.mkdir(parents=True, exist_ok=True)
     results = []
     for key in keys:

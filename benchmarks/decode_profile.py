@@ -33,11 +33,11 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench_common import compiled_generate_kwargs  # noqa: E402
 from decode_speed import TINY, Bench, StepClock, build_model, prepare_model, reset_compiled  # noqa: E402
 
 from swaa_patch.backends import static_decode  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
-from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
 
@@ -101,7 +101,7 @@ def generate(bench: Bench, variant: str, ids: torch.Tensor, clock: Clock) -> tor
         out = model.generate(
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=bench.args.steps, min_new_tokens=bench.args.steps,
             do_sample=False, pad_token_id=0, stopping_criteria=[clock], return_dict_in_generate=True, output_logits=True,
-            **static_generate_kwargs(bench.device),
+            **compiled_generate_kwargs(bench.device, stock=variant == "stock"),
         )  # fmt: skip
     return torch.stack(out.logits, 1)
 

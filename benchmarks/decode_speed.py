@@ -39,14 +39,14 @@ from transformers import AutoModelForCausalLM, Qwen3Config, StoppingCriteria
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_common import ModelBench, given_options, with_tiny_defaults  # noqa: E402
+from bench_common import ModelBench, compiled_generate_kwargs, given_options, with_tiny_defaults  # noqa: E402
+from stack_sampler import StackSampler  # noqa: E402
 
 from swaa_patch import StaticSWAACache, apply_swaa, chunked_prefill, remove_swaa  # noqa: E402
 from swaa_patch.backends import static_decode  # noqa: E402
 from swaa_patch.cache import kv_bytes  # noqa: E402
 from swaa_patch.compat import cache_kwargs, output_cache  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
-from swaa_patch.static_cache import static_generate_kwargs  # noqa: E402
 
 from shapes import QWEN3_4B  # noqa: E402  (benchmarks/shapes.py: this folder is on sys.path)
 
@@ -90,6 +90,7 @@ class DecodeSpeedArgs:
     out: str = "benchmarks/results/decode_speed.md"
     resume: bool = False  # keep the rows (and eval table) of an earlier invocation with the same --out
     compile_metrics: str = ""  # write torch's compile-phase seconds (summed per phase) to this JSON file
+    stack_samples: str = ""  # sample the main thread's stack (stack_sampler.py) and write its seconds to this JSON file
     seed: int = 0
     given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
@@ -167,7 +168,7 @@ def graph_count() -> int:
 
 
 def generate_kwargs(bench: Bench, variant: str) -> dict:
-    return static_generate_kwargs(bench.device) if variant in COMPILED else {}
+    return compiled_generate_kwargs(bench.device, stock=variant.startswith("stock")) if variant in COMPILED else {}
 
 
 def prepare_model(bench: Bench, variant: str) -> torch.nn.Module:
@@ -383,8 +384,9 @@ def report(bench: Bench, rows: list[Row], eval_lines: list[str]) -> str:
         f"- each row: one generate() of greedy steps ({args.steps} compiled SWAA, {args.stock_steps} compiled stock, "
         f"{args.eager_steps} eager) after a prompt of `context` random tokens; step ms = median after {args.warmup} "
         "warm-up steps; tok/s = batch / step",
-        "- compile: transformers' automatic compilation of the decode step (CompileConfig(fullgraph=True, "
-        "mode='reduce-overhead')); compile s = warm-up steps beyond the median; graphs = dynamo graphs the row added; "
+        "- compile: transformers' automatic compilation of the decode step (stock: CompileConfig(fullgraph=True, "
+        "mode='reduce-overhead'); SWAA: static_cache.decode_compile_config, the same CUDA graphs plus a bound on "
+        "inductor's fusion attempts); compile s = warm-up steps beyond the median; graphs = dynamo graphs the row added; "
         "dynamo is reset before each stock static row (its CUDA graphs hold earlier StaticCaches alive), so a SWAA "
         "compiled row after one compiles afresh",
         f"- the {args.reference_context}-token stock static row has a cache of SWAA's size (keep_first + W slots): "
@@ -535,6 +537,8 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
     p.add_argument("--out", default=d.out)
     p.add_argument("--compile-metrics", default="",
                    help="write the seconds of each compile phase (torch's dynamo_timed metrics) to this JSON file")
+    p.add_argument("--stack-samples", default="",
+                   help="sample the main thread's stack every 10 ms; write each function's seconds to this JSON file")
     a = p.parse_args(argv)
     return DecodeSpeedArgs(
         contexts=tuple(int(s) for s in a.contexts.split(",")),
@@ -542,10 +546,16 @@ def parse_args(argv: list[str] | None = None) -> DecodeSpeedArgs:
         batch_context=a.batch_context, steps=a.steps, stock_steps=a.stock_steps, reference_context=a.reference_context,
         variants=tuple(a.variants.split(",")), decode_kernels=tuple(a.decode_kernels.split(",")),
         eval_prompts=a.eval_prompts, tiny=a.tiny, out=a.out,
-        resume=a.resume, compile_metrics=a.compile_metrics, given=given_options(p, argv),
+        resume=a.resume, compile_metrics=a.compile_metrics, stack_samples=a.stack_samples, given=given_options(p, argv),
     )  # fmt: skip
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    sys.exit(main(parse_args()))
+    parsed = parse_args()
+    if not parsed.stack_samples:
+        sys.exit(main(parsed))
+    with StackSampler() as sampler:
+        code = main(parsed)
+    atomic_write_text(parsed.stack_samples, json.dumps(sampler.seconds()))
+    sys.exit(code)

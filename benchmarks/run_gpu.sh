@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
+#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -54,12 +54,26 @@ for part in "${parts[@]}"; do
     decode)
       python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_static_cache.py 2>&1 | tee "$OUT/decode_tests.log"
       decode_speed ;;
+    # swaa eval with compiled decode through the demo's 10 rows (a fullgraph compile failed at the 9th row before
+    # static_cache.CompiledConfigs): 4 samples per task and length, generation compile "on"; ~2 min
+    eval_rows)
+      install_sft_wheels
+      python3 - <<'PY'
+import json
+settings = json.load(open("settings/demo.json"))
+settings.update(output_dir="../eval_output/demo_gpu_compiled", compile="on", limit=4)
+json.dump(settings, open("settings/demo_gpu_compiled.json", "w"), indent=1)
+PY
+      { time python3 -m swaa_patch eval settings/demo_gpu_compiled.json ; } > "$OUT/eval_rows.log" 2>&1 || echo "eval_rows failed" | tee -a "$OUT/eval_rows.log"
+      cp eval_output/demo_gpu_compiled/report.md "$OUT/eval_rows_report.md" || true ;;
     decode_speed) decode_speed ;;  # the table only (e.g. a second call on a warm machine)
     # cold compile of the decode step, stock vs SWAA (flex, sdpa), one fresh process and empty caches each: ~5 min
     decode_cold)
       # (the table holds every path's compile phases; the per-path logs stay in /tmp/decode_cold: a call returns 8 files)
-      python3 benchmarks/decode_compile_time.py --work /tmp/decode_cold --out "$OUT/decode_compile_time.md" 2>&1 \
-        | tee "$OUT/decode_compile_time.log" ;;
+      # (COLD_ARGS="--profile N": each path's stack samples come back in one tar)
+      python3 benchmarks/decode_compile_time.py --work /tmp/decode_cold ${COLD_ARGS:-} --out "$OUT/decode_compile_time.md" 2>&1 \
+        | tee "$OUT/decode_compile_time.log"
+      if ls /tmp/decode_cold/*.samples.json > /dev/null 2>&1; then tar -cf "$OUT/decode_cold_samples.tar" -C /tmp/decode_cold $(cd /tmp/decode_cold && ls *.samples.json); fi ;;
     # `swaa eval` / `swaa distill` with compile off / on (4B shape; the model folder is kept in .job_throughput/): ~6 min
     jobs)
       python3 benchmarks/job_throughput.py --work .job_throughput --out "$OUT/job_throughput.md" 2>&1 | tee "$OUT/job_throughput.log" ;;

@@ -400,15 +400,29 @@ def plan_static_decode(cache: StaticSWAACache, cache_arg: str) -> StaticDecodePl
     return StaticDecodePlan(cache, cache_arg)
 
 
+# inductor's pairwise fusion attempts per group of nodes that read one buffer (its default: 64). The
+# decode step's per-step tensors (write slots, masks, RoPE tables) are each read by every layer, so
+# each makes a group of 36-72 nodes in the 4B shape, and the attempts across layers (which can never
+# fuse: each layer depends on the one before) took 7-11 s of the H200's cold compile. A layer's own
+# fusable pairs sit next to each other in a group; on a CPU the step compiled to the same kernels with 2.
+FUSION_PAIR_ATTEMPTS = 8
+
+
 def decode_compile_config(device: torch.device):
     """transformers' ``CompileConfig`` for decode steps on a StaticSWAACache: fullgraph (a graph
     break would be a SWAA bug, so it fails loudly instead of running slowly), static shapes, CUDA
-    graphs (reduce-overhead). transformers compiles automatically on GPUs only; on a CPU this asks
-    for dynamo alone (backend "eager"), which checks tracing and recompiles, not speed."""
+    graphs (what ``mode="reduce-overhead"`` sets, given as options beside the fusion-attempt bound).
+    transformers compiles automatically on GPUs only; on a CPU this asks for dynamo alone (backend
+    "eager"), which checks tracing and recompiles, not speed."""
     from transformers import CompileConfig
 
     if device.type == "cuda":
-        return CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")
+        import torch._inductor.config as inductor_config
+
+        options: dict[str, Any] = {"triton.cudagraphs": True}
+        if hasattr(inductor_config, "max_fusion_buffer_group_pairwise_attempts"):
+            options["max_fusion_buffer_group_pairwise_attempts"] = FUSION_PAIR_ATTEMPTS
+        return CompileConfig(fullgraph=True, dynamic=False, mode=None, options=options)
     config = CompileConfig(fullgraph=True, dynamic=False, backend="eager", mode=None)
     config._compile_all_devices = True
     return config

@@ -4,6 +4,7 @@ tokens and logits, and a run split in two with --resume ends in one table."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -56,17 +57,26 @@ def test_decode_profile_variants_agree_with_the_shipped_kernel(tmp_path):
 
 def test_cold_compile_table_runs_each_path_in_a_fresh_process(tmp_path):
     """benchmarks/decode_compile_time.py --tiny: each path's decode_speed.py process gets its own empty
-    inductor and Triton cache folders, and the table has its compile seconds, torch's compile phases
-    and the compiled SWAA step's logits check."""
+    inductor and Triton cache folders, and the table has its compile seconds, its median step, torch's
+    compile phases, the compiled SWAA step's logits check and (--profile) the sampled functions whose
+    seconds exceed stock's most."""
     import decode_compile_time
 
     out = tmp_path / "decode_compile_time.md"
     work = tmp_path / "work"
-    assert decode_compile_time.main(["--tiny", "--paths", "stock,swaa_sdpa", "--out", str(out), "--work", str(work)]) == 0
+    argv = ["--tiny", "--paths", "stock,swaa_sdpa", "--profile", "3", "--out", str(out), "--work", str(work)]
+    assert decode_compile_time.main(argv) == 0
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| stock") or line.startswith("| SWAA")]
     assert [r[0].lstrip("| ") for r in rows] == ["stock HF, StaticCache + compile",
                                                  "SWAA, StaticSWAACache + compile, sdpa decode kernel"]  # fmt: skip
-    assert all(float(r[1]) > 0 and float(r[4]) > 0 and r[-1] == "ok |" for r in rows), rows  # compile s, dynamo s
+    assert all(float(r[1]) > 0 and float(r[3]) > 0 and float(r[5]) > 0 and r[-1] == "ok |" for r in rows), rows  # compile s, step ms, dynamo s
     assert "teacher-forced logits" in rows[1][-2]
     caches = sorted(p.name.split("_")[1] for p in work.glob("cold_*"))
     assert caches == ["stock", "swaa"] and all((p / "inductor").is_dir() for p in work.glob("cold_*"))
+    text = out.read_text()
+    for column in ("cumulative", "self"):
+        table = text.split(f"Sampled {column} seconds per function")[1].split("\n\n")[1].splitlines()
+        assert table[0] == "| function | stock | swaa_sdpa |" and len(table) == 2 + 3
+    # the whole run is sampled: decode_speed's main is on the stack of the process's largest share
+    samples = json.loads((work / "swaa_sdpa.samples.json").read_text())
+    assert samples["cumulative"]["benchmarks/decode_speed.py:main"] == pytest.approx(max(samples["cumulative"].values()))

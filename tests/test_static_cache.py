@@ -13,7 +13,7 @@ from test_equivalence import _left_padded
 from tiny import FAMILY_BACKENDS, VOCAB, tiny_model
 
 from swaa_patch import StaticSWAACache, SWAAConfig, apply_swaa, chunked_prefill
-from swaa_patch.backends.static_decode import KERNELS, static_decode_kernel
+from swaa_patch.backends.static_decode import KERNELS, regions_reuse_traces, static_decode_kernel
 from swaa_patch.compat import cache_kwargs, output_cache
 from swaa_patch.static_cache import static_generate_kwargs
 
@@ -103,6 +103,7 @@ def test_bounded_layers_hold_sinks_plus_window_at_any_length():
     ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1]), "sdpa"),
     ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "sdpa"),
     ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1]), "flex"),
+    ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "flex"),  # softcap
 ])
 def test_compiled_decode_never_recompiles(family, attn, config, kernel):
     """fullgraph compile of every decode step: one graph (the hook announces the step, the forward plans it),
@@ -142,6 +143,39 @@ def test_flex_decode_builds_one_block_mask_per_layer_kind(monkeypatch):
         model.generate(ids, attention_mask=valid.long(), max_new_tokens=steps + 1, min_new_tokens=steps + 1,
                        do_sample=False, pad_token_id=0, cache_implementation="static")  # fmt: skip
     assert model.config.num_hidden_layers == 4 and len(built) == 2 * steps
+
+
+@pytest.mark.skipif(not regions_reuse_traces(), reason="this torch's dynamo retraces compile regions (plain calls)")
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiled_step_traces_decode_attention_once_per_layer_kind(kernel):
+    """The decode attention is a compile region: the step's graph calls one subgraph per layer kind
+    (bounded, full: their key counts differ) from every layer, so dynamo, AOT autograd and inductor
+    handle it once per kind, not once per layer. Per layer, the 4B shape's 36 copies were most of what
+    SWAA's cold compile spent beyond stock's on an H200."""
+    from transformers import CompileConfig
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, backend=record, mode=None)
+    compile_config._compile_all_devices = True
+    torch._dynamo.reset()
+    config = SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1, 3])  # 2 bounded layers, 2 full
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config)
+    ids, valid = _left_padded(2, 9, [0, 3], seed=2)
+    with torch.no_grad(), static_decode_kernel(kernel):
+        model.generate(ids, attention_mask=valid.long(), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                       pad_token_id=0, cache_implementation="static", compile_config=compile_config)  # fmt: skip
+    assert len(graphs) == 1
+    calls = [n for n in graphs[0].graph.nodes if n.target is torch.ops.higher_order.invoke_subgraph]
+    subgraphs = {n.args[1] for n in calls}  # the region's identifier: one per distinct signature
+    assert model.config.num_hidden_layers == 4 and len(calls) == 4 and len(subgraphs) == 2
+    attention = "flex_attention" if kernel == "flex" else "scaled_dot_product_attention"
+    assert attention not in str(graphs[0].graph)  # only inside the subgraphs
+    assert all(attention in str(getattr(graphs[0], name).graph) for name in subgraphs)
 
 
 def test_chunked_prefill_fills_a_static_cache():
@@ -262,3 +296,17 @@ def test_compiled_decode_step_reads_the_forward_signature_once():
         warnings.simplefilter("always")
         model.generate(ids, max_new_tokens=3, do_sample=False, **static_generate_kwargs(torch.device("cpu")))
     assert not [str(w.message) for w in caught if "lru_cache" in str(w.message)]
+
+
+def test_cuda_compile_config_is_reduce_overhead_with_bounded_fusion_attempts():
+    """CUDA graphs as mode="reduce-overhead" sets them, plus the fusion-attempt bound; every option is one
+    this torch's inductor knows (torch.compile refuses unknown ones only when it compiles, on the GPU)."""
+    import torch._inductor
+
+    from swaa_patch.static_cache import FUSION_PAIR_ATTEMPTS, decode_compile_config
+
+    config = decode_compile_config(torch.device("cuda"))
+    assert config.mode is None and config.fullgraph and config.dynamic is False
+    assert config.options == {"triton.cudagraphs": True, "max_fusion_buffer_group_pairwise_attempts": FUSION_PAIR_ATTEMPTS}
+    assert set(config.options) <= set(torch._inductor.list_options())
+    assert torch._inductor.list_mode_options("reduce-overhead") == {"triton.cudagraphs": True}
