@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import CompileConfig
 
 from swaa_patch import SWAAConfig
+from swaa_patch.static_cache import static_generate_kwargs
 
 from shapes import QWEN3_4B  # benchmarks/shapes.py (a script's folder is on sys.path)
 
@@ -37,10 +39,6 @@ def compiled_generate_kwargs(device: torch.device, stock: bool) -> dict:
     Stock's: what a user of transformers' static cache passes, ``CompileConfig(fullgraph=True,
     mode="reduce-overhead")`` (on a CPU, the same dynamo-only config as SWAA's), without SWAA's bound on
     inductor's fusion attempts, which would shorten stock's compile too."""
-    from transformers import CompileConfig
-
-    from swaa_patch.static_cache import static_generate_kwargs
-
     kwargs = static_generate_kwargs(device)
     if stock and device.type == "cuda":
         kwargs["compile_config"] = CompileConfig(fullgraph=True, dynamic=False, mode="reduce-overhead")

@@ -186,13 +186,12 @@ def swa_sink_attention_backward(
     kernels.delta[(math.ceil(seq / DELTA_ROWS), batch * heads)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq, HEAD_DIM=dim, BLOCK_M=DELTA_ROWS
     )  # fmt: skip
-    flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype),
-                 FUSE_DQ=config.fused_dq)  # fmt: skip
+    flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
     softcap_value = 1.0 if softcap is None else softcap
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
     # fused dQ: every visible pair's dQ is added in float32 by the dK/dV and sink-tail kernels
-    dq_acc = torch.zeros(batch, heads, seq, dim, dtype=torch.float32, device=q.device) if config.fused_dq else None
-    dq_arg = torch.zeros(1, dtype=torch.float32, device=q.device) if dq_acc is None else dq_acc
+    fused = config.fused_dq
+    dq_acc = torch.zeros(*((batch, heads, seq, dim) if fused else (1,)), dtype=torch.float32, device=q.device)
 
     # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed here
     tail = keep_first > 0 and seq > window
@@ -206,22 +205,21 @@ def swa_sink_attention_backward(
         part_dk = torch.empty(chunks, batch * kv_heads, sink_rows, dim, dtype=torch.float32, device=q.device)
         part_dv = torch.empty_like(part_dk)
         kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
-            q, k, v, grad_out, lse, delta, part_dk, part_dv, dq_arg, *common,
+            q, k, v, grad_out, lse, delta, part_dk, part_dv, dq_acc, *common,
             kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
-            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
+            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, FUSE_DQ=fused, **run.pipeline(),
         )  # fmt: skip
         sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
     run = config.dkdv
     kernels.dkdv[(math.ceil(seq / run.block_n), batch * kv_heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, dq_arg, *common, *dk.stride(), *dv.stride(),
+        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, dq_acc, *common, *dk.stride(), *dv.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
-        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
+        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, FUSE_DQ=fused, **run.pipeline(),
     )  # fmt: skip
-    if dq_acc is not None:
+    if fused:
         dq.copy_(dq_acc)
         return dq, dk, dv
     run = config.dq
-    del flags["FUSE_DQ"]
     kernels.dq[(math.ceil(seq / run.block_m) * groups, batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value,
