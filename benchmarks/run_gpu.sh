@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows] [train_fused]
+#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -47,9 +47,6 @@ for part in "${parts[@]}"; do
     # the backward's launch sweep (each kernel's tiles; GPU_CONFIG is chosen from it): ~5 min
     train_tuning)
       python3 benchmarks/train_kernel_tuning.py --out "$OUT/train_kernel_tuning.md" 2>&1 | tee "$OUT/train_kernel_tuning.log" ;;
-    # issue 17: the fused-dQ backward (no dQ kernel, atomics) at every dK/dV launch against the shipped split one: ~2-3 min
-    train_fused)
-      python3 benchmarks/train_kernel_tuning.py --fused-only --out "$OUT/train_fused.md" 2>&1 | tee "$OUT/train_fused.log" ;;
     model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;

@@ -2,9 +2,7 @@
 
 The backward is three kernels (dQ, dK/dV over the band, the sink tail) with tiles of their own
 (``BackwardConfig``). The sweep varies one kernel's launch at a time, the other two held at the
-shipped ``GPU_CONFIG``, then times the combination of each kernel's fastest correct launch; the fused-dQ
-backward (``BackwardConfig.fused_dq``: dK/dV and the sink tail add dQ with atomics, no dQ kernel) is
-timed at every dK/dV launch (``--fused-only``: the shipped config and those rows alone). Every
+shipped ``GPU_CONFIG``, then times the combination of each kernel's fastest correct launch. Every
 variant's dq, dk and dv are checked against attention_speed.py's float64 references (sampled query
 rows for dq; sampled key rows, sinks among them, for dk/dv) before it is timed; the forward (Triton,
 its lse kept) and full causal SDPA's backward (the baseline: fwd+bwd minus fwd, same run) are timed
@@ -78,18 +76,13 @@ class Row:
     note: str = ""
 
 
-FUSED = "dkdv, fused dQ"  # the kernel column of the fused-dQ rows
-
-
-def variants(fused_only: bool = False) -> list[tuple[str, BackwardConfig]]:
+def variants() -> list[tuple[str, BackwardConfig]]:
     out = [("shipped", GPU_CONFIG)]
     for kernel, launches in SWEEP.items():
         for launch in launches:
             config = dataclasses.replace(GPU_CONFIG, **{kernel: Launch(*launch)})
-            if config != GPU_CONFIG and not fused_only:
+            if config != GPU_CONFIG:
                 out.append((kernel, config))
-    for launch in SWEEP["dkdv"]:
-        out.append((FUSED, dataclasses.replace(GPU_CONFIG, dkdv=Launch(*launch), fused_dq=True)))
     return out
 
 
@@ -146,8 +139,6 @@ def launch_text(launch: Launch) -> str:
 def config_text(config: BackwardConfig | None) -> str:
     if config is None:
         return "-"
-    if config.fused_dq:
-        return "- / " + " / ".join(launch_text(x) for x in (config.dkdv, config.tail))
     return " / ".join(launch_text(x) for x in (config.dq, config.dkdv, config.tail))
 
 
@@ -180,8 +171,7 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
         f"- shipped GPU_CONFIG (dq / dkdv / tail, BLOCK_M x BLOCK_N warps stages): {config_text(GPU_CONFIG)}, "
         f"chunk_blocks {GPU_CONFIG.chunk_blocks}",
         "- a row varies the named kernel's launch, the others as shipped; `best`: each kernel's fastest "
-        f"correct launch together; `{FUSED}`: no dQ kernel, dK/dV (the launch shown) and the sink tail add dQ "
-        "with float32 atomics",
+        "correct launch together",
         "- time: backward alone (delta + the three kernels), median of triton.testing.do_bench; TFLOP/s counts "
         "2.5x the SWA+sink forward's 4*n*(W+k)*d*h",
         f"- correctness: {args.rows} query rows (dq) and {args.rows} key rows with 3 sinks (dk, dv) vs "
@@ -194,28 +184,23 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    def extra(parser):
-        parser.add_argument("--fused-only", action="store_true",
-                            help="time the shipped config and the fused-dQ rows only (no per-kernel sweep, no best row)")
-
-    args, options = sweep_args(__doc__, "benchmarks/results/train_kernel_tuning.md", argv, extra)
+    args, _ = sweep_args(__doc__, "benchmarks/results/train_kernel_tuning.md", argv)
     rows: list[Row] = []
     for n in args.sizes:
         bench = Backward(args, n)
         rows += bench.baseline_rows()
-        for kernel, config in variants(options.fused_only):
+        for kernel, config in variants():
             rows.append(bench.row(kernel, config))
             log.info("%s", format_row(rows[-1], rows, args))
             atomic_write_text(args.out, report(args, rows))
-        if not options.fused_only:
-            rows.append(bench.row("best", best_config(rows, n)))
-            log.info("%s", format_row(rows[-1], rows, args))
+        rows.append(bench.row("best", best_config(rows, n)))
+        log.info("%s", format_row(rows[-1], rows, args))
         del bench
         torch.cuda.empty_cache()
     text = report(args, rows)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
-    return 0 if all(r.ok for r in rows if r.kernel in ("shipped", "best", FUSED)) else 1
+    return 0 if all(r.ok for r in rows if r.kernel in ("shipped", "best")) else 1
 
 
 if __name__ == "__main__":

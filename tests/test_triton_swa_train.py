@@ -11,7 +11,6 @@ softcap, strided inputs. A CUDA machine runs the same tests on the compiled kern
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -48,9 +47,6 @@ TALL = BackwardConfig.uniform(
 # each kernel its own tiles (as the GPU config may): dQ wide in queries, dK/dV wide in keys, the sink
 # tail with q blocks of its own
 MIXED = BackwardConfig(Launch(32, 16, 1, 1), Launch(16, 32, 1, 1), Launch(32, 16, 1, 1), chunk_blocks=3)
-# dQ added by the dK/dV and sink-tail kernels (float32 atomics), no dQ kernel
-FUSED = dataclasses.replace(TINY, fused_dq=True)
-FUSED_MIXED = dataclasses.replace(MIXED, fused_dq=True)
 
 
 def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None):
@@ -88,11 +84,6 @@ CASES = [
     (50, None, 0, TALL),
     (110, 40, 20, MIXED),
     (77, 16, 3, MIXED),
-    (70, 16, 20, FUSED),  # sinks across two sink blocks and a sink tail
-    (90, 40, 20, FUSED),  # unmasked interior blocks
-    (64, 1, 2, FUSED),
-    (50, None, 0, FUSED),
-    (110, 40, 20, FUSED_MIXED),
 ]
 
 
@@ -245,21 +236,3 @@ def test_training_forward_has_a_fixed_launch_on_gpus_only():
     # the configs the forward itself takes there (it took them when handed None before)
     assert triton_swa_train._forward_config(fake("cuda", torch.float32)) is triton_swa.FLOAT32_CONFIG
     assert triton_swa_train._forward_config(fake("cpu", torch.bfloat16)) is triton_swa.INTERPRETER_CONFIG
-
-
-def test_fused_sweep_times_the_fused_backward_at_every_dkdv_launch():
-    """benchmarks/train_kernel_tuning.py --fused-only (run_gpu.sh train_fused): the shipped split backward,
-    then the fused-dQ backward at each dK/dV launch of the sweep, labelled so that the per-kernel `best`
-    row never mixes them in."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-    import train_kernel_tuning as tuning
-
-    rows = tuning.variants(fused_only=True)
-    assert rows[0] == ("shipped", triton_swa_train.GPU_CONFIG) and not triton_swa_train.GPU_CONFIG.fused_dq
-    fused = rows[1:]
-    assert [c.dkdv for _, c in fused] == [Launch(*x) for x in tuning.SWEEP["dkdv"]]
-    assert all(kernel == tuning.FUSED and c.fused_dq for kernel, c in fused)
-    assert tuning.config_text(fused[0][1]).startswith("- / ")
-    assert len(tuning.variants()) > len(rows) and tuning.FUSED not in tuning.SWEEP

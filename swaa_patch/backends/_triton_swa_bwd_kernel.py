@@ -16,11 +16,6 @@ cache: query i is key i): key j is visible to query i iff ``j <= i`` and (``i - 
   ``j <= i < j + window`` for every q head of the group (GQA summed in the program, no atomics),
   plus the summed sink-tail rows for the blocks holding sinks.
 
-With ``FUSE_DQ`` the dK/dV and sink-tail kernels also add each visible pair's ``dZ K`` to a float32
-dQ with atomics (FlashAttention-2's layout: the band pairs and the sink tail cover every visible pair
-once), and the dQ kernel does not run: five tile products per pair instead of seven, at the price of
-atomic adds (float32, so dQ's last bits depend on their order).
-
 Imported only by ``triton_swa_train.load_backward_kernels`` (triton imported lazily, after the
 caller may have set ``TRITON_INTERPRET=1``).
 """
@@ -77,13 +72,6 @@ def _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm
     lse = tl.load(Lse + base + rows, mask=row_ok, other=0.0)
     delta = tl.load(Delta + base + rows, mask=row_ok, other=0.0)
     return q, do, lse, delta, row_ok
-
-
-@triton.jit
-def _add_dq(DQAcc, b, h_q, rows, row_ok, offs_d, dq, n_q_heads, seq, HEAD_DIM: tl.constexpr):
-    """Atomically add a (rows, HEAD_DIM) tile to the float32 dQ accumulator (batch, q heads, seq, HEAD_DIM)."""
-    base = (b.to(tl.int64) * n_q_heads + h_q) * seq * HEAD_DIM
-    tl.atomic_add(DQAcc + base + rows[:, None] * HEAD_DIM + offs_d[None, :], dq, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -191,19 +179,18 @@ def swa_sink_bwd_dq(
 
 @triton.jit
 def swa_sink_bwd_sink_tail(
-    Q, K, V, DO, Lse, Delta, PartDK, PartDV, DQAcc,
+    Q, K, V, DO, Lse, Delta, PartDK, PartDV,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     n_kv_heads, groups, seq, window, keep_first, scale, softcap, chunk_blocks, sink_rows,
     HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, SINKS: tl.constexpr, FUSE_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, SINKS: tl.constexpr,
 ):  # fmt: skip
     """Partial dK/dV of SINKS sink rows from the queries of one chunk that see them from beyond the
-    window (``i - j >= window``), and with FUSE_DQ those queries' dQ from these rows. Grid: (chunks,
-    batch * kv heads, sink blocks); PartDK/PartDV are float32 (chunks, batch * kv heads, sink_rows,
-    HEAD_DIM), sink_rows = sink blocks * SINKS."""
+    window (``i - j >= window``). Grid: (chunks, batch * kv heads, sink blocks); PartDK/PartDV are
+    float32 (chunks, batch * kv heads, sink_rows, HEAD_DIM), sink_rows = sink blocks * SINKS."""
     chunk = tl.program_id(0)
     bh_kv = tl.program_id(1)
     b = bh_kv // n_kv_heads
@@ -230,9 +217,6 @@ def swa_sink_bwd_sink_tail(
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             ds = p * (dp - delta[:, None]) * dz
             dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-            if FUSE_DQ:
-                dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-                _add_dq(DQAcc, b, h_q, offs_m, row_ok, offs_d, dq, n_kv_heads * groups, seq, HEAD_DIM)
     part = (chunk.to(tl.int64) * tl.num_programs(1) + bh_kv) * sink_rows * HEAD_DIM
     tile = offs_s[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(PartDK + part + tile, dk)
@@ -240,15 +224,13 @@ def swa_sink_bwd_sink_tail(
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, DQAcc, b, h_q, offs_m, offs_n, offs_d, col_ok, stride_qb,
-                 stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod, n_q_heads, seq,
-                 window, scale, softcap, start, end, HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr,
-                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
-                 FUSE_DQ: tl.constexpr):  # fmt: skip
+def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok, stride_qb, stride_qh,
+                 stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod, n_q_heads, seq, window, scale,
+                 softcap, start, end, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                 MASKED: tl.constexpr):  # fmt: skip
     """Fold the q blocks ``start, start + BLOCK_M, ... < end`` of q head ``h_q`` into one key block's
     ``dk, dv`` (band rule ``0 <= i - j < window`` when ``MASKED``; unmasked where the caller's range
-    makes every pair visible: rows past the end have dO = 0, keys past it are never stored); with
-    ``FUSE_DQ`` also add the pairs' dQ."""
+    makes every pair visible: rows past the end have dO = 0, keys past it are never stored)."""
     for start_m in range(start, end, BLOCK_M):
         rows = start_m + offs_m
         q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, rows, stride_qb, stride_qh, stride_qm,
@@ -264,15 +246,12 @@ def _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, DQAcc, b, h_q, offs_m, offs_n,
         dp = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[None, :]) * dz
         dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-        if FUSE_DQ:
-            dq = tl.dot(tl.trans(ds).to(k.dtype), k, input_precision=DOT_PRECISION)
-            _add_dq(DQAcc, b, h_q, rows, row_ok, offs_d, dq, n_q_heads, seq, HEAD_DIM)
     return dk, dv
 
 
 @triton.jit
 def swa_sink_bwd_dkdv(
-    Q, K, V, DO, Lse, Delta, DK, DV, SinkDK, SinkDV, DQAcc,
+    Q, K, V, DO, Lse, Delta, DK, DV, SinkDK, SinkDV,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -281,12 +260,11 @@ def swa_sink_bwd_dkdv(
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     n_kv_heads, groups, seq, window, keep_first, scale, softcap, sink_rows,
     HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr, HAS_SINK_TAIL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FUSE_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """dK/dV of BLOCK_N keys of one kv head from the queries of their band ``j <= i < j + window``
     (every q head of the group); key rows below keep_first add the sink tail's summed rows
-    (SinkDK/SinkDV: float32 (batch * kv heads, sink_rows, HEAD_DIM), sink_rows >= keep_first); with
-    FUSE_DQ the band's dQ goes to DQAcc (float32 (batch, q heads, seq, HEAD_DIM)). Grid: (kv blocks, batch * kv heads)."""
+    (SinkDK/SinkDV: float32 (batch * kv heads, sink_rows, HEAD_DIM), sink_rows >= keep_first). Grid: (kv blocks, batch * kv heads)."""
     block = tl.program_id(0)
     bh_kv = tl.program_id(1)
     b = bh_kv // n_kv_heads
@@ -310,18 +288,18 @@ def swa_sink_bwd_dkdv(
     for g in range(groups):
         h_q = h_kv * groups + g
         # fmt: off
-        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, DQAcc, b, h_q, offs_m, offs_n, offs_d, col_ok,
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
                               stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
                               stride_dod, n_kv_heads * groups, seq, window, scale, softcap, q_start, diag_end,
-                              HEAD_DIM, SOFTCAP, DOT_PRECISION, BLOCK_M, True, FUSE_DQ)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, DQAcc, b, h_q, offs_m, offs_n, offs_d, col_ok,
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, True)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
                               stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
                               stride_dod, n_kv_heads * groups, seq, window, scale, softcap, diag_end, inner_end,
-                              HEAD_DIM, SOFTCAP, DOT_PRECISION, BLOCK_M, False, FUSE_DQ)
-        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, DQAcc, b, h_q, offs_m, offs_n, offs_d, col_ok,
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, False)
+        dk, dv = _dkdv_blocks(dk, dv, k, v, Q, DO, Lse, Delta, b, h_q, offs_m, offs_n, offs_d, col_ok,
                               stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom,
                               stride_dod, n_kv_heads * groups, seq, window, scale, softcap, inner_end, q_end,
-                              HEAD_DIM, SOFTCAP, DOT_PRECISION, BLOCK_M, True, FUSE_DQ)
+                              SOFTCAP, DOT_PRECISION, BLOCK_M, True)
         # fmt: on
     if HAS_SINK_TAIL:
         if k_lo < keep_first:

@@ -89,22 +89,19 @@ class Launch:
 class BackwardConfig:
     """Launch parameters of the three backward kernels, each its own: dQ walks keys for a block of
     queries (wide in queries), dK/dV walks queries for a block of keys (wide in keys), so their best
-    tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel. ``fused_dq``: the
-    dK/dV and sink-tail kernels add dQ with float32 atomics and the dQ kernel does not run (five tile
-    products per visible pair instead of seven; ``dq``'s launch is then unused)."""
+    tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel."""
 
     dq: Launch
     dkdv: Launch
     tail: Launch
     chunk_blocks: int = 16
-    fused_dq: bool = False
 
     @classmethod
     def uniform(cls, block_m: int, block_n: int, num_warps: int, num_stages: int, chunk_blocks: int,
-                sink_block: int, fused_dq: bool = False) -> BackwardConfig:  # fmt: skip
+                sink_block: int) -> BackwardConfig:  # fmt: skip
         """The same tiles for every kernel (``sink_block`` sink rows per sink-tail program)."""
         same = Launch(block_m, block_n, num_warps, num_stages)
-        return cls(same, same, Launch(block_m, sink_block, num_warps, num_stages), chunk_blocks, fused_dq)
+        return cls(same, same, Launch(block_m, sink_block, num_warps, num_stages), chunk_blocks)
 
 
 # bf16/fp16 on a GPU: chosen from benchmarks/train_kernel_tuning.py's sweep (results/train_kernel_tuning.md)
@@ -189,9 +186,6 @@ def swa_sink_attention_backward(
     flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
     softcap_value = 1.0 if softcap is None else softcap
     common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-    # fused dQ: every visible pair's dQ is added in float32 by the dK/dV and sink-tail kernels
-    fused = config.fused_dq
-    dq_acc = torch.zeros(*((batch, heads, seq, dim) if fused else (1,)), dtype=torch.float32, device=q.device)
 
     # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed here
     tail = keep_first > 0 and seq > window
@@ -205,20 +199,17 @@ def swa_sink_attention_backward(
         part_dk = torch.empty(chunks, batch * kv_heads, sink_rows, dim, dtype=torch.float32, device=q.device)
         part_dv = torch.empty_like(part_dk)
         kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
-            q, k, v, grad_out, lse, delta, part_dk, part_dv, dq_acc, *common,
+            q, k, v, grad_out, lse, delta, part_dk, part_dv, *common,
             kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
-            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, FUSE_DQ=fused, **run.pipeline(),
+            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
         )  # fmt: skip
         sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
     run = config.dkdv
     kernels.dkdv[(math.ceil(seq / run.block_n), batch * kv_heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, dq_acc, *common, *dk.stride(), *dv.stride(),
+        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, *common, *dk.stride(), *dv.stride(),
         kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
-        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, FUSE_DQ=fused, **run.pipeline(),
+        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
-    if fused:
-        dq.copy_(dq_acc)
-        return dq, dk, dv
     run = config.dq
     kernels.dq[(math.ceil(seq / run.block_m) * groups, batch * kv_heads)](
         q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
