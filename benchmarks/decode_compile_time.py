@@ -33,13 +33,14 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_common import compile_cache_env  # noqa: E402  (this folder is on sys.path)
 
+from swaa_patch.backends.static_decode import KERNELS  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
-# (label, decode_speed variant, static-decode kernel)
+# (label, decode_speed variant, static-decode kernel): stock, then SWAA with each static-decode kernel
 PATHS = {
     "stock": ("stock HF, StaticCache + compile", "stock_static_compile", ""),
-    "swaa_flex": ("SWAA, StaticSWAACache + compile, flex decode kernel", "swaa_static_compile", "flex"),
-    "swaa_sdpa": ("SWAA, StaticSWAACache + compile, sdpa decode kernel", "swaa_static_compile", "sdpa"),
+    **{f"swaa_{kernel}": (f"SWAA, StaticSWAACache + compile, {kernel} decode kernel", "swaa_static_compile", kernel)
+       for kernel in KERNELS},
 }
 # torch's timed phases worth a column (names of torch._dynamo.utils.compilation_time_metrics, torch 2.11)
 PHASES = {

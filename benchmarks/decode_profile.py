@@ -72,7 +72,7 @@ class ProfileArgs:
     skip: int = 24  # steps before the trace (compile, CUDA-graph recording, warm-up)
     active: int = 32
     repeats: int = 1
-    attention: tuple[str, ...] = ("sdpa", "flex")
+    attention: tuple[str, ...] = ("triton", "flex")
     window: int = 2048
     keep_first: int = 100
     top: int = 12

@@ -66,8 +66,14 @@ json.dump(settings, open("settings/demo_gpu_compiled.json", "w"), indent=1)
 PY
       { time python3 -m swaa_patch eval settings/demo_gpu_compiled.json ; } > "$OUT/eval_rows.log" 2>&1 || echo "eval_rows failed" | tee -a "$OUT/eval_rows.log"
       cp eval_output/demo_gpu_compiled/report.md "$OUT/eval_rows_report.md" || true ;;
+    # issue 16: the Triton split-K decode kernel's float64 tests on the GPU (kernel and compiled generation), then its
+    # launch sweep against flex and SDPA at the 4B shape's heads (triton_decode.LAUNCH is chosen from it): ~3 min
+    decode_kernel)
+      python3 -m pytest -q -p no:cacheprovider tests/test_triton_decode.py 2>&1 | tee "$OUT/decode_kernel_tests.log"
+      python3 -m pytest -q -p no:cacheprovider -m gpu -k triton tests/test_static_cache.py 2>&1 | tee -a "$OUT/decode_kernel_tests.log"
+      python3 benchmarks/decode_kernel_tuning.py --out "$OUT/decode_kernel_tuning.md" 2>&1 | tail -n 5 | tee "$OUT/decode_kernel_tuning.log" ;;
     decode_speed) decode_speed ;;  # the table only (e.g. a second call on a warm machine)
-    # cold compile of the decode step, stock vs SWAA (flex, sdpa), one fresh process and empty caches each: ~5 min
+    # cold compile of the decode step, stock vs SWAA (sdpa, flex, triton kernels), one fresh process and empty caches each: ~6 min
     decode_cold)
       # (the table holds every path's compile phases; the per-path logs stay in /tmp/decode_cold: a call returns 8 files)
       # (COLD_ARGS="--profile N": each path's stack samples come back in one tar)

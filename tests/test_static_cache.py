@@ -6,6 +6,8 @@ recompiles; chunked prefill fills it; bad use is refused with errors naming the 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from reference import RefRule, generate_with_reference, reference_model, rel_error
@@ -18,6 +20,7 @@ from swaa_patch.compat import cache_kwargs, output_cache
 from swaa_patch.static_cache import static_generate_kwargs
 
 TOL = 1e-5
+RUNS_TRITON = torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 CONFIGS = {
     # every layer bounded; keep_first larger than the window
     "bounded": (SWAAConfig(sliding_window_size=3, keep_first=4), RefRule(3, 4)),
@@ -59,28 +62,60 @@ def test_flex_split_k_decode_matches_reference(family, attn, name):
         test_static_generation_matches_reference(family, attn, name)
 
 
+@pytest.mark.skipif(not RUNS_TRITON, reason="needs a GPU or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3_text"])
+def test_triton_split_k_decode_matches_reference(family, name):
+    """The same generations with decode steps on SWAA's Triton split-K kernel. The kernel sees only
+    q/k/v, the scaling and the softcap, so three families cover it: plain, softcapped (Gemma2) and a
+    query_pre_attn_scalar scaling (Gemma3); the prefill backend does not matter to a decode kernel."""
+    with static_decode_kernel("triton"):
+        test_static_generation_matches_reference(family, "eager", name)
+
+
 def test_static_decode_kernel_setting_is_checked_and_restored():
     from swaa_patch.backends import static_decode
 
-    with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('auto', 'sdpa', 'flex'\), got 'cudnn'"):
+    with pytest.raises(ValueError, match=r"static_decode_kernel: must be one of \('auto', 'sdpa', 'flex', 'triton'\), got 'cudnn'"):
         static_decode.set_static_decode_kernel("cudnn")
     with pytest.raises(RuntimeError), static_decode_kernel("flex"):
         assert static_decode.SETTING.get() == "flex"
         raise RuntimeError
-    assert static_decode.SETTING.get() == "auto" and KERNELS == ("sdpa", "flex")
+    assert static_decode.SETTING.get() == "auto" and KERNELS == ("sdpa", "flex", "triton")
 
 
-def test_auto_decode_kernel_is_flex_on_cuda_only():
-    """The default picks flex on CUDA (split-K, benchmarks/results/decode_speed.md) and sdpa on the CPU,
-    where flex_attention is slow; a named kernel wins on any device."""
+def test_auto_decode_kernel_is_triton_on_cuda_only(monkeypatch):
+    """The default picks SWAA's Triton kernel on CUDA (benchmarks/results/decode_kernel_tuning.md) and
+    sdpa on the CPU; where the Triton kernel does not apply (no triton, head_dim 8, float64) auto takes
+    flex instead; a named kernel wins on any device."""
+    import importlib.util
+
     from swaa_patch.backends import static_decode
+    from swaa_patch.backends.call import AttentionCall
+    from swaa_patch.static_cache import StaticDecodePlan
 
-    assert static_decode.kernel_for(torch.device("cuda")) == "flex"
+    assert static_decode.kernel_for(torch.device("cuda")) == "triton"
     assert static_decode.kernel_for(torch.device("cpu")) == "sdpa"
     with static_decode_kernel("sdpa"):
         assert static_decode.kernel_for(torch.device("cuda")) == "sdpa"
     with static_decode_kernel("flex"):
         assert static_decode.kernel_for(torch.device("cpu")) == "flex"
+    query = torch.zeros(1, 4, 1, 16)
+    assert static_decode.triton_applies(query)
+    assert not static_decode.triton_applies(torch.zeros(1, 4, 1, 8)) and not static_decode.triton_applies(query.double())
+
+    def dispatched(q):
+        call = AttentionCall(None, q, q, q, StaticDecodePlan(None, "past_key_values"), 1.0)
+        return static_decode.dispatch_static_decode(call)
+
+    monkeypatch.setattr(static_decode, "kernel_for", lambda device: "triton")  # as on a GPU
+    assert dispatched(query) is static_decode.triton_split_k_attention
+    assert dispatched(torch.zeros(1, 4, 1, 8)) is static_decode.flex_split_k_attention
+    with static_decode_kernel("triton"):  # named: the kernel itself refuses what it cannot compute
+        assert dispatched(torch.zeros(1, 4, 1, 8)) is static_decode.triton_split_k_attention
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    assert dispatched(query) is static_decode.flex_split_k_attention
 
 
 def test_bounded_layers_hold_sinks_plus_window_at_any_length():
@@ -104,6 +139,8 @@ def test_bounded_layers_hold_sinks_plus_window_at_any_length():
     ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "sdpa"),
     ("qwen3", "sdpa", SWAAConfig(sliding_window_size=3, keep_first=2, non_sliding_layers=[1]), "flex"),
     ("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "flex"),  # softcap
+    *([("gemma2", "eager", SWAAConfig(sliding_window_size=4, keep_first=1, force_fa_decode=[3]), "triton")]
+      if RUNS_TRITON else []),  # one op per layer: its recompiles do not depend on the family
 ])
 def test_compiled_decode_never_recompiles(family, attn, config, kernel):
     """fullgraph compile of every decode step: one graph (the hook announces the step, the forward plans it),
@@ -146,7 +183,7 @@ def test_flex_decode_builds_one_block_mask_per_layer_kind(monkeypatch):
 
 
 @pytest.mark.skipif(not regions_reuse_traces(), reason="this torch's dynamo retraces compile regions (plain calls)")
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])  # the triton kernel is one op per layer already
 def test_compiled_step_traces_decode_attention_once_per_layer_kind(kernel):
     """The decode attention is a compile region: the step's graph calls one subgraph per layer kind
     (bounded, full: their key counts differ) from every layer, so dynamo, AOT autograd and inductor

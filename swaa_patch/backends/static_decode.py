@@ -1,22 +1,26 @@
 """Decode attention over a StaticSWAACache's fixed buffers: one kernel per layer.
 
 A decode step has one query per row, and the cache's validity mask (which slots hold real,
-visible tokens) is the same for every head. Two kernels compute it:
+visible tokens) is the same for every head. Three kernels compute it:
 
+- ``triton`` (the default on CUDA): SWAA's split-K Triton kernel (``triton_decode.py``), an opaque
+  custom op. On an H200 with the 4B shape's heads, one layer over 2,148 slots took 8.3 µs at batch 1
+  and 70.9 µs at batch 32, against flex's 12.2 / 478.8 µs (1.48x / 6.75x) and SDPA's 54.0 / 105.2 µs
+  (benchmarks/results/decode_kernel_tuning.md); the whole step's cold compile took 42.9 s against
+  stock's 42.1 s, where flex's took 60.8 s (benchmarks/results/decode_compile_time.md).
+- ``flex``: flex_attention with every key block partial and a mask_mod that reads the validity
+  mask; under inductor a one-token query takes PyTorch's flex-decoding kernel (split-K too).
 - ``sdpa`` (the default off CUDA): the ``groups`` query heads of a kv head become that kv head's
   queries, so keys and values are read once and one masked SDPA call covers the layer. On an H200
-  cuDNN runs it as one 64-row tile per kv head: 8 thread blocks for the 4B shape, 48 µs a layer.
-- ``flex`` (the default on CUDA): flex_attention with every key block partial and a mask_mod that
-  reads the validity mask. Under inductor a one-token query takes PyTorch's flex-decoding kernel,
-  which splits the key slots over thread blocks (split-K): 10 µs a layer plus a 4 µs merge on the
-  same shape, against sdpa's 47 µs; 155 tok/s against sdpa's 119 in one profile
-  (benchmarks/results/decode_profile.md). On the CPU flex_attention is many times slower than SDPA.
+  cuDNN runs it as one 64-row tile per kv head (8 thread blocks for the 4B shape). On the CPU flex
+  is many times slower and Triton needs its interpreter, so SDPA is the CPU's kernel.
 
 ``auto`` (the default; ``SWAA_STATIC_DECODE`` or :func:`static_decode_kernel` override it) picks
-by the query's device.
+by the query's device, and takes flex on CUDA where the Triton kernel does not apply (no triton
+package, a head_dim outside 16-256); a kernel named explicitly refuses what it cannot compute.
 
 Logit softcapping (Gemma2), which SDPA cannot apply, takes the same math written out under
-``sdpa`` and a score_mod under ``flex``.
+``sdpa``, a score_mod under ``flex`` and the kernel's own tanh under ``triton``.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from ..static_cache import StaticDecodePlan
 from .call import AttentionCall, Kernel
 from .setting import KernelSetting
 
-KERNELS = ("sdpa", "flex")
-AUTO = "auto"  # flex on CUDA, sdpa elsewhere
+KERNELS = ("sdpa", "flex", "triton")
+AUTO = "auto"  # triton on CUDA (flex where it does not apply), sdpa elsewhere
 ENV_VAR = "SWAA_STATIC_DECODE"
 FLEX_BLOCK = 128  # key slots per flex block (the decode kernel splits the key dimension by blocks)
 
@@ -71,15 +75,29 @@ def static_decode_kernel(kernel: str) -> AbstractContextManager[None]:
 def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
-    return flex_split_k_attention if kernel_for(call.query.device) == "flex" else static_decode_attention
+    kernel = kernel_for(call.query.device)
+    if kernel == "triton" and SETTING.get() == AUTO and not triton_applies(call.query):
+        kernel = "flex"
+    return {"flex": flex_split_k_attention, "triton": triton_split_k_attention}.get(kernel, static_decode_attention)
 
 
 def kernel_for(device: torch.device) -> str:
     """The kernel the setting picks for decode steps on ``device``."""
     kernel = SETTING.get()
     if kernel == AUTO:
-        return "flex" if device.type == "cuda" else "sdpa"
+        return "triton" if device.type == "cuda" else "sdpa"
     return kernel
+
+
+def triton_applies(query: Tensor) -> bool:
+    """Whether ``auto`` can take the Triton kernel for these queries (else it takes flex)."""
+    from .triton_decode import MAX_HEAD_DIM, SUPPORTED_DTYPES
+
+    return (
+        importlib.util.find_spec("triton") is not None
+        and 16 <= query.shape[-1] <= MAX_HEAD_DIM
+        and query.dtype in SUPPORTED_DTYPES
+    )
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
@@ -169,3 +187,11 @@ def _flex_decode(query: Tensor, key: Tensor, value: Tensor, block_mask, scale: f
     out = flex_attention(query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale,
                          enable_gqa=key.shape[1] != query.shape[1])  # fmt: skip
     return out.transpose(1, 2)
+
+
+def triton_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
+    """SWAA's Triton split-K kernel (``triton_decode.py``): one op per layer in the compiled step."""
+    from .triton_decode import decode_attention
+
+    valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]
+    return decode_attention(call.query, call.key, call.value, valid, call.scaling, call.softcap), None
