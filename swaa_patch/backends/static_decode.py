@@ -34,6 +34,7 @@ from torch import Tensor
 from ..static_cache import StaticDecodePlan
 from .call import AttentionCall, Kernel
 from .setting import KernelSetting
+from .triton_decode import MAX_HEAD_DIM, SUPPORTED_DTYPES, decode_attention
 
 KERNELS = ("sdpa", "flex", "triton")
 AUTO = "auto"  # triton on CUDA (flex where it does not apply), sdpa elsewhere
@@ -91,8 +92,6 @@ def kernel_for(device: torch.device) -> str:
 
 def triton_applies(query: Tensor) -> bool:
     """Whether ``auto`` can take the Triton kernel for these queries (else it takes flex)."""
-    from .triton_decode import MAX_HEAD_DIM, SUPPORTED_DTYPES
-
     return (
         importlib.util.find_spec("triton") is not None
         and 16 <= query.shape[-1] <= MAX_HEAD_DIM
@@ -191,7 +190,5 @@ def _flex_decode(query: Tensor, key: Tensor, value: Tensor, block_mask, scale: f
 
 def triton_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
     """SWAA's Triton split-K kernel (``triton_decode.py``): one op per layer in the compiled step."""
-    from .triton_decode import decode_attention
-
     valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]
     return decode_attention(call.query, call.key, call.value, valid, call.scaling, call.softcap), None
