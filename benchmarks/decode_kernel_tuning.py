@@ -26,6 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from attention_speed import rel  # noqa: E402  (relative L2; nan for a non-finite result)
+
 from swaa_patch.backends import static_decode, triton_decode  # noqa: E402
 from swaa_patch.backends.triton_decode import DecodeLaunch, decode_attention  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
@@ -59,10 +61,6 @@ def reference(q, k, v, valid, scaling):
         scores = scores.masked_fill(~valid[row, None, None, None, :], float("-inf"))
         out.append((torch.softmax(scores, -1) @ vr).transpose(1, 2))
     return torch.cat(out)
-
-
-def rel(got, ref) -> float:
-    return float((got.double() - ref).norm() / ref.norm())
 
 
 def sweep_shape(slots: int, batch: int, visible: int, seed: int) -> list[str]:

@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows]
+#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail

@@ -90,7 +90,7 @@ def test_auto_decode_kernel_is_triton_on_cuda_only(monkeypatch):
     flex instead; a named kernel wins on any device."""
     import importlib.util
 
-    from swaa_patch.backends import static_decode
+    from swaa_patch.backends import static_decode, triton_decode
     from swaa_patch.backends.call import AttentionCall
     from swaa_patch.static_cache import StaticDecodePlan
 
@@ -101,8 +101,8 @@ def test_auto_decode_kernel_is_triton_on_cuda_only(monkeypatch):
     with static_decode_kernel("flex"):
         assert static_decode.kernel_for(torch.device("cpu")) == "flex"
     query = torch.zeros(1, 4, 1, 16)
-    assert static_decode.triton_applies(query)
-    assert not static_decode.triton_applies(torch.zeros(1, 4, 1, 8)) and not static_decode.triton_applies(query.double())
+    assert triton_decode.supports(query)
+    assert not triton_decode.supports(torch.zeros(1, 4, 1, 8)) and not triton_decode.supports(query.double())
 
     def dispatched(q):
         call = AttentionCall(None, q, q, q, StaticDecodePlan(None, "past_key_values"), 1.0)

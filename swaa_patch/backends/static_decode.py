@@ -32,9 +32,9 @@ import torch
 from torch import Tensor
 
 from ..static_cache import StaticDecodePlan
+from . import triton_decode
 from .call import AttentionCall, Kernel
 from .setting import KernelSetting
-from .triton_decode import MAX_HEAD_DIM, SUPPORTED_DTYPES, decode_attention
 
 KERNELS = ("sdpa", "flex", "triton")
 AUTO = "auto"  # triton on CUDA (flex where it does not apply), sdpa elsewhere
@@ -77,7 +77,7 @@ def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
     if not isinstance(call.plan, StaticDecodePlan):
         return "not a static-cache decode step"
     kernel = kernel_for(call.query.device)
-    if kernel == "triton" and SETTING.get() == AUTO and not triton_applies(call.query):
+    if kernel == "triton" and SETTING.get() == AUTO and not triton_decode.supports(call.query):
         kernel = "flex"
     return {"flex": flex_split_k_attention, "triton": triton_split_k_attention}.get(kernel, static_decode_attention)
 
@@ -88,15 +88,6 @@ def kernel_for(device: torch.device) -> str:
     if kernel == AUTO:
         return "triton" if device.type == "cuda" else "sdpa"
     return kernel
-
-
-def triton_applies(query: Tensor) -> bool:
-    """Whether ``auto`` can take the Triton kernel for these queries (else it takes flex)."""
-    return (
-        importlib.util.find_spec("triton") is not None
-        and 16 <= query.shape[-1] <= MAX_HEAD_DIM
-        and query.dtype in SUPPORTED_DTYPES
-    )
 
 
 def static_decode_attention(call: AttentionCall) -> tuple[Tensor, None]:
@@ -191,4 +182,4 @@ def _flex_decode(query: Tensor, key: Tensor, value: Tensor, block_mask, scale: f
 def triton_split_k_attention(call: AttentionCall) -> tuple[Tensor, None]:
     """SWAA's Triton split-K kernel (``triton_decode.py``): one op per layer in the compiled step."""
     valid = call.plan.key_mask(call.layer_idx)[:, 0, 0, :]
-    return decode_attention(call.query, call.key, call.value, valid, call.scaling, call.softcap), None
+    return triton_decode.decode_attention(call.query, call.key, call.value, valid, call.scaling, call.softcap), None

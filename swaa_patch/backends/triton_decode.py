@@ -22,6 +22,7 @@ kernel serves bounded and full layers alike; Gemma2's logit softcap is applied b
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .triton_swa import INSTALL_HINT, _dot_precision, _score_scales
 OP_NAME = "swaa::static_decode_attention"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_SPLITS = 64  # the merge program holds every split's partial output of one head at once
+MIN_HEAD_DIM = 16  # tl.dot's smallest inner dimension
 MAX_HEAD_DIM = 256
 
 
@@ -88,6 +90,16 @@ def split_plan(batch: int, kv_heads: int, slots: int, launch: DecodeLaunch, devi
     return math.ceil(slots / split_slots), split_slots
 
 
+def supports(query: Tensor) -> bool:
+    """Whether the kernel can compute these queries' decode step (triton installed, head_dim and dtype
+    in range): what ``static_decode``'s ``auto`` asks before it picks this kernel over flex."""
+    return (
+        importlib.util.find_spec("triton") is not None
+        and MIN_HEAD_DIM <= query.shape[-1] <= MAX_HEAD_DIM
+        and query.dtype in SUPPORTED_DTYPES
+    )
+
+
 def check_inputs(query: Tensor, key: Tensor, value: Tensor, valid: Tensor) -> None:
     """Refuse what the kernel cannot compute, naming the field and what is allowed."""
     if query.ndim != 4 or query.shape[2] != 1:
@@ -102,8 +114,8 @@ def check_inputs(query: Tensor, key: Tensor, value: Tensor, valid: Tensor) -> No
     if valid.shape != (batch, key.shape[2]) or valid.dtype != torch.bool:
         raise ValueError(f"valid must be a bool (batch, slots) = {(batch, key.shape[2])} mask; got "
                          f"{valid.dtype} {tuple(valid.shape)}")  # fmt: skip
-    if not 16 <= dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be in [16, {MAX_HEAD_DIM}] for the Triton decode kernel; got {dim}")
+    if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}] for the Triton decode kernel; got {dim}")
     if query.dtype not in SUPPORTED_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
         raise ValueError(f"query, key, value must share one dtype among {SUPPORTED_DTYPES}; got "
                          f"{query.dtype}, {key.dtype}, {value.dtype}")  # fmt: skip
