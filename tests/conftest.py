@@ -6,7 +6,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(2)
+# the machine's 2 cores: one torch thread per pytest-xdist worker (the README's command runs two), both otherwise
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 # Without a GPU, the Triton kernel tests (test_triton_swa.py) run on Triton's CPU interpreter. The
 # flag must be set before anything imports triton (`import swaa_patch` does, through torch's
 # flex_attention): triton.jit reads it when decorating, triton's own library functions included.
