@@ -146,14 +146,14 @@ def kv_gib_estimate(bench: Bench, variant: str, batch: int, tokens: int) -> floa
 
 
 def skip_reason(bench: Bench, variant: str, batch: int, context: int) -> str:
+    """Why a row cannot run; not fitting the GPU is said first (it holds however the prompt is prefilled)."""
+    if bench.device.type == "cuda":
+        need = kv_gib_estimate(bench, variant, batch, context + bench.args.steps) + WEIGHTS_GIB[bench.args.tiny]
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        if need > 0.9 * total:
+            return f"does not fit: KV {need - WEIGHTS_GIB[False]:.0f} GiB + weights > 90% of {total:.0f} GiB"
     if variant.startswith("stock") and batch * context > bench.args.prefill_tokens:
         return f"not run: stock prompts of {batch} x {context} tokens are not prefilled in chunks here"
-    if bench.device.type != "cuda":
-        return ""
-    need = kv_gib_estimate(bench, variant, batch, context + bench.args.steps) + WEIGHTS_GIB[bench.args.tiny]
-    total = torch.cuda.get_device_properties(0).total_memory / 2**30
-    if need > 0.9 * total:
-        return f"does not fit: KV {need - WEIGHTS_GIB[False]:.0f} GiB + weights > 90% of {total:.0f} GiB"
     return ""
 
 

@@ -80,9 +80,10 @@ PY
       python3 benchmarks/decode_compile_time.py --work /tmp/decode_cold ${COLD_ARGS:-} --out "$OUT/decode_compile_time.md" 2>&1 \
         | tee "$OUT/decode_compile_time.log"
       if ls /tmp/decode_cold/*.samples.json > /dev/null 2>&1; then tar -cf "$OUT/decode_cold_samples.tar" -C /tmp/decode_cold $(cd /tmp/decode_cold && ls *.samples.json); fi ;;
-    # `swaa eval` / `swaa distill` with compile off / on (4B shape; the model folder is kept in .job_throughput/): ~6 min
+    # `swaa eval` / `swaa distill` with compile off / on (4B shape; the model folder is kept in .job_throughput/): ~10 min
+    # (JOBS_ARGS="--jobs distill": one job's three rows, ~6 min with the model build)
     jobs)
-      python3 benchmarks/job_throughput.py --work .job_throughput --out "$OUT/job_throughput.md" 2>&1 | tee "$OUT/job_throughput.log" ;;
+      python3 benchmarks/job_throughput.py --work .job_throughput ${JOBS_ARGS:-} --out "$OUT/job_throughput.md" 2>&1 | tee "$OUT/job_throughput.log" ;;
     sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
     sft_triton) sft_speed --sizes 32768,131072 --variants swaa_liger,swaa_triton_liger ;;  # ~5 min: flex vs Triton
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
