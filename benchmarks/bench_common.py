@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,17 @@ def device_and_shape(args: Any, tiny_defaults: dict, tiny_shape: dict, script: s
     if not torch.cuda.is_available():
         raise SystemExit(f"{script} needs a CUDA device (or --tiny)")
     return args, torch.device("cuda"), torch.bfloat16, QWEN3_4B
+
+
+def kernel_table(prof, steps: int) -> tuple[float, int, list[tuple[str, float, float]]]:
+    """(GPU kernel µs per step, kernels per step, [(name, µs per step, launches per step)])."""
+    time_us, count = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if event.name.startswith("ProfilerStep"):  # the step marker, not a kernel
+            continue
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
+            time_us[event.name] += event.device_time_total
+            count[event.name] += 1
+    names = sorted(time_us, key=time_us.get, reverse=True)
+    total = sum(time_us.values()) / steps
+    return total, round(sum(count.values()) / steps), [(n, time_us[n] / steps, count[n] / steps) for n in names]

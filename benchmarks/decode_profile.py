@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -33,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench_common import compiled_generate_kwargs  # noqa: E402
+from bench_common import compiled_generate_kwargs, kernel_table  # noqa: E402
 from decode_speed import TINY, Bench, StepClock, build_model, prepare_model, reset_compiled  # noqa: E402
 
 from swaa_patch.backends import static_decode  # noqa: E402
@@ -104,20 +103,6 @@ def generate(bench: Bench, variant: str, ids: torch.Tensor, clock: Clock) -> tor
             **compiled_generate_kwargs(bench.device, stock=variant == "stock"),
         )  # fmt: skip
     return torch.stack(out.logits, 1)
-
-
-def kernel_table(prof, steps: int) -> tuple[float, int, list[tuple[str, float, float]]]:
-    """(GPU kernel µs per step, kernels per step, [(name, µs per step, launches per step)])."""
-    time_us, count = defaultdict(float), defaultdict(int)
-    for event in prof.events():
-        if event.name.startswith("ProfilerStep"):  # the step marker, not a kernel
-            continue
-        if event.device_type == torch.autograd.DeviceType.CUDA and event.device_time_total > 0:
-            time_us[event.name] += event.device_time_total
-            count[event.name] += 1
-    names = sorted(time_us, key=time_us.get, reverse=True)
-    total = sum(time_us.values()) / steps
-    return total, round(sum(count.values()) / steps), [(n, time_us[n] / steps, count[n] / steps) for n in names]
 
 
 def run_variant(bench: Bench, variant: str, logits_ref: dict) -> dict:

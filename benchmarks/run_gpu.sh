@@ -2,7 +2,8 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
-#                                                  [sft_stock_long] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo] [eval_rows] [decode_kernel]
+#                                                  [sft_stock_long] [sft_profile] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
+#                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
 set -euo pipefail
@@ -88,6 +89,16 @@ PY
     sft_triton) sft_speed --sizes 32768,131072 --variants swaa_liger,swaa_triton_liger ;;  # ~5 min: flex vs Triton
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
+    # one profiled `swaa sft` step per variant and size (SFT_PROFILE_VARIANTS, default swaa_triton_liger;
+    # SFT_PROFILE_SIZES, default 32K and 128K): the GPU's kernel time by kind (benchmarks/sft_profile.py), ~1-2 min each
+    sft_profile)
+      install_sft_wheels
+      for v in ${SFT_PROFILE_VARIANTS:-swaa_triton_liger}; do
+        for n in ${SFT_PROFILE_SIZES:-32768 131072}; do
+          python3 benchmarks/sft_profile.py --n "$n" --variant "$v" --out "$OUT/sft_profile_${v}_$n.md" \
+            > "$OUT/sft_profile_${v}_$n.log" 2>&1 || echo "sft_profile $v n=$n failed (see its log)"
+        done
+      done ;;
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;
     serve)

@@ -99,6 +99,7 @@ class SFTSpeedArgs:
     resume: bool = False
     tiny: bool = False
     warm_caches: bool = False  # share Triton / inductor caches between rows (first step: not a fresh machine's)
+    checkpoint_every: tuple[int, ...] = (1,)  # training.checkpoint_every_n_layers of the rows (one row each)
     given: tuple[str, ...] = ()  # options the command line named (bench_common.given_options)
 
 
@@ -124,10 +125,17 @@ class Row:
     ok: bool = True
     note: str = ""
     run: int = 1
+    checkpoint_every: int = 1  # training.checkpoint_every_n_layers (1: every layer recomputes its forward)
 
     @property
-    def key(self) -> tuple[int, str, str]:
-        return self.n, self.variant, self.layout
+    def key(self) -> tuple[int, str, str, int]:
+        return self.n, self.variant, self.layout, self.checkpoint_every
+
+    @property
+    def name(self) -> str:
+        """The row's file names under the work folder."""
+        every = f"-ckpt{self.checkpoint_every}" if self.checkpoint_every > 1 else ""
+        return f"{self.n}-{self.variant}-{self.layout}{every}"
 
 
 # -- the model folder and the data ------------------------------------------------------------------
@@ -203,6 +211,7 @@ def row_settings(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, out:
                      "gradient_accumulation_steps": accumulation, "warmup_ratio": 0.0,
                      "lr_scheduler_type": "constant", "logging_steps": 1, "save_steps": 10**6,
                      "gradient_checkpointing": row.layout != "fsdp",  # FSDP checkpoints activations itself
+                     "checkpoint_every_n_layers": row.checkpoint_every,
                      "liger": "on" if row.variant.endswith("_liger") else "off"},
         "attn_implementation": attn, "dtype": "auto", "resume": False, "merge": False,
     }
@@ -218,12 +227,12 @@ def command_of(row: Row, settings_path: Path) -> list[str]:
 
 
 def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Path) -> Row:
-    out = work / "runs" / f"{row.n}-{row.variant}-{row.layout}"
-    settings_path = work / "runs" / f"{row.n}-{row.variant}-{row.layout}.json"
+    out = work / "runs" / row.name
+    settings_path = work / "runs" / f"{row.name}.json"
     atomic_write_json(settings_path, row_settings(args, row, model_dir, data, out))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     if not args.warm_caches:  # compile caches as empty as a fresh machine's
-        caches = work / "runs" / f"{row.n}-{row.variant}-{row.layout}-caches"
+        caches = work / "runs" / f"{row.name}-caches"
         shutil.rmtree(caches, ignore_errors=True)
         env.update(compile_cache_env(caches))
     if "_triton" in row.variant:  # sliding layers' training calls on backends/triton_swa_train.py
@@ -234,9 +243,8 @@ def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Pat
         env["SWAA_FUSED_TRAIN"] = "off"
     start = time.perf_counter()
     done = subprocess.run(command_of(row, settings_path), cwd=work, env=env, capture_output=True, text=True)
-    (work / "runs" / f"{row.n}-{row.variant}-{row.layout}.log").write_text(done.stdout + done.stderr)
-    log.info("n=%d %s %s: exit %d after %.0f s", row.n, row.variant, row.layout, done.returncode,
-             time.perf_counter() - start)
+    (work / "runs" / f"{row.name}.log").write_text(done.stdout + done.stderr)
+    log.info("%s: exit %d after %.0f s", row.name, done.returncode, time.perf_counter() - start)
     if done.returncode != 0:
         text = done.stdout + done.stderr
         row.ok = False
@@ -282,21 +290,26 @@ def rel(a: float, b: float) -> float:
 
 
 def cross_check(rows: list[Row]) -> None:
-    """Liger vs not (first-step loss, grad norm), the Triton kernel vs the backend's, and 2 GPUs vs 1
-    GPU at the same global batch (losses). Rewrites every row's check (called after each new row)."""
+    """Liger vs not (first-step loss, grad norm), the Triton kernel vs the backend's, checkpointing 1 in
+    k layers vs every layer, and 2 GPUs vs 1 GPU at the same global batch (losses). Rewrites every row's
+    check (called after each new row)."""
     by_key = {r.key: r for r in rows if r.losses}
     for row in rows:
         if not row.losses:
             continue
         texts = []
-        for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel")):
-            base = by_key.get((row.n, row.variant.replace(marker, ""), row.layout)) if marker in row.variant else None
+        bases = [(row.variant.replace(marker, ""), row.checkpoint_every, what)
+                 for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel")) if marker in row.variant]
+        if row.checkpoint_every > 1:
+            bases.append((row.variant, 1, "checkpointing every layer"))
+        for variant, every, what in bases:
+            base = by_key.get((row.n, variant, row.layout, every))
             if base is not None:
                 e_loss, e_grad = rel(row.losses[0], base.losses[0]), rel(row.grad_norm, base.grad_norm)
                 texts.append(f"vs {what}: loss {e_loss:.1e}, grad norm {e_grad:.1e}")
                 row.ok &= e_loss < LOSS_RTOL and e_grad < GRAD_NORM_RTOL
         if row.layout in ("ddp", "fsdp"):
-            base = by_key.get((row.n, row.variant, "1gpu_accum2"))
+            base = by_key.get((row.n, row.variant, "1gpu_accum2", row.checkpoint_every))
             if base is not None:
                 common = min(len(row.losses), len(base.losses))
                 worst = max(rel(a, b) for a, b in zip(row.losses[:common], base.losses[:common]))
@@ -334,12 +347,15 @@ def fmt(x: float, spec: str) -> str:
 
 
 def format_row(args: SFTSpeedArgs, row: Row, rows: list[Row]) -> str:
-    stock = next((r for r in rows if r.n == row.n and r.variant == "stock" and r.layout == row.layout), None)
+    stock = next((r for r in rows if r.n == row.n and r.variant == "stock" and r.layout == row.layout
+                  and r.checkpoint_every == row.checkpoint_every), None)  # fmt: skip
     ratio = "-"
     if stock is not None and row.tokens_per_s == row.tokens_per_s and stock.tokens_per_s == stock.tokens_per_s:
         ratio = f"{row.tokens_per_s / stock.tokens_per_s:.2f}x"
     attn = "sdpa" if args.tiny else "flex"
     label = LABELS[row.variant].format(W=args.window, k=args.keep_first, attn=attn)
+    if row.checkpoint_every > 1:
+        label += f", checkpointing 1 in {row.checkpoint_every} layers"
     verdict = ("ok" if row.ok else "FAIL") + (f" ({row.note})" if row.note else "")
     if row.note.startswith("skipped"):
         verdict = row.note
@@ -395,7 +411,7 @@ def report(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     order = {k: i for i, k in enumerate(VARIANTS)}
-    ordered = sorted(rows, key=lambda r: (r.n, LAYOUTS.index(r.layout), order[r.variant]))
+    ordered = sorted(rows, key=lambda r: (r.n, LAYOUTS.index(r.layout), order[r.variant], r.checkpoint_every))
     return "\n".join(lines + [format_row(args, r, rows) for r in ordered]) + "\n"
 
 
@@ -416,8 +432,9 @@ def save(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -> 
 
 
 def wanted_rows(args: SFTSpeedArgs) -> list[Row]:
-    return [Row(n, variant, layout, steps=steps_of(args, n, variant))
-            for n in args.sizes for layout in args.layouts for variant in args.variants]
+    return [Row(n, variant, layout, steps=steps_of(args, n, variant), checkpoint_every=every)
+            for n in args.sizes for layout in args.layouts for variant in args.variants for every in args.checkpoint_every
+            if every == 1 or layout != "fsdp"]  # FSDP checkpoints with its own wrapper, every layer
 
 
 def main(args: SFTSpeedArgs) -> int:
@@ -479,8 +496,13 @@ def parse_args(argv: list[str] | None = None) -> SFTSpeedArgs:
     p.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, well under a minute")
     p.add_argument("--warm-caches", action="store_true",
                    help="share Triton / inductor compile caches between rows (default: each row starts empty)")
+    p.add_argument("--checkpoint-every", default="1",
+                   help="comma-separated training.checkpoint_every_n_layers values, one row each (1: every layer)")
     a = p.parse_args(argv)
-    return SFTSpeedArgs(sizes=tuple(int(s) for s in a.sizes.split(",")), variants=tuple(a.variants.split(",")),
+    every = tuple(int(s) for s in a.checkpoint_every.split(","))
+    if min(every) < 1:
+        p.error(f"--checkpoint-every: each value must be an integer >= 1, got {a.checkpoint_every!r}")
+    return SFTSpeedArgs(checkpoint_every=every, sizes=tuple(int(s) for s in a.sizes.split(",")), variants=tuple(a.variants.split(",")),
                         layouts=tuple(a.layouts.split(",")), steps=a.steps, budget_s=a.budget_s, work_dir=a.work_dir,
                         out=a.out, resume=a.resume, tiny=a.tiny, warm_caches=a.warm_caches,
                         given=given_options(p, argv))

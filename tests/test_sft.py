@@ -11,6 +11,7 @@ import pytest
 import torch
 from reference import RefRule, reference_logits, reference_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from swaa_patch import SWAAConfig, apply_swaa, remove_swaa
 from swaa_patch.data.synthetic import generate_task, tokenizer_counter
@@ -88,6 +89,9 @@ def test_shipped_settings_parse():
     ({"data": {"response_field": "completion"}}, "datasets[0]: dataset"),
     ({"data": {"min_length": 5000}}, "data.min_length: must be <= max_length"),
     ({"training": {"max_steps": 0}}, "training.max_steps: must be -1"),
+    ({"training": {"checkpoint_every_n_layers": 0}}, "training.checkpoint_every_n_layers: must be an integer >= 1"),
+    ({"training": {"gradient_checkpointing": False, "checkpoint_every_n_layers": 2}},
+     "training.checkpoint_every_n_layers: picks which layers gradient checkpointing recomputes"),
 ])
 def test_settings_errors_name_the_json_path(tiny, tmp_path, patch, message):
     model_dir, data, _ = tiny
@@ -254,6 +258,78 @@ class Steps(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seen.append(state.global_step)
+
+
+def test_checkpointing_every_nth_layer_recomputes_only_those_and_trains_the_same(tiny, tmp_path):
+    """training.checkpoint_every_n_layers reaches transformers' every_n_layers: in a training step the
+    checkpointed layers run forward twice (the recompute), the others once, and the losses are those of
+    checkpointing every layer (recomputing changes no number)."""
+    losses, calls = {}, {}
+    for n in (1, 2):
+        trainer = build_trainer(make_settings(tiny, tmp_path / str(n), max_steps=3, logging_steps=1,
+                                              checkpoint_every_n_layers=n))  # fmt: skip
+        layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        assert len(layers) >= 2
+        calls[n] = [0] * len(layers)
+        for i, layer in enumerate(layers):  # the layer's MLP: transformers checkpoints forward, not the hooks
+            layer.mlp.register_forward_pre_hook(lambda *_, i=i, n=n: calls[n].__setitem__(i, calls[n][i] + 1))
+        trainer.train()
+        losses[n] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert [layer.gradient_checkpointing for layer in layers] == [i % n == 0 for i in range(len(layers))]
+    assert calls[1] == [6] * len(calls[1])  # 3 steps x (forward + recompute)
+    assert calls[2] == [6 if i % 2 == 0 else 3 for i in range(len(calls[2]))]
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5) and len(losses[1]) == 3
+
+
+def test_lora_inputs_skip_pefts_cast_under_autocast_and_give_the_same_numbers(tiny):
+    """lora_inputs_uncast: under bf16 autocast, LoRA layers (float32 adapters on a bf16 base) without peft's
+    input cast take the bf16 activation as it is, and the loss and every LoRA gradient are bit-identical
+    to peft's cast path (bf16 -> float32 -> bf16 is exact)."""
+    from peft import get_peft_model
+
+    from swaa_patch.training.settings import LoraSettings
+    from swaa_patch.training.sft import lora_config, lora_inputs_uncast
+
+    model_dir, _, _ = tiny
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = get_peft_model(base, lora_config(LoraSettings(r=4, alpha=8, dropout=0.0)))
+    for name, p in model.named_parameters():  # B starts at zero: give the adapters something to say
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    ids = torch.randint(3, 200, (1, 48))
+    lora_a = [m for n, m in model.named_modules() if n.endswith("lora_A.default")]
+    assert lora_a and all(m.weight.dtype == torch.float32 for m in lora_a)
+    results = {}
+    for uncast in (False, True):
+        seen = set()
+        hooks = [m.register_forward_pre_hook(lambda _, a, seen=seen: seen.add(a[0].dtype)) for m in lora_a]
+        model.zero_grad()
+        with lora_inputs_uncast(model, mixed_precision=uncast), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[uncast] = (loss.detach(), grads, seen)
+    assert results[False][2] == {torch.float32} and results[True][2] == {torch.bfloat16}
+    assert torch.equal(results[False][0], results[True][0])
+    assert all(torch.equal(results[False][1][n], g) for n, g in results[True][1].items())
+    assert all(m.cast_input_dtype_enabled for n, m in model.named_modules() if n.endswith(".q_proj"))  # restored
+
+
+def test_training_under_mixed_precision_runs_without_lora_input_casts(tiny, tmp_path):
+    class Flags(TrainerCallback):
+        seen: list[set[bool]] = []
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            self.seen.append({m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")})
+
+    trainer = build_trainer(make_settings(tiny, tmp_path / "run", max_steps=2), callbacks=(Flags(),))
+    trainer.args.bf16 = True  # what sft_config sets on a GPU; the CPU run itself stays float32
+    trainer.train()
+    assert Flags.seen == [{False}, {False}]
+    assert {m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled")} == {True}
 
 
 def test_resume_continues_from_the_step_it_stopped_at(tiny, tmp_path):

@@ -48,6 +48,22 @@ def test_tiny_triton_row_trains_on_the_kernel_and_matches_the_backend(tmp_path):
     assert calls["triton"] > 0 and set(calls) <= {"triton", "no grad"}, calls  # every training call took it
 
 
+def test_tiny_row_checkpointing_every_second_layer_matches_every_layer(tmp_path):
+    """--checkpoint-every 1,2: one row each, the second's `swaa sft` run with
+    training.checkpoint_every_n_layers 2, checked against the first (same first loss and gradient norm)."""
+    out = tmp_path / "sft_speed.md"
+    argv = ["--tiny", "--variants", "swaa", "--checkpoint-every", "1,2", "--out", str(out),
+            "--work-dir", str(tmp_path / "work")]  # fmt: skip
+    assert sft_speed.main(sft_speed.parse_args(argv)) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 1 | 96 |")]
+    assert len(rows) == 2 and ", checkpointing 1 in 2 layers |" in rows[1] and rows[1].endswith("| ok |"), rows
+    assert "vs checkpointing every layer: loss" in rows[1]
+    settings = json.loads((tmp_path / "work" / "runs" / "96-swaa-1gpu-ckpt2.json").read_text())
+    assert settings["training"]["checkpoint_every_n_layers"] == 2
+    with pytest.raises(SystemExit):
+        sft_speed.parse_args(["--checkpoint-every", "0"])
+
+
 def test_checks_compare_liger_with_its_base_and_two_gpus_with_one():
     row = sft_speed.Row
     rows = [row(32, "swaa", "1gpu", losses=[10.0, 9.0], grad_norm=1.0),

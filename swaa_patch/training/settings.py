@@ -118,6 +118,9 @@ class TrainSettings:
     save_total_limit: int | None = 3
     seed: int = 0
     gradient_checkpointing: bool = True
+    # transformers' every_n_layers: checkpoint every n-th decoder layer; the others keep their activations
+    # (no recomputed forward there: faster, at the memory of n-1 of every n layers' activations)
+    checkpoint_every_n_layers: int = 1
     report_to: str = "none"
     liger: str = "auto"  # Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on for CUDA), on, off
 
@@ -249,12 +252,17 @@ def parse_training(value: Any, path: str) -> TrainSettings:
         "save_total_limit": lambda v, p: as_int(v, p, minimum=1, allow_none=True),
         "seed": lambda v, p: as_int(v, p, minimum=0),
         "gradient_checkpointing": as_bool,
+        "checkpoint_every_n_layers": lambda v, p: as_int(v, p, minimum=1),
         "report_to": lambda v, p: as_str(v, p, REPORT_TO),
         "liger": lambda v, p: as_str(v, p, LIGER_MODES),
     }
     out = read_fields(value, path, readers)
     if out.get("max_steps") == 0:
         raise fail(join(path, "max_steps"), "must be -1 (use num_train_epochs) or >= 1, got 0")
+    if out.get("checkpoint_every_n_layers", 1) > 1 and not out.get("gradient_checkpointing", True):
+        raise fail(join(path, "checkpoint_every_n_layers"),
+                   f"picks which layers gradient checkpointing recomputes; it must be 1 (or left out) when "
+                   f"training.gradient_checkpointing is false, got {out['checkpoint_every_n_layers']}")
     return TrainSettings(**out)
 
 

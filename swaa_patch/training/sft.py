@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from .checkpoints import (
 )
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
-from .settings import LoraSettings, SFTSettings
+from .settings import LoraSettings, SFTSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +121,24 @@ def lora_config(lora: LoraSettings):
     )
 
 
-def checkpointing_argument() -> str:
-    """transformers renamed ``gradient_checkpointing`` to ``activation_checkpointing`` (the old name
-    is a deprecated alias there, and the only name before): use whichever this version defines."""
+def checkpointing_arguments(t: TrainSettings) -> dict[str, Any]:
+    """The checkpointing switch and its kwargs under this version's names: transformers renamed
+    ``gradient_checkpointing(_kwargs)`` to ``activation_checkpointing(_kwargs)`` (the old names are
+    deprecated aliases there, and the only names before). ``every_n_layers`` is transformers' own
+    (Trainer hands it to the model's checkpointing_enable, 5.17 and later)."""
     names = {f.name for f in dataclasses.fields(SFTConfig)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    out: dict[str, Any] = {name: t.gradient_checkpointing}
+    if t.gradient_checkpointing and t.checkpoint_every_n_layers > 1:
+        out[f"{name}_kwargs"] = {"every_n_layers": t.checkpoint_every_n_layers}
+    return out
 
 
 def sft_config(settings: SFTSettings) -> SFTConfig:
     """trl/transformers arguments from the settings (the one place they are mapped)."""
     t, d = settings.training, settings.data
     return SFTConfig(
-        **{checkpointing_argument(): t.gradient_checkpointing},
+        **checkpointing_arguments(t),
         output_dir=str(settings.output_dir),
         learning_rate=t.learning_rate,
         num_train_epochs=t.num_train_epochs,
@@ -159,6 +166,18 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
     )
 
 
+def lora_inputs_uncast(model: Any, mixed_precision: bool) -> AbstractContextManager[None]:
+    """peft casts each LoRA layer's input to the adapter's dtype (float32 adapters on a bf16 base): a
+    float32 copy of the whole activation per adapted projection, which autocast turns straight back into
+    bf16 for the adapter's matmul. Under mixed precision the round trip changes no number (bf16 -> float32
+    -> bf16 is exact) and costs time: with its backward, ~15 % of a 32K LoRA step's GPU time on an H200
+    (benchmarks/results/sft_profile.md). peft's own switch turns it off for the training run only (without
+    autocast, e.g. generating with the trained model, the cast is needed)."""
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model, active=mixed_precision)
+
+
 # -- trainer ------------------------------------------------------------------------------------
 class SWAASFTTrainer(SFTTrainer):
     """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs).
@@ -177,7 +196,8 @@ class SWAASFTTrainer(SFTTrainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
-        return super().train(*args, **kwargs)
+        with lora_inputs_uncast(self.model, mixed_precision=self.args.bf16 or self.args.fp16):
+            return super().train(*args, **kwargs)
 
     def restore_kernels(self) -> None:
         if self.liger is not None:

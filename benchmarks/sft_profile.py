@@ -1,0 +1,192 @@
+"""Where one `swaa sft` training step spends its time: the GPU kernels of a profiled step, by kind.
+
+The row is ``sft_speed.py``'s (the same model folder, data and settings: Qwen3-4B shape, LoRA r 16 on
+every projection, gradient checkpointing, batch 1, one n-token example per step), trained in this
+process by ``swaa_patch.training.sft.build_trainer``. Steps before ``--profile-step`` warm up (the first
+compiles); that step runs under torch.profiler between two CUDA synchronisations. The report gives
+the step's wall time, the GPU's kernel time (wall minus kernels: the GPU idle, waiting for the host),
+the kernel time by kind (matmuls, SWAA's attention kernels, Liger's, elementwise and copies, the rest)
+and the top kernels. A step that recomputes its checkpointed layers runs their forward kernels twice:
+``--checkpoint-every`` shows the price of that next to a row that keeps more activations.
+
+    python benchmarks/sft_profile.py --n 32768 --variant swaa_triton_liger   # on the GPU, ~2 min
+    python benchmarks/sft_profile.py --tiny                                  # the CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import platform
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import transformers
+from torch.profiler import ProfilerActivity, profile
+from transformers import TrainerCallback
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench_common import kernel_table, with_tiny_defaults  # noqa: E402  (this folder is on sys.path)
+from sft_speed import (  # noqa: E402
+    LABELS,
+    TINY,
+    TINY_DEFAULTS,
+    VARIANTS,
+    Row,
+    SFTSpeedArgs,
+    build_model_folder,
+    row_settings,
+    write_data,
+)
+
+from swaa_patch.backends import triton_swa_train  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
+from swaa_patch.training.settings import parse_sft  # noqa: E402
+from swaa_patch.training.sft import build_trainer  # noqa: E402
+
+from shapes import QWEN3_4B  # noqa: E402
+
+log = logging.getLogger("sft_profile")
+
+# Kernel kinds, first match wins (names as the profiler reports them on an H200 with torch 2.11).
+KINDS = (
+    ("matmul", re.compile(r"nvjet|gemm|cutlass|xmma|splitKreduce|cublas", re.I)),
+    ("attention", re.compile(r"swa_sink|sink_merge|flex_attention|sdpa|flash|fmha|attention", re.I)),
+    ("Liger", re.compile(r"liger|rms_norm|swiglu|rope|cross_entropy|element_mul", re.I)),
+    ("communication", re.compile(r"nccl", re.I)),
+    ("elementwise / copies", re.compile(r"elementwise|vectorized|unrolled|copy|cast|fill|reduce|cat|index", re.I)),
+)
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
+
+
+class ProfileStep(TrainerCallback):
+    """Profiles the training step numbered ``step`` (1-based), synchronising the GPU at both ends."""
+
+    def __init__(self, step: int, device: torch.device) -> None:
+        self.step, self.device = step, device
+        self.prof = None
+        self.wall_s = float("nan")
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            self._sync()
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self.prof = profile(activities=activities)
+            self.prof.__enter__()
+            self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.prof is not None and state.global_step == self.step:
+            self._sync()
+            self.wall_s = time.perf_counter() - self._start
+            self.prof.__exit__(None, None, None)
+
+
+def speed_args(args: argparse.Namespace) -> SFTSpeedArgs:
+    """sft_speed.py's arguments for this one row (its tiny defaults on the CPU)."""
+    speed = SFTSpeedArgs(tiny=args.tiny, work_dir=args.work_dir)
+    if args.tiny:
+        speed = with_tiny_defaults(speed, TINY_DEFAULTS)
+    return replace(speed, sizes=(args.n,), steps=args.profile_step)
+
+
+def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[ProfileStep, Row, list[float]]:
+    shape = TINY if args.tiny else QWEN3_4B
+    work = Path(args.work_dir).resolve()
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    model_dir = build_model_folder(speed, shape, work)
+    data, tokens = write_data(speed, model_dir, work, args.n, args.profile_step * 2)
+    row = Row(args.n, args.variant, "1gpu", tokens=tokens, steps=args.profile_step, checkpoint_every=args.checkpoint_every)
+    out = work / "runs" / f"profile-{row.name}"
+    settings = parse_sft(row_settings(speed, row, model_dir, data, out))
+    # the kernel the row names (sft_speed.run_row sets the same variable for its subprocess)
+    kernel = ("force" if args.tiny else "triton") if "_triton" in args.variant else "off"
+    callback = ProfileStep(args.profile_step, torch.device("cpu" if args.tiny else "cuda"))
+    with triton_swa_train.fused_train(kernel):
+        trainer = build_trainer(settings, callbacks=(callback,))
+        trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return callback, row, losses
+
+
+def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep, row: Row, losses: list[float]) -> str:
+    gpu_us, kernels, top = kernel_table(callback.prof, 1)
+    by_kind: dict[str, float] = {}
+    for name, us, _ in top:
+        by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
+    wall_ms = callback.wall_s * 1e3
+    device = "CPU" if args.tiny else torch.cuda.get_device_name()
+    label = LABELS[row.variant].format(W=speed.window, k=speed.keep_first, attn="sdpa" if args.tiny else "flex")
+    if row.checkpoint_every > 1:
+        label += f", checkpointing 1 in {row.checkpoint_every} layers"
+    lines = [
+        "# One `swaa sft` training step, profiled: where the GPU time goes",
+        "",
+        f"- date: {datetime.date.today()}; device: {device}; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, python {platform.python_version()}",
+        f"- row: {label}; n = {row.n} tokens ({row.tokens} in the example); sft_speed.py's model folder, data and "
+        f"settings; step {args.profile_step} profiled after {args.profile_step - 1} warm-up step(s); losses "
+        + " / ".join(f"{x:.4f}" for x in losses),
+        f"- step wall {wall_ms:.1f} ms ({row.tokens / callback.wall_s:,.0f} tok/s); GPU kernels {gpu_us / 1e3:.1f} ms "
+        f"({kernels} launches); GPU idle (wall - kernels) {wall_ms - gpu_us / 1e3:.1f} ms",
+        "",
+        "| kind | ms | share of kernel time |",
+        "| --- | --- | --- |",
+    ]
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {kind} | {us / 1e3:.1f} | {100 * us / max(gpu_us, 1e-9):.1f} % |")
+    lines += ["", f"## Top {args.top} kernels", "", "| kernel | kind | ms | launches |", "| --- | --- | --- | --- |"]
+    for name, us, count in top[: args.top]:
+        lines.append(f"| `{name[:110]}` | {kind_of(name)} | {us / 1e3:.2f} | {count:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=32768, help="tokens per example")
+    p.add_argument("--variant", default="swaa_triton_liger", choices=VARIANTS)
+    p.add_argument("--checkpoint-every", type=int, default=1, help="training.checkpoint_every_n_layers")
+    p.add_argument("--profile-step", type=int, default=3, help="the step profiled (earlier ones warm up)")
+    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
+    p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
+    p.add_argument("--out", default="benchmarks/results/sft_profile.md")
+    args = p.parse_args(argv)
+    if args.profile_step < 2:
+        p.error(f"--profile-step: must be >= 2 (the first step compiles), got {args.profile_step}")
+    if args.checkpoint_every < 1:
+        p.error(f"--checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    if args.tiny:
+        args.n = TINY_DEFAULTS["sizes"][0]
+        if args.variant.endswith("_liger"):
+            p.error("--tiny: Liger's kernels need a GPU; pick a variant without _liger")
+    elif not torch.cuda.is_available():
+        raise SystemExit("sft_profile.py needs a CUDA device (or --tiny)")
+    speed = speed_args(args)
+    callback, row, losses = train_and_profile(args, speed)
+    if callback.prof is None:
+        raise SystemExit(f"step {args.profile_step} never ran: the data has fewer steps")
+    text = report(args, speed, callback, row, losses)
+    atomic_write_text(args.out, text)
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.exit(main())
