@@ -35,13 +35,14 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_common import kernel_table, with_tiny_defaults  # noqa: E402  (this folder is on sys.path)
 from sft_speed import (  # noqa: E402
-    LABELS,
     TINY,
     TINY_DEFAULTS,
     VARIANTS,
     Row,
     SFTSpeedArgs,
     build_model_folder,
+    fused_train_mode,
+    row_label,
     row_settings,
     write_data,
 )
@@ -87,14 +88,14 @@ class ProfileStep(TrainerCallback):
             self._sync()
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
             self.prof = profile(activities=activities)
-            self.prof.__enter__()
+            self.prof.start()
             self._start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.prof is not None and state.global_step == self.step:
             self._sync()
             self.wall_s = time.perf_counter() - self._start
-            self.prof.__exit__(None, None, None)
+            self.prof.stop()
 
 
 def speed_args(args: argparse.Namespace) -> SFTSpeedArgs:
@@ -115,9 +116,8 @@ def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[Pr
     out = work / "runs" / f"profile-{row.name}"
     settings = parse_sft(row_settings(speed, row, model_dir, data, out))
     # the kernel the row names (sft_speed.run_row sets the same variable for its subprocess)
-    kernel = ("force" if args.tiny else "triton") if "_triton" in args.variant else "off"
     callback = ProfileStep(args.profile_step, torch.device("cpu" if args.tiny else "cuda"))
-    with triton_swa_train.fused_train(kernel):
+    with triton_swa_train.fused_train(fused_train_mode(speed, row)):
         trainer = build_trainer(settings, callbacks=(callback,))
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -131,9 +131,7 @@ def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep,
         by_kind[kind_of(name)] = by_kind.get(kind_of(name), 0.0) + us
     wall_ms = callback.wall_s * 1e3
     device = "CPU" if args.tiny else torch.cuda.get_device_name()
-    label = LABELS[row.variant].format(W=speed.window, k=speed.keep_first, attn="sdpa" if args.tiny else "flex")
-    if row.checkpoint_every > 1:
-        label += f", checkpointing 1 in {row.checkpoint_every} layers"
+    label = row_label(speed, row)
     lines = [
         "# One `swaa sft` training step, profiled: where the GPU time goes",
         "",

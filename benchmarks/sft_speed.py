@@ -226,6 +226,14 @@ def command_of(row: Row, settings_path: Path) -> list[str]:
             "--num_processes", str(processes), *cli]
 
 
+def fused_train_mode(args: SFTSpeedArgs, row: Row) -> str:
+    """The row's SWAA_FUSED_TRAIN: its sliding layers' training calls on backends/triton_swa_train.py
+    for a ``_triton`` variant, else the backend's own kernel (flex for SWAA rows) whatever the default."""
+    if "_triton" not in row.variant:
+        return "off"
+    return "force" if args.tiny else "triton"
+
+
 def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Path) -> Row:
     out = work / "runs" / row.name
     settings_path = work / "runs" / f"{row.name}.json"
@@ -235,12 +243,9 @@ def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Pat
         caches = work / "runs" / f"{row.name}-caches"
         shutil.rmtree(caches, ignore_errors=True)
         env.update(compile_cache_env(caches))
-    if "_triton" in row.variant:  # sliding layers' training calls on backends/triton_swa_train.py
-        env["SWAA_FUSED_TRAIN"] = "force" if args.tiny else "triton"
-        if args.tiny:
-            env["TRITON_INTERPRET"] = "1"  # the kernels on Triton's CPU interpreter
-    else:  # the backend's own kernel (flex for SWAA rows), whatever the default
-        env["SWAA_FUSED_TRAIN"] = "off"
+    env["SWAA_FUSED_TRAIN"] = fused_train_mode(args, row)
+    if args.tiny and "_triton" in row.variant:
+        env["TRITON_INTERPRET"] = "1"  # the kernels on Triton's CPU interpreter
     start = time.perf_counter()
     done = subprocess.run(command_of(row, settings_path), cwd=work, env=env, capture_output=True, text=True)
     (work / "runs" / f"{row.name}.log").write_text(done.stdout + done.stderr)
@@ -346,16 +351,21 @@ def fmt(x: float, spec: str) -> str:
     return "-" if x != x else format(x, spec)
 
 
+def row_label(args: SFTSpeedArgs, row: Row) -> str:
+    attn = "sdpa" if args.tiny else "flex"
+    label = LABELS[row.variant].format(W=args.window, k=args.keep_first, attn=attn)
+    if row.checkpoint_every > 1:
+        label += f", checkpointing 1 in {row.checkpoint_every} layers"
+    return label
+
+
 def format_row(args: SFTSpeedArgs, row: Row, rows: list[Row]) -> str:
     stock = next((r for r in rows if r.n == row.n and r.variant == "stock" and r.layout == row.layout
                   and r.checkpoint_every == row.checkpoint_every), None)  # fmt: skip
     ratio = "-"
     if stock is not None and row.tokens_per_s == row.tokens_per_s and stock.tokens_per_s == stock.tokens_per_s:
         ratio = f"{row.tokens_per_s / stock.tokens_per_s:.2f}x"
-    attn = "sdpa" if args.tiny else "flex"
-    label = LABELS[row.variant].format(W=args.window, k=args.keep_first, attn=attn)
-    if row.checkpoint_every > 1:
-        label += f", checkpointing 1 in {row.checkpoint_every} layers"
+    label = row_label(args, row)
     verdict = ("ok" if row.ok else "FAIL") + (f" ({row.note})" if row.note else "")
     if row.note.startswith("skipped"):
         verdict = row.note

@@ -320,15 +320,17 @@ def test_lora_inputs_skip_pefts_cast_under_autocast_and_give_the_same_numbers(ti
 
 def test_training_under_mixed_precision_runs_without_lora_input_casts(tiny, tmp_path):
     class Flags(TrainerCallback):
-        seen: list[set[bool]] = []
+        def __init__(self) -> None:
+            self.seen: list[set[bool]] = []
 
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             self.seen.append({m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")})
 
-    trainer = build_trainer(make_settings(tiny, tmp_path / "run", max_steps=2), callbacks=(Flags(),))
+    flags = Flags()
+    trainer = build_trainer(make_settings(tiny, tmp_path / "run", max_steps=2), callbacks=(flags,))
     trainer.args.bf16 = True  # what sft_config sets on a GPU; the CPU run itself stays float32
     trainer.train()
-    assert Flags.seen == [{False}, {False}]
+    assert flags.seen == [{False}, {False}]
     assert {m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled")} == {True}
 
 
