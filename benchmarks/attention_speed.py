@@ -52,6 +52,7 @@ log = logging.getLogger("attention_speed")
 CUDNN_SWA = "cudnn window + triton sink merge, SWA+sink fwd"
 CUDNN_BAND = "cudnn window alone (no sinks: not the rule) fwd"
 TRITON_TRAIN = "triton SWA+sink (band-cost backward) fwd+bwd"
+CUDNN_TRAIN = "cudnn window fwd+bwd + triton sinks (training default on Hopper) fwd+bwd"
 OUT_TOL = 2e-2  # bf16 operands: 1e-3..1e-2 expected
 LSE_TOL = 1e-3
 DQ_TOL = 5e-2
@@ -246,7 +247,14 @@ class Case:
         return cudnn_swa.window_attention(q, k, v, self.args.window, self.scaling)
 
     def triton_trainable(self, q, k, v):
-        return trainable_swa_sink_attention(q, k, v, self.args.window, self.args.keep_first, self.scaling)
+        return trainable_swa_sink_attention(
+            q, k, v, self.args.window, self.args.keep_first, self.scaling, kernel="triton"
+        )
+
+    def cudnn_trainable(self, q, k, v):
+        return trainable_swa_sink_attention(
+            q, k, v, self.args.window, self.args.keep_first, self.scaling, kernel="cudnn"
+        )
 
     def triton_full(self, q, k, v):
         return swa_sink_attention(q, k, v, None, 0, self.scaling)
@@ -355,6 +363,8 @@ def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
             ("flex SWA+sink fwd+bwd", lambda: backward_row(case, "flex SWA+sink fwd+bwd", case.flex, W)),
             (TRITON_TRAIN, lambda: backward_row(case, TRITON_TRAIN, case.triton_trainable, W)),
         ]
+        if cudnn_swa.frontend_available():
+            plans.append((CUDNN_TRAIN, lambda: backward_row(case, CUDNN_TRAIN, case.cudnn_trainable, W)))
     rows = []
     for name, run in plans:
         log.info("n=%d %s", n, name)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
-# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_long]
+# Usage on the lent GPU:  bash benchmarks/run_gpu.sh [stash_wheels] [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
+#                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
 #                                                  [sft_stock_long] [sft_profile] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 #                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
@@ -15,12 +15,31 @@ parts=("$@")
 # `swaa sft` rows accumulate in .sft_speed/ (kept between calls on a warm machine; on a fresh one, carry the
 # sft_speed.json an earlier call returned as .sft_speed/sft_speed.json); trl, datasets and Liger come as wheels
 # (bash benchmarks/sft_wheels.sh here, then carry .whl). sft_speed prints its time plan first.
-install_sft_wheels() {  # trl, datasets, liger-kernel (carried as .whl/sft) for `swaa sft` and train-demo's Liger
-  if [ -d .whl/sft ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/sft/*.whl
-    export PYTHONPATH="/tmp/site:$PYTHONPATH"
-  fi
+STASH=/tmp/swaa_wheels  # the first half of a two-call carry (sft_wheels.sh), kept while the machine stays warm
+assemble_wheels() {  # .whl/carry2 + the stashed .whl/carry1 -> .whl/sft and .whl/cudnn (pyarrow's halves joined, sha256 checked)
+  [ -d .whl/carry2 ] || return 0
+  [ -d "$STASH" ] || { echo "run_gpu.sh: .whl/carry2 without the stashed first half: run 'stash_wheels' with carry1 just before" >&2; exit 3; }
+  mkdir -p .whl/sft .whl/cudnn
+  for sum in .whl/carry2/*.sha256; do
+    wheel=$(basename "$sum" .sha256)
+    cat "$STASH/$wheel.part.aa" ".whl/carry2/$wheel.part.ab" > ".whl/sft/$wheel"
+    (cd .whl/sft && sha256sum -c --quiet "../../$sum")
+  done
+  find .whl/carry2 -name '*.whl' -exec cp {} .whl/sft/ \;
+  find "$STASH" -name '*.whl' -exec cp {} .whl/cudnn/ \;
 }
+install_wheels() {  # install_wheels DIR...: carried wheels (bash benchmarks/sft_wheels.sh here, carry .whl) onto PYTHONPATH
+  assemble_wheels
+  for dir in "$@"; do
+    if [ -d "$dir" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
+      case ":$PYTHONPATH:" in *":/tmp/site:"*) ;; *) export PYTHONPATH="/tmp/site:$PYTHONPATH" ;; esac
+    fi
+  done
+}
+install_cudnn_wheel() { install_wheels .whl/cudnn; }  # cudnn-frontend: cuDNN's sliding window (prefill and training)
+# trl, datasets, liger-kernel (.whl/sft) for `swaa sft` and train-demo's Liger, and cudnn-frontend for the training path
+install_sft_wheels() { install_wheels .whl/sft .whl/cudnn; }
 sft_speed() {
   install_sft_wheels
   python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
@@ -37,18 +56,20 @@ decode_speed() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 for part in "${parts[@]}"; do
   case "$part" in
+    stash_wheels) mkdir -p "$STASH" && cp .whl/carry1/* "$STASH/" && ls -la "$STASH" ;;  # call 1 of sft_wheels.sh's two
     kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
     correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
-    speed) python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
+    speed) install_cudnn_wheel; python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
     # the trainable Triton kernel (SWAA_FUSED_TRAIN): its float64 tests on the GPU, then every attention row
     # (its fwd+bwd against flex's and full-causal SDPA's, dq checked in the run): ~6 min
     train_kernel)
-      python3 -m pytest -q -p no:cacheprovider tests/test_triton_swa_train.py 2>&1 | tee "$OUT/train_kernel_tests.log"
+      install_cudnn_wheel
+      python3 -m pytest -q -p no:cacheprovider tests/test_triton_swa_train.py tests/test_cudnn_swa.py 2>&1 | tee "$OUT/train_kernel_tests.log"
       python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
     # the backward's launch sweep (each kernel's tiles; GPU_CONFIG is chosen from it): ~5 min
     train_tuning)
       python3 benchmarks/train_kernel_tuning.py --out "$OUT/train_kernel_tuning.md" 2>&1 | tee "$OUT/train_kernel_tuning.log" ;;
-    model_speed) python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
+    model_speed) install_cudnn_wheel; python3 benchmarks/model_speed.py --out "$OUT/model_speed.md" 2>&1 | tee "$OUT/model_speed.log" ;;
     tuning) python3 benchmarks/triton_tuning.py --out "$OUT/triton_tuning.md" 2>&1 | tee "$OUT/triton_tuning.log" ;;
     merge) python3 benchmarks/merge_tuning.py --out "$OUT/merge_tuning.md" 2>&1 | tee "$OUT/merge_tuning.log" ;;
     decode_profile) python3 benchmarks/decode_profile.py ${PROFILE_ARGS:-} --out "$OUT/decode_profile.md" 2>&1 | tee "$OUT/decode_profile.log" ;;
@@ -87,6 +108,12 @@ PY
       python3 benchmarks/job_throughput.py --work .job_throughput ${JOBS_ARGS:-} --out "$OUT/job_throughput.md" 2>&1 | tee "$OUT/job_throughput.log" ;;
     sft) sft_speed --sizes 32768,131072 --variants stock,swaa,swaa_liger ;;          # ~9 min (model build included)
     sft_triton) sft_speed --sizes 32768,131072 --variants swaa_liger,swaa_triton_liger ;;  # ~5 min: flex vs Triton
+    # the training default on Hopper (cuDNN's window fwd+bwd + Triton sinks) at every length, then stock at 32K and
+    # 128K in the same run (rows already in the state are kept: drop stock's from .sft_speed/sft_speed.json to
+    # re-measure them): ~9 min with the model build
+    sft_cudnn)
+      sft_speed --sizes 32768,65536,131072,262144 --variants swaa_cudnn_liger
+      sft_speed --sizes 32768,131072 --variants stock ;;
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
     # one profiled `swaa sft` step per variant and size (SFT_PROFILE_VARIANTS, default swaa_triton_liger;

@@ -18,7 +18,8 @@ peak GiB = the largest per-GPU torch max_memory_allocated. first step s = from t
 step's log (compiles included). A row that runs out of memory says so.
 
 Variants: `stock` (no SWAA, sdpa), `stock_liger`, `swaa` (W 2048, keep_first 100, flex_attention),
-`swaa_liger`. Layouts: `1gpu`; `1gpu_accum2` (gradient accumulation 2: the global batch of two GPUs),
+`swaa_liger`, `swaa_triton[_liger]` (the Triton fwd+bwd, SWAA_FUSED_TRAIN=triton), `swaa_cudnn[_liger]`
+(cuDNN's window fwd+bwd + the Triton sinks, SWAA_FUSED_TRAIN=auto with cudnn-frontend installed). Layouts: `1gpu`; `1gpu_accum2` (gradient accumulation 2: the global batch of two GPUs),
 `ddp`, `fsdp` (2 processes, batch 1 each). Checks: Liger vs not at the same (n, layout): first-step loss
 and grad norm; 2-GPU layouts vs `1gpu_accum2`: every step's loss (identical examples, so the data
 order cannot differ). Rows are written (atomically) after each one; `--resume` keeps the rows of an
@@ -63,12 +64,15 @@ log = logging.getLogger("sft_speed")
 
 TINY = dict(QWEN3_4B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)  # fmt: skip
-VARIANTS = ("stock", "stock_liger", "swaa", "swaa_liger", "swaa_triton", "swaa_triton_liger")
+VARIANTS = ("stock", "stock_liger", "swaa", "swaa_liger", "swaa_triton", "swaa_triton_liger", "swaa_cudnn",
+            "swaa_cudnn_liger")  # fmt: skip
 LAYOUTS = ("1gpu", "1gpu_accum2", "ddp", "fsdp")
 LABELS = {"stock": "stock (sdpa, full attention)", "stock_liger": "stock + Liger",
           "swaa": "SWAA W={W} k={k} ({attn})", "swaa_liger": "SWAA W={W} k={k} ({attn}) + Liger",
           "swaa_triton": "SWAA W={W} k={k} (Triton fwd+bwd)",
-          "swaa_triton_liger": "SWAA W={W} k={k} (Triton fwd+bwd) + Liger"}  # fmt: skip
+          "swaa_triton_liger": "SWAA W={W} k={k} (Triton fwd+bwd) + Liger",
+          "swaa_cudnn": "SWAA W={W} k={k} (cuDNN window fwd+bwd + Triton sinks)",
+          "swaa_cudnn_liger": "SWAA W={W} k={k} (cuDNN window fwd+bwd + Triton sinks) + Liger"}  # fmt: skip
 # layout -> (processes, gradient accumulation, accelerate config or None)
 LAYOUT_SETUP = {"1gpu": (1, 1, None), "1gpu_accum2": (1, 2, None), "ddp": (2, 1, "sft/accelerate_ddp.yaml"),
                 "fsdp": (2, 1, "sft/accelerate_fsdp.yaml")}  # fmt: skip
@@ -105,6 +109,7 @@ class SFTSpeedArgs:
 
 TINY_DEFAULTS = dict(sizes=(96,), window=16, keep_first=4, steps=2, stock_max_steps_above=10**9)  # fmt: skip
 CPU_SKIP = ("skipped: Liger's kernels run on a GPU (tests/test_liger.py runs them on Triton's CPU interpreter)")
+CUDNN_SKIP = "skipped: cuDNN's sliding window runs on a Hopper GPU (tests/test_triton_swa_train.py stands it in on the CPU)"
 
 
 @dataclass
@@ -227,8 +232,12 @@ def command_of(row: Row, settings_path: Path) -> list[str]:
 
 
 def fused_train_mode(args: SFTSpeedArgs, row: Row) -> str:
-    """The row's SWAA_FUSED_TRAIN: its sliding layers' training calls on backends/triton_swa_train.py
-    for a ``_triton`` variant, else the backend's own kernel (flex for SWAA rows) whatever the default."""
+    """The row's SWAA_FUSED_TRAIN: its sliding layers' training calls on backends/triton_swa_train.py's
+    Triton kernels for a ``_triton`` variant, on cuDNN's band + the Triton sinks for a ``_cudnn`` one
+    (``auto``: read_metrics fails the row if cuDNN served no call), else the backend's own kernel (flex
+    for SWAA rows) whatever the default."""
+    if "_cudnn" in row.variant:
+        return "auto"
     if "_triton" not in row.variant:
         return "off"
     return "force" if args.tiny else "triton"
@@ -282,6 +291,9 @@ def read_metrics(row: Row, out: Path) -> Row:
     row.peak_gib = max((h.get("peak_gib", math.nan) for h in steps), default=math.nan)
     if len(steps) < row.steps:
         row.ok, row.note = False, f"{len(steps)} of {row.steps} steps logged"
+    calls = saved["metrics"].get("fused_train_calls", {})
+    if "_cudnn" in row.variant and not calls.get("cudnn"):
+        row.ok, row.note = False, f"cuDNN served no attention call: {calls}"
     if not all(math.isfinite(x) for x in row.losses):
         row.ok, row.note = False, "non-finite loss"
     if row.steps == 1:
@@ -304,7 +316,8 @@ def cross_check(rows: list[Row]) -> None:
             continue
         texts = []
         bases = [(row.variant.replace(marker, ""), row.checkpoint_every, what)
-                 for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel")) if marker in row.variant]
+                 for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel"),
+                                      ("_cudnn", "the backend's kernel")) if marker in row.variant]  # fmt: skip
         if row.checkpoint_every > 1:
             bases.append((row.variant, 1, "checkpointing every layer"))
         for variant, every, what in bases:
@@ -332,7 +345,8 @@ def estimate_s(args: SFTSpeedArgs, row: Row) -> float:
     if row.variant.endswith("_liger"):
         step /= PLAN["liger_gain"]
     step *= LAYOUT_SETUP[row.layout][1]
-    compile_s = 0.0 if row.variant.startswith("stock") or "_triton" in row.variant else PLAN["compile_s"]
+    fused = "_triton" in row.variant or "_cudnn" in row.variant  # no flex compile
+    compile_s = 0.0 if row.variant.startswith("stock") or fused else PLAN["compile_s"]
     return PLAN["start_s"] + compile_s + steps_of(args, row.n, row.variant) * step
 
 
@@ -442,6 +456,9 @@ def save(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -> 
 
 
 def wanted_rows(args: SFTSpeedArgs) -> list[Row]:
+    if "fsdp" in args.layouts and max(args.checkpoint_every) > 1:
+        log.info("fsdp rows: checkpointing every layer only (FSDP checkpoints with its own wrapper); "
+                 "--checkpoint-every values above 1 plan no fsdp row")
     return [Row(n, variant, layout, steps=steps_of(args, n, variant), checkpoint_every=every)
             for n in args.sizes for layout in args.layouts for variant in args.variants for every in args.checkpoint_every
             if every == 1 or layout != "fsdp"]  # FSDP checkpoints with its own wrapper, every layer
@@ -478,7 +495,9 @@ def main(args: SFTSpeedArgs) -> int:
         if row.n not in data:
             data[row.n] = write_data(args, model_dir, work, row.n, examples)
         row.tokens = data[row.n][1]
-        if args.tiny and row.variant.endswith("_liger"):
+        if args.tiny and "_cudnn" in row.variant:
+            row.note = CUDNN_SKIP
+        elif args.tiny and row.variant.endswith("_liger"):
             row.note = CPU_SKIP
         else:
             run_row(args, row, model_dir, data[row.n][0], work)

@@ -53,3 +53,39 @@ def test_transformers_layout_keeps_its_strides():
     assert out.transpose(1, 2).is_contiguous()
     ref, _ = dense_reference(q, k, v, 64, 8, 128**-0.5)
     assert rel(out, ref) < BF16_TOL
+
+
+# (batch, heads, kv_heads, length, dim, window, keep_first): training calls (queries = keys)
+TRAIN_CASES = {
+    "gqa,tail": (2, 8, 2, 700, 128, 96, 10),
+    "k>W": (1, 4, 1, 500, 64, 40, 120),
+    "W>=len": (1, 4, 4, 300, 128, 1000, 4),
+    "no sinks": (1, 4, 2, 400, 128, 64, 0),
+    "W2048,k100": (1, 8, 2, 3000, 128, 2048, 100),
+}
+GRAD_TOL = 5e-2  # bf16 inputs and gradients, as benchmarks/attention_speed.py checks them
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES.values(), ids=TRAIN_CASES.keys())
+def test_training_gradients_match_float64_autograd(case):
+    """The training path of ``triton_swa_train`` through cuDNN (band forward + merge, cuDNN's band
+    backward fed the merged out and lse, the Triton sink tail): out, dq, dk, dv against float64
+    autograd through the dense rule, inputs in transformers' (B, L, H, D)-transposed layout."""
+    from swaa_patch.backends.triton_swa_train import trainable_swa_sink_attention
+
+    batch, heads, kv_heads, length, dim, window, keep_first = case
+    q, k, v = (
+        t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+        for t in random_qkv(batch, heads, kv_heads, length, length, dim, torch.bfloat16, seed=length)
+    )
+    grad_out = torch.randn_like(q)
+    scaling = dim**-0.5
+    out = trainable_swa_sink_attention(q, k, v, window, keep_first, scaling, kernel="cudnn")
+    out.backward(grad_out)
+    leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    ref, _ = dense_reference(*leaves, window, keep_first, scaling)
+    ref.backward(grad_out.double().cpu())
+    assert rel(out.detach(), ref.detach()) < BF16_TOL
+    for name, got, want in zip("qkv", (q.grad, k.grad, v.grad), leaves):
+        assert torch.isfinite(got).all(), name
+        assert rel(got, want.grad) < GRAD_TOL, (name, rel(got, want.grad))

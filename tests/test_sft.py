@@ -442,3 +442,22 @@ def test_cli_runs_the_shipped_tiny_settings(tmp_path):
     assert (tmp_path / "merged" / "config.json").is_file()
     assert main(["sft", str(ROOT / "settings" / "sft_tiny.json"), "--output-dir", str(tmp_path / "x"),
                  "--max-steps", "2", "--no-resume"]) == 0
+
+
+def test_training_set_fingerprint_is_a_digest_of_the_rows(monkeypatch):
+    """build_dataset never asks datasets to pickle the Arrow table for a fingerprint (that pickling
+    failed on the GPU machine's Python 3.12); the fingerprint follows the ids and labels."""
+    import datasets.arrow_dataset
+
+    from swaa_patch.training.data import Encoded, build_dataset
+
+    def refuse(dataset):
+        raise AssertionError("the table was hashed")
+
+    monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint", refuse)
+    rows = [Encoded([5, 6, 7], [-100, 6, 7]), Encoded([8, 9], [-100, 9])]
+    dataset = build_dataset(rows)
+    assert dataset["input_ids"] == [[5, 6, 7], [8, 9]] and dataset["labels"] == [[-100, 6, 7], [-100, 9]]
+    assert build_dataset(rows)._fingerprint == dataset._fingerprint
+    assert build_dataset([rows[0], Encoded([8, 9], [-100, -100])])._fingerprint != dataset._fingerprint
+    assert build_dataset([Encoded([5, 6], [7, 8])])._fingerprint != build_dataset([Encoded([5], [6, 7, 8])])._fingerprint

@@ -22,12 +22,14 @@ from test_triton_swa import dense_reference  # noqa: E402  (the forward tests' f
 from tiny import tiny_model  # noqa: E402
 
 from swaa_patch import SWAAConfig, apply_swaa  # noqa: E402
-from swaa_patch.backends import triton_swa, triton_swa_train  # noqa: E402
+from swaa_patch.backends import cudnn_swa, triton_swa, triton_swa_train  # noqa: E402
 from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
 from swaa_patch.backends.triton_swa_train import (  # noqa: E402
     BackwardConfig,
     Launch,
+    add_sink_tail_gradients,
     fused_train,
+    kernel_for,
     swa_sink_attention_backward,
     trainable_swa_sink_attention,
 )
@@ -104,6 +106,84 @@ def test_backward_matches_float64_autograd(seq, window, keep_first, config, soft
     )
 
 
+def band_backward_float64(q, k, v, out, lse, grad_out, window, scaling):
+    """What cuDNN's sliding-window backward computes when handed the rule's final ``out`` and ``lse``
+    (a float64 stand-in on the CPU; the real one: tests/test_cudnn_swa.py on a GPU): the gradients
+    of the band pairs ``0 <= i - j < window`` alone, ``dS = P * (dO V^T - rowsum(dO * O))`` with
+    ``P = exp(S - lse)``, GQA heads summed into their kv head."""
+    q, k, v, out, lse, grad_out = (t.detach().cpu().double() for t in (q, k, v, out, lse, grad_out))
+    batch, heads, seq, dim = q.shape
+    groups = heads // k.shape[1]
+    k_all, v_all = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    dist = torch.arange(seq)[:, None] - torch.arange(seq)[None, :]
+    band = (dist >= 0) & (dist < window)
+    p = torch.exp(q @ k_all.transpose(-1, -2) * scaling - lse[..., None]).masked_fill(~band, 0.0)
+    ds = p * (grad_out @ v_all.transpose(-1, -2) - (grad_out * out).sum(-1, keepdim=True))
+    dq = ds @ k_all * scaling
+    dk = (ds.transpose(-1, -2) @ q * scaling).view(batch, -1, groups, seq, dim).sum(2)
+    dv = (p.transpose(-1, -2) @ grad_out).view(batch, -1, groups, seq, dim).sum(2)
+    return dq, dk, dv
+
+
+WINDOWED_CASES = [case for case in CASES if case[1] is not None]
+
+
+@pytest.mark.parametrize("seq, window, keep_first, config", WINDOWED_CASES)
+def test_sink_tail_completes_a_window_only_backward(seq, window, keep_first, config):
+    """The cuDNN training path's decomposition: a band-only backward run with the rule's final out
+    and lse, plus add_sink_tail_gradients (the sink tail's dK/dV and dQ), is the rule's backward."""
+    q, k, v, grad_out = inputs(2, 4, 2, seq, 16, seed=seq + keep_first + 1)
+    scaling = 0.3
+    out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling)
+    dq, dk, dv = (t.to(DEVICE, q.dtype) for t in band_backward_float64(q, k, v, out, lse, grad_out, window, scaling))
+    band_only = [dq.clone(), dk.clone(), dv.clone()]
+    add_sink_tail_gradients(q, k, v, out, lse, grad_out, dq, dk, dv, window, keep_first, scaling, config=config)
+    _, expected = reference_grads(q, k, v, grad_out, window, keep_first, scaling)
+    errors = [rel(got, want) for got, want in zip((dq, dk, dv), expected)]
+    assert max(errors) < TOL, errors
+    if keep_first and seq > window:  # the tail really mattered: the band alone is wrong for the sinks
+        assert rel(band_only[0], expected[0]) > 1e-3 and rel(band_only[1], expected[1]) > 1e-3
+
+
+def test_cudnn_kernel_through_autograd_with_stand_ins(monkeypatch):
+    """``kernel="cudnn"`` wiring in the autograd Function, with cuDNN's two calls replaced by float64
+    stand-ins (window-only attention, then the real Triton sink merge; the band backward above): the
+    gradients of strided GQA inputs are the rule's."""
+
+    def window_then_merge(q, k, v, window, keep_first, scaling, offset=0):
+        band_out, band_lse = dense_reference(q, k, v, window, 0, scaling)
+        out, lse = band_out.to(q.device, q.dtype), band_lse.to(q.device, torch.float32)
+        return triton_swa.merge_sinks(q, k, v, out, lse, window, keep_first, scaling)
+
+    def band_backward(q, k, v, out, lse, grad_out, window, scaling):
+        return tuple(t.to(q.device, q.dtype) for t in band_backward_float64(q, k, v, out, lse, grad_out, window, scaling))
+
+    monkeypatch.setattr(cudnn_swa, "swa_sink_attention_cudnn", window_then_merge)
+    monkeypatch.setattr(cudnn_swa, "window_attention_backward", band_backward)
+    q, k, v, grad_out = inputs(1, 8, 2, 40, 16, seed=11)
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    out = trainable_swa_sink_attention(q, k, v, 9, 5, 0.2, kernel="cudnn")
+    out.backward(grad_out)
+    expected_out, (eq, ek, ev) = reference_grads(q, k, v, grad_out, 9, 5, 0.2)
+    assert rel(out.detach(), expected_out) < TOL
+    assert rel(q.grad, eq) < TOL and rel(k.grad, ek) < TOL and rel(v.grad, ev) < TOL
+
+
+def test_auto_takes_cudnn_only_where_it_can_serve(monkeypatch):
+    q, k, _, _ = inputs(1, 2, 1, 20, 16)
+    monkeypatch.setattr(cudnn_swa, "unusable_reason", lambda q, k, softcap, offset: None)
+    with fused_train("auto"):
+        assert kernel_for(q, k, 8, None) == "cudnn"
+        assert kernel_for(q, k, None, None) == "triton"  # full attention has no band
+    with fused_train("triton"):
+        assert kernel_for(q, k, 8, None) == "triton"
+    monkeypatch.setattr(cudnn_swa, "unusable_reason", lambda q, k, softcap, offset: "no cudnn-frontend")
+    with fused_train("auto"):
+        assert kernel_for(q, k, 8, None) == "triton"
+    with pytest.raises(ValueError, match="kernel: must be one of"):
+        trainable_swa_sink_attention(q, k, k, 8, 1, 0.3, kernel="flash")
+
+
 def test_autograd_function_with_strided_inputs_and_gqa_of_four():
     """Through torch.autograd: (B, L, H, D) tensors transposed, as transformers hands them over."""
     q, k, v, grad_out = inputs(1, 8, 2, 40, 32, seed=7)
@@ -133,7 +213,7 @@ def test_bad_inputs_are_refused_with_the_field_named():
         )
     with pytest.raises(ValueError, match="lse must be float32"):
         swa_sink_attention_backward(q, k, v, out, lse.double(), grad_out, 4, 1, 0.3)
-    with pytest.raises(ValueError, match="fused_train: must be one of \\('off', 'triton', 'force'\\)"):
+    with pytest.raises(ValueError, match="fused_train: must be one of \\('auto', 'triton', 'off', 'force'\\)"):
         triton_swa_train.set_fused_train("on")
 
 
@@ -203,9 +283,9 @@ def test_calls_it_cannot_serve_keep_the_backend_path():
 
 
 def test_default_takes_cuda_bf16_training_calls_only():
-    """The shipped default (``triton``) routes bf16 training calls on a GPU to the kernel and leaves
-    CPU calls (and float32 ones) on the backend's path."""
-    assert triton_swa_train.SETTING.get() == "triton", "the test suite must run with the shipped default"
+    """The shipped default (``auto``) routes bf16 training calls on a GPU to the kernels (cuDNN's band
+    where it can serve, else Triton) and leaves CPU calls (and float32 ones) on the backend's path."""
+    assert triton_swa_train.SETTING.get() == "auto", "the test suite must run with the shipped default"
     model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=1)).train()
     model = model.to(DEVICE, torch.bfloat16)
     ids = torch.randint(3, model.config.vocab_size, (2, 12), device=DEVICE)
@@ -213,7 +293,9 @@ def test_default_takes_cuda_bf16_training_calls_only():
     model(ids, labels=ids).loss.backward()
     layers = model.config.num_hidden_layers
     if DEVICE.type == "cuda":
-        assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == layers
+        hopper = torch.cuda.get_device_capability(DEVICE)[0] == 9
+        served = "cudnn" if hopper and cudnn_swa.frontend_available() else "triton"
+        assert triton_swa_train.PATH_COUNTS == {served: layers}
     else:
         assert triton_swa_train.PATH_COUNTS == {"device": layers}
 

@@ -14,7 +14,9 @@ cache: query i is key i): key j is visible to query i iff ``j <= i`` and (``i - 
   partial dK/dV of the sink rows per chunk (summed by the caller);
 - ``swa_sink_bwd_dkdv``: one program per (kv block, kv head), over the queries of its band
   ``j <= i < j + window`` for every q head of the group (GQA summed in the program, no atomics),
-  plus the summed sink-tail rows for the blocks holding sinks.
+  plus the summed sink-tail rows for the blocks holding sinks;
+- ``swa_sink_bwd_dq_sink_tail``: the sink tail's part of dQ, added in place to a dQ that holds the
+  band's part (cuDNN's sliding-window backward computes the band: ``triton_swa_train.py``).
 
 Imported only by ``triton_swa_train.load_backward_kernels`` (triton imported lazily, after the
 caller may have set ``TRITON_INTERPRET=1``).
@@ -313,3 +315,49 @@ def swa_sink_bwd_dkdv(
              mask=col_ok[:, None])  # fmt: skip
     tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
              mask=col_ok[:, None])  # fmt: skip
+
+
+@triton.jit
+def swa_sink_bwd_dq_sink_tail(
+    Q, K, V, DO, Lse, Delta, DQ,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    n_kv_heads, groups, seq, window, keep_first, scale, softcap, first_block,
+    HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Add to DQ, in place, the part of BLOCK_M queries' dQ that comes from the sinks they see from
+    beyond the window (``i - j >= window, j < keep_first``): what a window-only backward run with the
+    rule's final lse and delta leaves out. Grid: (q blocks from ``first_block`` on * groups,
+    batch * kv heads)."""
+    pid = tl.program_id(0)
+    bh_kv = tl.program_id(1)
+    b = bh_kv // n_kv_heads
+    h_kv = bh_kv % n_kv_heads
+    h_q = h_kv * groups + pid % groups
+    offs_m = (first_block + pid // groups) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, offs_m, stride_qb, stride_qh, stride_qm,
+                                            stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+                                            n_kv_heads * groups, seq, offs_d)  # fmt: skip
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for start_n in range(0, keep_first, BLOCK_N):
+        cols = start_n + offs_n
+        k = _load_rows(k_base, cols, stride_kn, stride_kd, offs_d, keep_first)
+        v = _load_rows(v_base, cols, stride_vn, stride_vd, offs_d, keep_first)
+        z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
+        visible = (offs_m[:, None] - cols[None, :] >= window) & (cols[None, :] < keep_first) & row_ok[:, None]
+        p = tl.where(visible, tl.exp2((z - lse[:, None]) * LOG2E), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None]) * dz
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+               + offs_d[None, :] * stride_dqd)  # fmt: skip
+    band = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0)
+    tl.store(dq_ptrs, (band.to(tl.float32) + dq).to(DQ.dtype.element_ty), mask=row_ok[:, None])

@@ -1,4 +1,4 @@
-"""SWA+sink prefill through cuDNN's sliding-window attention, sinks folded in by a Triton merge.
+"""SWA+sink attention through cuDNN's sliding-window attention, sinks folded in by Triton.
 
 cuDNN's fused attention (NVIDIA's ``cudnn-frontend`` package: ``pip install
 nvidia-cudnn-frontend``, or ``pip install swaa[cudnn]``) has a sliding-window band
@@ -15,6 +15,11 @@ gpt-oss kind), so the rule is computed in two steps:
 ``unusable_reason`` says when a call cannot take this path; ``fused_prefill.py`` prefers it in its
 ``"auto"`` setting and falls back to the Triton kernel otherwise (measured comparison:
 ``benchmarks/results/attention_speed.md``).
+
+Training (``triton_swa_train.py``, setting ``"auto"``) runs the same forward and cuDNN's
+sliding-window *backward* (``window_attention_backward``), fed the merged output and log-sum-exp:
+with the rule's final lse, each key set's gradient is exactly its own part, so the band's gradients
+come out right and the Triton sink tail adds the sinks' (``triton_swa_train.add_sink_tail_gradients``).
 """
 
 from __future__ import annotations
@@ -86,3 +91,21 @@ def swa_sink_attention_cudnn(
     band and the sink merge. The caller checks ``unusable_reason`` first."""
     out, lse = window_attention(q, k, v, window, scaling)
     return merge_sinks(q, k, v, out, lse, window, keep_first, scaling, None, offset)
+
+
+def window_attention_backward(
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, window: int, scaling: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """cuDNN's backward of attention over the band ``0 <= i - j < window`` (queries = keys, no
+    cache): ``(dq, dk, dv)`` in q's, k's and v's memory layouts. ``out`` and ``lse`` (B, H, L)
+    float32 may be the band's own or any attention's that includes the band, such as the rule's
+    merged result: cuDNN recomputes each band score's probability from ``lse`` and takes ``delta =
+    rowsum(grad_out * out)`` from ``out``, so the band's pairs get exactly their share of the
+    gradient of whatever attention produced ``out``."""
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"the backward has no cache: q length {q.shape[2]} must equal k length {k.shape[2]}")
+    from cudnn.sdpa.fwd.torch_op import sdpa  # noqa: F401  (importing registers torch.ops.cudnn.sdpa_bwd)
+
+    return torch.ops.cudnn.sdpa_bwd(
+        grad_out, q, k, v, out, lse, scaling, is_causal=True, window_left=min(window, k.shape[2])
+    )

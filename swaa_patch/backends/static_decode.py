@@ -83,7 +83,8 @@ def dispatch_static_decode(call: AttentionCall) -> Kernel | str:
 
 
 def kernel_for(device: torch.device) -> str:
-    """The kernel the setting picks for decode steps on ``device``."""
+    """The kernel the setting picks for decode steps on ``device``; under ``auto`` a query the Triton
+    kernel cannot take (``triton_decode.supports``) still goes to flex (``dispatch_static_decode``)."""
     kernel = SETTING.get()
     if kernel == AUTO:
         return "triton" if device.type == "cuda" else "sdpa"

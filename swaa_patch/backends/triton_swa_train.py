@@ -1,5 +1,11 @@
-"""Trainable SWA+sink attention: the Triton forward of ``triton_swa.py`` and a Triton backward at
-band cost, one autograd Function, and the dispatch candidate that routes training calls to it.
+"""Trainable SWA+sink attention at band cost, one autograd Function over two kernel pairs, and the
+dispatch candidate that routes training calls to it:
+
+- ``"cudnn"`` (Hopper with cudnn-frontend, no softcap): cuDNN's sliding-window forward and backward
+  for the band, the sinks by Triton (``triton_swa.merge_sinks`` in the forward;
+  :func:`add_sink_tail_gradients` in the backward, from the merged output and lse: see
+  ``cudnn_swa.window_attention_backward`` for why the band's gradients then come out right);
+- ``"triton"``: the Triton forward of ``triton_swa.py`` and the Triton backward here.
 
 Why: training calls (q, k, v need gradients) otherwise take flex_attention (the flex backend) or
 masked SDPA (the sdpa backend). flex compiles a kernel per sequence length before the first step
@@ -19,10 +25,12 @@ Full-attention layers (``non_sliding_layers``) of that layout are plain causal a
 SDPA's ``is_causal`` kernels (the Triton kernel with no window when logits are softcapped), so a
 training step compiles no flex kernel at all. Everything else keeps the backend's own exact path.
 
-Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"triton"`` (the default: CUDA bf16/fp16 calls
-that qualify; on an H200 `swaa sft` ran 1.22x flex's tokens/s at 32K and 1.24x at 128K,
+Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"auto"`` (the default: CUDA bf16/fp16 calls that
+qualify, through cuDNN where it can serve them, else Triton), ``"triton"`` (the same calls, Triton
+kernels only; on an H200 `swaa sft` ran 1.22x flex's tokens/s at 32K and 1.24x at 128K,
 benchmarks/results/sft_speed.md), ``"off"`` (the backend's own path: flex or masked SDPA) or
-``"force"`` (also CPU tensors through Triton's interpreter and float32: for tests).
+``"force"`` (also CPU tensors through Triton's interpreter and float32: for tests). Calls are counted
+in :data:`PATH_COUNTS` by kernel (``"cudnn"``, ``"triton"``) or the reason they kept the backend's.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ import math
 from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
 from ..plan import Memo
+from . import cudnn_swa
 from .call import AttentionCall, Kernel
 from .fused_prefill import _layout, tensor_reason
 from .setting import KernelSetting
@@ -50,11 +59,12 @@ from .triton_swa import (
     swa_sink_attention,
 )
 
-MODES = ("off", "triton", "force")
+MODES = ("auto", "triton", "off", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
 TAKEN = "triton"
+CUDNN_TAKEN = "cudnn"
 CAUSAL_TAKEN = "sdpa causal (full-attention layer)"
-SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "triton")
+SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "auto")
 
 # outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
 PATH_COUNTS: Counter[str] = Counter()
@@ -140,7 +150,71 @@ def load_backward_kernels() -> SimpleNamespace:
         dq=kernels.swa_sink_bwd_dq,
         tail=kernels.swa_sink_bwd_sink_tail,
         dkdv=kernels.swa_sink_bwd_dkdv,
+        dq_tail=kernels.swa_sink_bwd_dq_sink_tail,
     )
+
+
+def _check_backward_inputs(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor,
+                           window: int | None, keep_first: int) -> None:  # fmt: skip
+    _check_inputs(q, k, v, window, keep_first, 0)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"the backward has no cache: q length {q.shape[2]} must equal k length {k.shape[2]}")
+    for name, t in (("out", out), ("grad_out", grad_out)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}; got {tuple(t.shape)}")
+    if lse.shape != q.shape[:3] or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be float32 {tuple(q.shape[:3])}; got {tuple(lse.shape)} {lse.dtype}")
+
+
+class _Backward:
+    """One backward call's shared launch arguments and the delta every kernel reads
+    (``delta_i = sum_d dO_i O_i``, float32 (B, Hq, L), computed on first use)."""
+
+    def __init__(self, q, k, v, out, grad_out, window, keep_first, scaling, softcap, config):
+        self.q, self.k, self.v, self.out, self.grad_out = q, k, v, out, grad_out
+        self.batch, self.heads, self.seq, self.dim = q.shape
+        self.kv_heads = k.shape[1]
+        self.groups = self.heads // self.kv_heads
+        self.window = self.seq + 1 if window is None else min(window, self.seq + 1)
+        self.keep_first = min(keep_first, self.seq)
+        self.scaling, self.config = scaling, config
+        self.kernels = load_backward_kernels()
+        self.flags = dict(HEAD_DIM=self.dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
+        self.softcap = 1.0 if softcap is None else softcap
+        self.common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+
+    @cached_property
+    def delta(self) -> Tensor:
+        out, grad_out = self.out, self.grad_out
+        delta = torch.empty(self.batch, self.heads, self.seq, dtype=torch.float32, device=out.device)
+        self.kernels.delta[(math.ceil(self.seq / DELTA_ROWS), self.batch * self.heads)](
+            out, grad_out, delta, *out.stride(), *grad_out.stride(), self.heads, self.seq, HEAD_DIM=self.dim,
+            BLOCK_M=DELTA_ROWS,
+        )  # fmt: skip
+        return delta
+
+    @property
+    def has_sink_tail(self) -> bool:
+        """Some query sees a sink from beyond the window."""
+        return self.keep_first > 0 and self.seq > self.window
+
+    def sink_tail_dkdv(self, lse: Tensor) -> tuple[Tensor, Tensor, int]:
+        """The sink rows' dK/dV from the queries beyond the window: float32 (B * Hkv, sink_rows, D)
+        each (partial sums per chunk of queries, summed here), and sink_rows (>= keep_first)."""
+        run, config = self.config.tail, self.config
+        sink_blocks = math.ceil(self.keep_first / run.block_n)
+        sink_rows = sink_blocks * run.block_n
+        first = self.window // run.block_m
+        chunks = math.ceil((math.ceil(self.seq / run.block_m) - first) / config.chunk_blocks)
+        part_dk = torch.empty(chunks, self.batch * self.kv_heads, sink_rows, self.dim, dtype=torch.float32,
+                              device=self.q.device)  # fmt: skip
+        part_dv = torch.empty_like(part_dk)
+        self.kernels.tail[(chunks, self.batch * self.kv_heads, sink_blocks)](
+            self.q, self.k, self.v, self.grad_out, lse, self.delta, part_dk, part_dv, *self.common,
+            self.kv_heads, self.groups, self.seq, self.window, self.keep_first, self.scaling, self.softcap,
+            config.chunk_blocks, sink_rows, **self.flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
+        )  # fmt: skip
+        return part_dk.sum(0), part_dv.sum(0), sink_rows
 
 
 def swa_sink_attention_backward(
@@ -160,82 +234,120 @@ def swa_sink_attention_backward(
     """``(dq, dk, dv)`` of ``swa_sink_attention(q, k, v, window, keep_first, scaling, softcap)``
     (no cache: q and k have the same length, query i is key i) from its ``out`` and ``lse`` and
     the output's gradient. Shapes as the forward's; any strides."""
-    _check_inputs(q, k, v, window, keep_first, 0)
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"the backward has no cache: q length {q.shape[2]} must equal k length {k.shape[2]}")
-    for name, t in (("out", out), ("grad_out", grad_out)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name} must have q's shape {tuple(q.shape)}; got {tuple(t.shape)}")
-    if lse.shape != q.shape[:3] or lse.dtype != torch.float32:
-        raise ValueError(f"lse must be float32 {tuple(q.shape[:3])}; got {tuple(lse.shape)} {lse.dtype}")
-    batch, heads, seq, dim = q.shape
-    kv_heads = k.shape[1]
-    groups = heads // kv_heads
-    config = config or _config_for(q)
+    _check_backward_inputs(q, k, v, out, lse, grad_out, window, keep_first)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
-    window = seq + 1 if window is None else min(window, seq + 1)
-    keep_first = min(keep_first, seq)
     lse = lse.contiguous()
-    kernels = load_backward_kernels()
-    delta = torch.empty(batch, heads, seq, dtype=torch.float32, device=q.device)  # rowsum(dO * O)
-    kernels.delta[(math.ceil(seq / DELTA_ROWS), batch * heads)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq, HEAD_DIM=dim, BLOCK_M=DELTA_ROWS
-    )  # fmt: skip
-    flags = dict(HEAD_DIM=dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
-    softcap_value = 1.0 if softcap is None else softcap
-    common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-
-    # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed here
-    tail = keep_first > 0 and seq > window
-    run = config.tail
-    sink_blocks = math.ceil(keep_first / run.block_n)
-    sink_rows = sink_blocks * run.block_n
+    bwd = _Backward(q, k, v, out, grad_out, window, keep_first, scaling, softcap, config or _config_for(q))
+    kernels, seq, config = bwd.kernels, bwd.seq, bwd.config
+    shared = (bwd.kv_heads, bwd.groups, seq, bwd.window, bwd.keep_first, scaling, bwd.softcap)
+    # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed, added by dK/dV
+    tail = bwd.has_sink_tail
     sink_dk = sink_dv = torch.zeros(1, dtype=torch.float32, device=q.device)
+    sink_rows = 0
     if tail:
-        first = window // run.block_m
-        chunks = math.ceil((math.ceil(seq / run.block_m) - first) / config.chunk_blocks)
-        part_dk = torch.empty(chunks, batch * kv_heads, sink_rows, dim, dtype=torch.float32, device=q.device)
-        part_dv = torch.empty_like(part_dk)
-        kernels.tail[(chunks, batch * kv_heads, sink_blocks)](
-            q, k, v, grad_out, lse, delta, part_dk, part_dv, *common,
-            kv_heads, groups, seq, window, keep_first, scaling, softcap_value, config.chunk_blocks, sink_rows,
-            **flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
-        )  # fmt: skip
-        sink_dk, sink_dv = part_dk.sum(0), part_dv.sum(0)
+        sink_dk, sink_dv, sink_rows = bwd.sink_tail_dkdv(lse)
     run = config.dkdv
-    kernels.dkdv[(math.ceil(seq / run.block_n), batch * kv_heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, sink_dk, sink_dv, *common, *dk.stride(), *dv.stride(),
-        kv_heads, groups, seq, window, keep_first, scaling, softcap_value, sink_rows,
-        **flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
+    kernels.dkdv[(math.ceil(seq / run.block_n), bwd.batch * bwd.kv_heads)](
+        q, k, v, grad_out, lse, bwd.delta, dk, dv, sink_dk, sink_dv, *bwd.common, *dk.stride(), *dv.stride(),
+        *shared, sink_rows, **bwd.flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n,
+        **run.pipeline(),
     )  # fmt: skip
     run = config.dq
-    kernels.dq[(math.ceil(seq / run.block_m) * groups, batch * kv_heads)](
-        q, k, v, grad_out, lse, delta, dq, *common, *dq.stride(),
-        kv_heads, groups, seq, window, keep_first, scaling, softcap_value,
-        **flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
+    kernels.dq[(math.ceil(seq / run.block_m) * bwd.groups, bwd.batch * bwd.kv_heads)](
+        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), *shared,
+        **bwd.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
     return dq, dk, dv
 
 
+def add_sink_tail_gradients(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    grad_out: Tensor,
+    dq: Tensor,
+    dk: Tensor,
+    dv: Tensor,
+    window: int,
+    keep_first: int,
+    scaling: float,
+    *,
+    config: BackwardConfig | None = None,
+) -> None:
+    """Complete, in place, the gradients of a *window-only* backward into the rule's.
+
+    ``dq, dk, dv`` must hold the backward of attention over the band ``0 <= i - j < window`` run
+    with the rule's final ``out`` and ``lse`` (cuDNN's sliding-window backward given the merged
+    output, ``cudnn_swa.window_attention_backward``). With the final lse and ``delta = rowsum(dO *
+    O)``, each visible score's gradient is exactly its own part, ``dS = P * (dP - delta)``, so the
+    band's gradients are already the rule's for its pairs and only the pairs ``i - j >= window, j <
+    keep_first`` (sinks seen from beyond the window) are missing: the sink-tail kernel adds their
+    dK/dV to the sink rows, ``swa_sink_bwd_dq_sink_tail`` their dQ to the query rows."""
+    _check_backward_inputs(q, k, v, out, lse, grad_out, window, keep_first)
+    if q.numel() == 0 or window is None:
+        return
+    lse = lse.contiguous()
+    bwd = _Backward(q, k, v, out, grad_out, window, keep_first, scaling, None, config or _config_for(q))
+    if not bwd.has_sink_tail:
+        return
+    sink_dk, sink_dv, _ = bwd.sink_tail_dkdv(lse)
+    sinks = bwd.keep_first
+    for grad, part in ((dk, sink_dk), (dv, sink_dv)):
+        rows = part.view(bwd.batch, bwd.kv_heads, -1, bwd.dim)[:, :, :sinks]
+        grad[:, :, :sinks] = (grad[:, :, :sinks].float() + rows).to(grad.dtype)
+    run = bwd.config.dq
+    first_block = bwd.window // run.block_m
+    blocks = math.ceil(bwd.seq / run.block_m) - first_block
+    bwd.kernels.dq_tail[(blocks * bwd.groups, bwd.batch * bwd.kv_heads)](
+        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), bwd.kv_heads, bwd.groups, bwd.seq,
+        bwd.window, sinks, scaling, bwd.softcap, first_block, **bwd.flags, BLOCK_M=run.block_m,
+        BLOCK_N=run.block_n, **run.pipeline(),
+    )  # fmt: skip
+
+
 class SWASinkAttention(torch.autograd.Function):
-    """``out = swa_sink_attention(...)`` with the Triton backward; saves q, k, v, out and lse."""
+    """``out = swa_sink_attention(...)`` with a band-cost backward; saves q, k, v, out and lse.
+
+    ``kernel`` (:func:`kernel_for`): ``"cudnn"`` computes the band with cuDNN's sliding-window
+    attention forward and backward and the sinks with Triton (the merge, then
+    :func:`add_sink_tail_gradients`); ``"triton"`` runs the Triton forward and backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, window, keep_first, scaling, softcap):
-        out, lse = swa_sink_attention(
-            q, k, v, window, keep_first, scaling, softcap, config=_forward_config(q)
-        )
+    def forward(ctx, q, k, v, window, keep_first, scaling, softcap, kernel):
+        if kernel == CUDNN_TAKEN:
+            out, lse = cudnn_swa.swa_sink_attention_cudnn(q, k, v, window, keep_first, scaling)
+        else:
+            out, lse = swa_sink_attention(
+                q, k, v, window, keep_first, scaling, softcap, config=_forward_config(q)
+            )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.rule = (window, keep_first, scaling, softcap)
+        ctx.kernel = kernel
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = swa_sink_attention_backward(q, k, v, out, lse, grad_out, *ctx.rule)
-        return dq, dk, dv, None, None, None, None
+        window, keep_first, scaling, softcap = ctx.rule
+        if ctx.kernel == CUDNN_TAKEN:
+            dq, dk, dv = cudnn_swa.window_attention_backward(q, k, v, out, lse, grad_out, window, scaling)
+            add_sink_tail_gradients(q, k, v, out, lse, grad_out, dq, dk, dv, window, keep_first, scaling)
+        else:
+            dq, dk, dv = swa_sink_attention_backward(q, k, v, out, lse, grad_out, *ctx.rule)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def kernel_for(q: Tensor, k: Tensor, window: int | None, softcap: float | None) -> str:
+    """``"cudnn"`` where the setting is ``"auto"`` and cuDNN's sliding window can serve the call
+    (``cudnn_swa.unusable_reason``: Hopper, cudnn-frontend installed, no softcap; a window: full
+    attention has no band), else ``"triton"``."""
+    if SETTING.get() == "auto" and window is not None and cudnn_swa.unusable_reason(q, k, softcap, 0) is None:
+        return CUDNN_TAKEN
+    return TAKEN
 
 
 def trainable_swa_sink_attention(
@@ -246,10 +358,15 @@ def trainable_swa_sink_attention(
     keep_first: int,
     scaling: float,
     softcap: float | None = None,
+    kernel: str | None = None,
 ) -> Tensor:
     """Differentiable SWA+sink attention over one unpadded sequence per row (query i is key i):
-    (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D)."""
-    return SWASinkAttention.apply(q, k, v, window, keep_first, scaling, softcap)
+    (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D). ``kernel``: ``"triton"`` or
+    ``"cudnn"`` (the caller checked it can serve the call), default :func:`kernel_for`'s choice."""
+    kernel = kernel or kernel_for(q, k, window, softcap)
+    if kernel not in (TAKEN, CUDNN_TAKEN):
+        raise ValueError(f"kernel: must be one of {(TAKEN, CUDNN_TAKEN)}, got {kernel!r}")
+    return SWASinkAttention.apply(q, k, v, window, keep_first, scaling, softcap, kernel)
 
 
 def _reason(call: AttentionCall) -> str | None:
@@ -259,7 +376,7 @@ def _reason(call: AttentionCall) -> str | None:
         return "no grad"
     if call.active_dropout:
         return "dropout"
-    reason = tensor_reason(query, strict=SETTING.get() == "triton")
+    reason = tensor_reason(query, strict=SETTING.get() != "force")
     if reason is not None:
         return reason
     if plan.keys(layer).offset or call.key.shape[2] != query.shape[2]:
@@ -295,15 +412,11 @@ def fused_train_kernel(call: AttentionCall) -> tuple[Tensor, None]:
             enable_gqa=call.key.shape[1] != call.query.shape[1],
         )  # fmt: skip
         return out.transpose(1, 2), None
-    PATH_COUNTS[TAKEN] += 1
+    window = plan.layer_window(layer)
+    kernel = kernel_for(call.query, call.key, window, call.softcap)
+    PATH_COUNTS[kernel] += 1
     out = trainable_swa_sink_attention(
-        call.query,
-        call.key,
-        call.value,
-        plan.layer_window(layer),
-        plan.config.keep_first,
-        call.scaling,
-        call.softcap,
+        call.query, call.key, call.value, window, plan.config.keep_first, call.scaling, call.softcap, kernel
     )
     if plan.layer_answer_mask(layer) is not None:
         out = with_full_answer_rows(call, out, answer_starts(plan))

@@ -18,7 +18,9 @@ off the answer at the end of the sequence.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +83,29 @@ def encode_rows(tokenizer: Any, rows: list[dict[str, Any]], data: DataSettings,
     return kept
 
 
+def content_fingerprint(encoded: list[Encoded]) -> str:
+    """A digest of every row's ids and labels, for the dataset's cache fingerprint."""
+    digest = hashlib.sha256()
+    for e in encoded:
+        for ids in (e.input_ids, e.labels):
+            digest.update(len(ids).to_bytes(8, "little"))
+            digest.update(array("q", ids).tobytes())
+    return digest.hexdigest()[:32]
+
+
 def build_dataset(encoded: list[Encoded]):
-    """A ``datasets.Dataset`` with ``input_ids`` and ``labels``: trl skips its own tokenisation."""
+    """A ``datasets.Dataset`` with ``input_ids`` and ``labels``: trl skips its own tokenisation.
+
+    Its fingerprint is a digest of the rows (:func:`content_fingerprint`) instead of the one
+    ``Dataset.from_dict`` derives by pickling the Arrow table with dill: on the GPU machine's Python
+    3.12 (pyarrow 24-26, dill 0.4.1) that pickling raised ``PicklingError: Can't pickle <class
+    'MonthDayNano'>`` before a single step, and a digest of the ids identifies the data just as well."""
+    from datasets.table import InMemoryTable
+
     from datasets import Dataset
 
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]})
+    columns = {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]}
+    return Dataset(InMemoryTable.from_pydict(columns), fingerprint=content_fingerprint(encoded))
 
 
 def load_training_set(tokenizer: Any, paths: Iterable[Path], data: DataSettings, max_positions: int | None = None):
