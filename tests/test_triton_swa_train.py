@@ -145,10 +145,10 @@ def test_sink_tail_completes_a_window_only_backward(seq, window, keep_first, con
         assert rel(band_only[0], expected[0]) > 1e-3 and rel(band_only[1], expected[1]) > 1e-3
 
 
-def test_cudnn_kernel_through_autograd_with_stand_ins(monkeypatch):
-    """``kernel="cudnn"`` wiring in the autograd Function, with cuDNN's two calls replaced by float64
-    stand-ins (window-only attention, then the real Triton sink merge; the band backward above): the
-    gradients of strided GQA inputs are the rule's."""
+@pytest.fixture
+def cudnn_stand_ins(monkeypatch):
+    """cuDNN's two calls replaced by float64 stand-ins: window-only attention (then the real Triton
+    sink merge) and the band backward above."""
 
     def window_then_merge(q, k, v, window, keep_first, scaling, offset=0):
         band_out, band_lse = dense_reference(q, k, v, window, 0, scaling)
@@ -160,6 +160,11 @@ def test_cudnn_kernel_through_autograd_with_stand_ins(monkeypatch):
 
     monkeypatch.setattr(cudnn_swa, "swa_sink_attention_cudnn", window_then_merge)
     monkeypatch.setattr(cudnn_swa, "window_attention_backward", band_backward)
+
+
+def test_cudnn_kernel_through_autograd_with_stand_ins(cudnn_stand_ins):
+    """``kernel="cudnn"`` wiring in the autograd Function: the gradients of strided GQA inputs are
+    the rule's."""
     q, k, v, grad_out = inputs(1, 8, 2, 40, 16, seed=11)
     q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v))
     out = trainable_swa_sink_attention(q, k, v, 9, 5, 0.2, kernel="cudnn")
@@ -261,6 +266,40 @@ def test_training_step_takes_the_kernel_and_matches_the_backend(family, attn, na
     causal = 0 if softcapped else len(config.non_sliding_layers)
     assert triton_swa_train.PATH_COUNTS[triton_swa_train.TAKEN] == model.config.num_hidden_layers - causal
     assert triton_swa_train.PATH_COUNTS[triton_swa_train.CAUSAL_TAKEN] == causal
+    assert abs(float(loss - expected_loss)) < 1e-5
+    for n, g in expected.items():
+        assert rel(grads[n], g.double()) < 1e-4, n
+
+
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
+def test_auto_routes_a_training_step_to_cudnn_where_it_can_serve(monkeypatch, cudnn_stand_ins, name):
+    """``auto`` in a whole model: every sliding layer's training call takes the cuDNN pair (stood in,
+    as the CPU has no cuDNN; the tensor checks relaxed to the CPU's float32), full layers SDPA's causal
+    kernel, and the loss and parameter gradients equal the backend's own path (answer rows included)."""
+    from swaa_patch.backends import fused_prefill
+
+    monkeypatch.setattr(triton_swa_train, "tensor_reason", lambda query, strict: fused_prefill.tensor_reason(query, False))
+    monkeypatch.setattr(cudnn_swa, "unusable_reason", lambda q, k, softcap, offset: None)
+    config = MODEL_CONFIGS[name]
+    model = apply_swaa(tiny_model("qwen3", "sdpa"), config).to(DEVICE).train()
+    ids = torch.randint(3, model.config.vocab_size, (2, 23), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    labels = ids.clone()
+    labels[0, :15], labels[1, :9] = -100, -100
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with fused_train("off"):
+        expected_loss, expected = loss_and_grads()
+    triton_swa_train.PATH_COUNTS.clear()
+    with fused_train("auto"):
+        loss, grads = loss_and_grads()
+    full = len(config.non_sliding_layers)
+    assert triton_swa_train.PATH_COUNTS == {"cudnn": model.config.num_hidden_layers - full,
+                                            **({triton_swa_train.CAUSAL_TAKEN: full} if full else {})}  # fmt: skip
     assert abs(float(loss - expected_loss)) < 1e-5
     for n, g in expected.items():
         assert rel(grads[n], g.double()) < 1e-4, n
