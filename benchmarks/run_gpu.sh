@@ -116,11 +116,11 @@ PY
       sft_speed --sizes 32768,131072 --variants stock ;;
     sft_long) sft_speed --sizes 65536,262144 --variants swaa,swaa_liger ;;           # ~6-7 min
     sft_stock_long) sft_speed --sizes 65536,262144 --variants stock ;;               # ~5 min (256K: one step)
-    # one profiled `swaa sft` step per variant and size (SFT_PROFILE_VARIANTS, default swaa_triton_liger;
+    # one profiled `swaa sft` step per variant and size (SFT_PROFILE_VARIANTS, default swaa_cudnn_liger: the Hopper default;
     # SFT_PROFILE_SIZES, default 32K and 128K): the GPU's kernel time by kind (benchmarks/sft_profile.py), ~1-2 min each
     sft_profile)
       install_sft_wheels
-      for v in ${SFT_PROFILE_VARIANTS:-swaa_triton_liger}; do
+      for v in ${SFT_PROFILE_VARIANTS:-swaa_cudnn_liger}; do
         for n in ${SFT_PROFILE_SIZES:-32768 131072}; do
           python3 benchmarks/sft_profile.py --n "$n" --variant "$v" --out "$OUT/sft_profile_${v}_$n.md" \
             > "$OUT/sft_profile_${v}_$n.log" 2>&1 || echo "sft_profile $v n=$n failed (see its log)"

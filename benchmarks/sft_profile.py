@@ -106,7 +106,7 @@ def speed_args(args: argparse.Namespace) -> SFTSpeedArgs:
     return replace(speed, sizes=(args.n,), steps=args.profile_step)
 
 
-def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[ProfileStep, Row, list[float]]:
+def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[ProfileStep, Row, list[float], dict]:
     shape = TINY if args.tiny else QWEN3_4B
     work = Path(args.work_dir).resolve()
     (work / "runs").mkdir(parents=True, exist_ok=True)
@@ -117,14 +117,16 @@ def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[Pr
     settings = parse_sft(row_settings(speed, row, model_dir, data, out))
     # the kernel the row names (sft_speed.run_row sets the same variable for its subprocess)
     callback = ProfileStep(args.profile_step, torch.device("cpu" if args.tiny else "cuda"))
+    triton_swa_train.PATH_COUNTS.clear()
     with triton_swa_train.fused_train(fused_train_mode(speed, row)):
         trainer = build_trainer(settings, callbacks=(callback,))
         trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return callback, row, losses
+    return callback, row, losses, dict(triton_swa_train.PATH_COUNTS)
 
 
-def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep, row: Row, losses: list[float]) -> str:
+def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep, row: Row, losses: list[float],
+           calls: dict) -> str:  # fmt: skip
     gpu_us, kernels, top = kernel_table(callback.prof, 1)
     by_kind: dict[str, float] = {}
     for name, us, _ in top:
@@ -140,6 +142,8 @@ def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep,
         f"- row: {label}; n = {row.n} tokens ({row.tokens} in the example); sft_speed.py's model folder, data and "
         f"settings; step {args.profile_step} profiled after {args.profile_step - 1} warm-up step(s); losses "
         + " / ".join(f"{x:.4f}" for x in losses),
+        f"- attention calls of all {args.profile_step} steps by path (SWAA_FUSED_TRAIN's kernel, or why a call kept "
+        f"the backend's): {calls or 'none (stock, or SWAA_FUSED_TRAIN off)'}",
         f"- step wall {wall_ms:.1f} ms ({row.tokens / callback.wall_s:,.0f} tok/s); GPU kernels {gpu_us / 1e3:.1f} ms "
         f"({kernels} launches); GPU idle (wall - kernels) {wall_ms - gpu_us / 1e3:.1f} ms",
         "",
@@ -171,15 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
     if args.tiny:
         args.n = TINY_DEFAULTS["sizes"][0]
-        if args.variant.endswith("_liger"):
-            p.error("--tiny: Liger's kernels need a GPU; pick a variant without _liger")
+        if args.variant.endswith("_liger") or "_cudnn" in args.variant:
+            p.error("--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn")
     elif not torch.cuda.is_available():
         raise SystemExit("sft_profile.py needs a CUDA device (or --tiny)")
     speed = speed_args(args)
-    callback, row, losses = train_and_profile(args, speed)
+    callback, row, losses, calls = train_and_profile(args, speed)
     if callback.prof is None:
         raise SystemExit(f"step {args.profile_step} never ran: the data has fewer steps")
-    text = report(args, speed, callback, row, losses)
+    if "_cudnn" in args.variant and not calls.get("cudnn"):
+        raise SystemExit(f"{args.variant}: cuDNN served no attention call ({calls}): cudnn-frontend missing or not Hopper")
+    text = report(args, speed, callback, row, losses, calls)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0

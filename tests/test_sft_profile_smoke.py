@@ -26,13 +26,15 @@ def test_tiny_run_profiles_the_third_step(tmp_path):
     assert "step 3 profiled after 2 warm-up step(s); losses " in text
     assert len(text.split("losses ")[1].splitlines()[0].split(" / ")) == 3
     assert ", checkpointing 1 in 2 layers; n = 96 tokens" in text
+    assert "attention calls of all 3 steps by path" in text  # the flex row: SWAA_FUSED_TRAIN off
     wall = float(text.split("step wall ")[1].split(" ms")[0])
     assert wall > 0
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--profile-step", "1"], "--profile-step: must be >= 2"),
-    (["--tiny", "--variant", "swaa_liger"], "--tiny: Liger's kernels need a GPU"),
+    (["--tiny", "--variant", "swaa_liger"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
+    (["--tiny", "--variant", "swaa_cudnn"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
 ])
 def test_bad_options_name_themselves(argv, message, capsys):
     with pytest.raises(SystemExit):

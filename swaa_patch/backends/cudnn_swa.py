@@ -97,8 +97,8 @@ def window_attention_backward(
     q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, grad_out: Tensor, window: int, scaling: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """cuDNN's backward of attention over the band ``0 <= i - j < window`` (queries = keys, no
-    cache): ``(dq, dk, dv)`` in q's, k's and v's memory layouts. ``out`` and ``lse`` (B, H, L)
-    float32 may be the band's own or any attention's that includes the band, such as the rule's
+    cache): ``(dq, dk, dv)`` in q's, k's and v's memory layouts. ``out`` and ``lse`` (float32
+    (B, H, L)) may be the band's own or those of any attention that includes the band, such as the rule's
     merged result: cuDNN recomputes each band score's probability from ``lse`` and takes ``delta =
     rowsum(grad_out * out)`` from ``out``, so the band's pairs get exactly their share of the
     gradient of whatever attention produced ``out``."""
