@@ -15,31 +15,7 @@ parts=("$@")
 # `swaa sft` rows accumulate in .sft_speed/ (kept between calls on a warm machine; on a fresh one, carry the
 # sft_speed.json an earlier call returned as .sft_speed/sft_speed.json); trl, datasets and Liger come as wheels
 # (bash benchmarks/sft_wheels.sh here, then carry .whl). sft_speed prints its time plan first.
-STASH=/tmp/swaa_wheels  # the first half of a two-call carry (sft_wheels.sh), kept while the machine stays warm
-assemble_wheels() {  # .whl/carry2 + the stashed .whl/carry1 -> .whl/sft and .whl/cudnn (pyarrow's halves joined, sha256 checked)
-  [ -d .whl/carry2 ] || return 0
-  [ -d "$STASH" ] || { echo "run_gpu.sh: .whl/carry2 without the stashed first half: run 'stash_wheels' with carry1 just before" >&2; exit 3; }
-  mkdir -p .whl/sft .whl/cudnn
-  for sum in .whl/carry2/*.sha256; do
-    wheel=$(basename "$sum" .sha256)
-    cat "$STASH/$wheel.part.aa" ".whl/carry2/$wheel.part.ab" > ".whl/sft/$wheel"
-    (cd .whl/sft && sha256sum -c --quiet "../../$sum")
-  done
-  find .whl/carry2 -name '*.whl' -exec cp {} .whl/sft/ \;
-  find "$STASH" -name '*.whl' -exec cp {} .whl/cudnn/ \;
-}
-install_wheels() {  # install_wheels DIR...: carried wheels (bash benchmarks/sft_wheels.sh here, carry .whl) onto PYTHONPATH
-  assemble_wheels
-  for dir in "$@"; do
-    if [ -d "$dir" ]; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
-      case ":$PYTHONPATH:" in *":/tmp/site:"*) ;; *) export PYTHONPATH="/tmp/site:$PYTHONPATH" ;; esac
-    fi
-  done
-}
-install_cudnn_wheel() { install_wheels .whl/cudnn; }  # cudnn-frontend: cuDNN's sliding window (prefill and training)
-# trl, datasets, liger-kernel (.whl/sft) for `swaa sft` and train-demo's Liger, and cudnn-frontend for the training path
-install_sft_wheels() { install_wheels .whl/sft .whl/cudnn; }
+source benchmarks/carried_wheels.sh  # install_wheels, install_cudnn_wheel, install_sft_wheels, stash_wheels
 sft_speed() {
   install_sft_wheels
   python3 benchmarks/sft_speed.py --resume --out .sft_speed/sft_speed.md "$@" 2>&1 | tee -a "$OUT/sft_speed.log"
@@ -56,12 +32,12 @@ decode_speed() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
 for part in "${parts[@]}"; do
   case "$part" in
-    stash_wheels) mkdir -p "$STASH" && cp .whl/carry1/* "$STASH/" && ls -la "$STASH" ;;  # call 1 of sft_wheels.sh's two
+    stash_wheels) stash_wheels ;;  # call 1 of sft_wheels.sh's two
     kv_memory) python3 benchmarks/kv_memory.py --out "$OUT/kv_memory.md" 2>&1 | tee "$OUT/kv_memory.log" ;;
     correctness) python3 benchmarks/gpu_correctness.py --out "$OUT/gpu_correctness.md" 2>&1 | tee "$OUT/gpu_correctness.log" ;;
     speed) install_cudnn_wheel; python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
-    # the trainable Triton kernel (SWAA_FUSED_TRAIN): its float64 tests on the GPU, then every attention row
-    # (its fwd+bwd against flex's and full-causal SDPA's, dq checked in the run): ~6 min
+    # the trainable kernels (SWAA_FUSED_TRAIN, Triton and cuDNN): their float64 tests on the GPU (~5 min; a failure
+    # stops the part), then every attention row (fwd+bwd against flex's and full-causal SDPA's, dq/dk/dv checked): ~8 min
     train_kernel)
       install_cudnn_wheel
       python3 -m pytest -q -p no:cacheprovider tests/test_triton_swa_train.py tests/test_cudnn_swa.py 2>&1 | tee "$OUT/train_kernel_tests.log"

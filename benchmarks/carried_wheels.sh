@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Wheels carried to the GPU machine (bash benchmarks/sft_wheels.sh makes them here), sourced by run_gpu.sh.
+# A device call carries at most 64 MiB with the working tree, so sft_wheels.sh packs them in two halves for two
+# back-to-back calls: `stash_wheels` keeps .whl/carry1 in $STASH (kept while the machine stays warm), and the
+# next call's install_wheels joins it with .whl/carry2 (sha256 checked) into .whl/sft and .whl/cudnn.
+# (tests/test_carried_wheels.py runs these functions on the CPU.)
+STASH="${STASH:-/tmp/swaa_wheels}"
+
+stash_wheels() {  # call 1 of two: the first half, out of the repository (a later carry replaces .whl)
+  mkdir -p "$STASH" && cp .whl/carry1/* "$STASH/" && ls -la "$STASH"
+}
+
+assemble_wheels() {  # .whl/carry2 + the stashed first half -> .whl/sft and .whl/cudnn
+  [ -d .whl/carry2 ] || return 0
+  [ -d "$STASH" ] || { echo "carried_wheels.sh: .whl/carry2 without the stashed first half: run 'stash_wheels' with carry1 just before" >&2; exit 3; }
+  mkdir -p .whl/sft .whl/cudnn
+  for sum in .whl/carry2/*.sha256; do
+    wheel=$(basename "$sum" .sha256)
+    cat "$STASH/$wheel.part.aa" ".whl/carry2/$wheel.part.ab" > ".whl/sft/$wheel"
+    (cd .whl/sft && sha256sum -c --quiet "../../$sum") || { echo "carried_wheels.sh: $wheel: sha256 mismatch" >&2; exit 3; }
+  done
+  find .whl/carry2 -name '*.whl' -exec cp {} .whl/sft/ \;
+  find "$STASH" -name '*.whl' -exec cp {} .whl/cudnn/ \;
+}
+
+install_wheels() {  # install_wheels DIR...: the carried wheels into /tmp/site, on PYTHONPATH
+  assemble_wheels
+  for dir in "$@"; do
+    if [ -d "$dir" ]; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl
+      case ":${PYTHONPATH:-}:" in *":/tmp/site:"*) ;; *) export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+    fi
+  done
+}
+install_cudnn_wheel() { install_wheels .whl/cudnn; }  # cudnn-frontend: cuDNN's sliding window (prefill and training)
+# trl, datasets, liger-kernel (.whl/sft) for `swaa sft` and train-demo's Liger, and cudnn-frontend for the training path
+install_sft_wheels() { install_wheels .whl/sft .whl/cudnn; }
