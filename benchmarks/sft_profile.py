@@ -41,6 +41,7 @@ from sft_speed import (  # noqa: E402
     Row,
     SFTSpeedArgs,
     build_model_folder,
+    cudnn_missing,
     fused_train_mode,
     row_label,
     row_settings,
@@ -183,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     callback, row, losses, calls = train_and_profile(args, speed)
     if callback.prof is None:
         raise SystemExit(f"step {args.profile_step} never ran: the data has fewer steps")
-    if "_cudnn" in args.variant and not calls.get("cudnn"):
-        raise SystemExit(f"{args.variant}: cuDNN served no attention call ({calls}): cudnn-frontend missing or not Hopper")
+    missing = cudnn_missing(args.variant, calls)
+    if missing:
+        raise SystemExit(f"{args.variant}: {missing}")
     text = report(args, speed, callback, row, losses, calls)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)

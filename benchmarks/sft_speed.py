@@ -243,6 +243,15 @@ def fused_train_mode(args: SFTSpeedArgs, row: Row) -> str:
     return "force" if args.tiny else "triton"
 
 
+def cudnn_missing(variant: str, calls: dict) -> str | None:
+    """Why a ``_cudnn`` row's numbers are not cuDNN's, or None: SWAA_FUSED_TRAIN=auto falls back to the
+    Triton kernels without cudnn-frontend or off Hopper, so ``calls`` (the attention calls by path) must
+    count cuDNN."""
+    if "_cudnn" in variant and not calls.get("cudnn"):
+        return f"cuDNN served no attention call (cudnn-frontend missing or not Hopper): {calls}"
+    return None
+
+
 def run_row(args: SFTSpeedArgs, row: Row, model_dir: Path, data: Path, work: Path) -> Row:
     out = work / "runs" / row.name
     settings_path = work / "runs" / f"{row.name}.json"
@@ -291,9 +300,9 @@ def read_metrics(row: Row, out: Path) -> Row:
     row.peak_gib = max((h.get("peak_gib", math.nan) for h in steps), default=math.nan)
     if len(steps) < row.steps:
         row.ok, row.note = False, f"{len(steps)} of {row.steps} steps logged"
-    calls = saved["metrics"].get("fused_train_calls", {})
-    if "_cudnn" in row.variant and not calls.get("cudnn"):
-        row.ok, row.note = False, f"cuDNN served no attention call: {calls}"
+    missing = cudnn_missing(row.variant, saved["metrics"].get("fused_train_calls", {}))
+    if missing:
+        row.ok, row.note = False, missing
     if not all(math.isfinite(x) for x in row.losses):
         row.ok, row.note = False, "non-finite loss"
     if row.steps == 1:

@@ -168,20 +168,24 @@ def _check_backward_inputs(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Te
 
 class _Backward:
     """One backward call's shared launch arguments and the delta every kernel reads
-    (``delta_i = sum_d dO_i O_i``, float32 (B, Hq, L), computed on first use)."""
+    (``delta_i = sum_d dO_i O_i``, float32 (B, Hq, L), computed on first use); ``config`` defaults
+    to the device's and dtype's."""
 
-    def __init__(self, q, k, v, out, grad_out, window, keep_first, scaling, softcap, config):
+    def __init__(self, q, k, v, out, lse, grad_out, window, keep_first, scaling, softcap, config):
         self.q, self.k, self.v, self.out, self.grad_out = q, k, v, out, grad_out
+        self.lse = lse.contiguous()
         self.batch, self.heads, self.seq, self.dim = q.shape
         self.kv_heads = k.shape[1]
         self.groups = self.heads // self.kv_heads
         self.window = self.seq + 1 if window is None else min(window, self.seq + 1)
         self.keep_first = min(keep_first, self.seq)
-        self.scaling, self.config = scaling, config
+        self.scaling, self.config = scaling, config or _config_for(q)
         self.kernels = load_backward_kernels()
         self.flags = dict(HEAD_DIM=self.dim, SOFTCAP=softcap is not None, DOT_PRECISION=_dot_precision(q.dtype))
         self.softcap = 1.0 if softcap is None else softcap
         self.common = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
+        # the rule's scalars, in the order every kernel takes them
+        self.rule = (self.kv_heads, self.groups, self.seq, self.window, self.keep_first, scaling, self.softcap)
 
     @cached_property
     def delta(self) -> Tensor:
@@ -198,7 +202,7 @@ class _Backward:
         """Some query sees a sink from beyond the window."""
         return self.keep_first > 0 and self.seq > self.window
 
-    def sink_tail_dkdv(self, lse: Tensor) -> tuple[Tensor, Tensor, int]:
+    def sink_tail_dkdv(self) -> tuple[Tensor, Tensor, int]:
         """The sink rows' dK/dV from the queries beyond the window: float32 (B * Hkv, sink_rows, D)
         each (partial sums per chunk of queries, summed here), and sink_rows (>= keep_first)."""
         run, config = self.config.tail, self.config
@@ -210,8 +214,7 @@ class _Backward:
                               device=self.q.device)  # fmt: skip
         part_dv = torch.empty_like(part_dk)
         self.kernels.tail[(chunks, self.batch * self.kv_heads, sink_blocks)](
-            self.q, self.k, self.v, self.grad_out, lse, self.delta, part_dk, part_dv, *self.common,
-            self.kv_heads, self.groups, self.seq, self.window, self.keep_first, self.scaling, self.softcap,
+            self.q, self.k, self.v, self.grad_out, self.lse, self.delta, part_dk, part_dv, *self.common, *self.rule,
             config.chunk_blocks, sink_rows, **self.flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
         )  # fmt: skip
         return part_dk.sum(0), part_dv.sum(0), sink_rows
@@ -238,25 +241,23 @@ def swa_sink_attention_backward(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0:
         return dq, dk, dv
-    lse = lse.contiguous()
-    bwd = _Backward(q, k, v, out, grad_out, window, keep_first, scaling, softcap, config or _config_for(q))
-    kernels, seq, config = bwd.kernels, bwd.seq, bwd.config
-    shared = (bwd.kv_heads, bwd.groups, seq, bwd.window, bwd.keep_first, scaling, bwd.softcap)
+    bwd = _Backward(q, k, v, out, lse, grad_out, window, keep_first, scaling, softcap, config)
+    kernels, seq, config, lse = bwd.kernels, bwd.seq, bwd.config, bwd.lse
     # sinks seen from beyond the window: partial dK/dV per chunk of queries, summed, added by dK/dV
     tail = bwd.has_sink_tail
     sink_dk = sink_dv = torch.zeros(1, dtype=torch.float32, device=q.device)
     sink_rows = 0
     if tail:
-        sink_dk, sink_dv, sink_rows = bwd.sink_tail_dkdv(lse)
+        sink_dk, sink_dv, sink_rows = bwd.sink_tail_dkdv()
     run = config.dkdv
     kernels.dkdv[(math.ceil(seq / run.block_n), bwd.batch * bwd.kv_heads)](
         q, k, v, grad_out, lse, bwd.delta, dk, dv, sink_dk, sink_dv, *bwd.common, *dk.stride(), *dv.stride(),
-        *shared, sink_rows, **bwd.flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n,
+        *bwd.rule, sink_rows, **bwd.flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n,
         **run.pipeline(),
     )  # fmt: skip
     run = config.dq
     kernels.dq[(math.ceil(seq / run.block_m) * bwd.groups, bwd.batch * bwd.kv_heads)](
-        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), *shared,
+        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), *bwd.rule,
         **bwd.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
     return dq, dk, dv
@@ -290,11 +291,10 @@ def add_sink_tail_gradients(
     _check_backward_inputs(q, k, v, out, lse, grad_out, window, keep_first)
     if q.numel() == 0 or window is None:
         return
-    lse = lse.contiguous()
-    bwd = _Backward(q, k, v, out, grad_out, window, keep_first, scaling, None, config or _config_for(q))
+    bwd = _Backward(q, k, v, out, lse, grad_out, window, keep_first, scaling, None, config)
     if not bwd.has_sink_tail:
         return
-    sink_dk, sink_dv, _ = bwd.sink_tail_dkdv(lse)
+    sink_dk, sink_dv, _ = bwd.sink_tail_dkdv()
     sinks = bwd.keep_first
     for grad, part in ((dk, sink_dk), (dv, sink_dv)):
         rows = part.view(bwd.batch, bwd.kv_heads, -1, bwd.dim)[:, :, :sinks]
@@ -303,9 +303,8 @@ def add_sink_tail_gradients(
     first_block = bwd.window // run.block_m
     blocks = math.ceil(bwd.seq / run.block_m) - first_block
     bwd.kernels.dq_tail[(blocks * bwd.groups, bwd.batch * bwd.kv_heads)](
-        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), bwd.kv_heads, bwd.groups, bwd.seq,
-        bwd.window, sinks, scaling, bwd.softcap, first_block, **bwd.flags, BLOCK_M=run.block_m,
-        BLOCK_N=run.block_n, **run.pipeline(),
+        q, k, v, grad_out, bwd.lse, bwd.delta, dq, *bwd.common, *dq.stride(), *bwd.rule, first_block,
+        **bwd.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
     )  # fmt: skip
 
 
