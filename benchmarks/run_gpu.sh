@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [stash_wheels] [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [decode_cold] [jobs] [train_kernel] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
+#                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
 #                                                  [sft_stock_long] [sft_profile] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 #                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
@@ -42,6 +42,13 @@ for part in "${parts[@]}"; do
       install_cudnn_wheel
       python3 -m pytest -q -p no:cacheprovider tests/test_triton_swa_train.py tests/test_cudnn_swa.py 2>&1 | tee "$OUT/train_kernel_tests.log"
       python3 benchmarks/attention_speed.py --out "$OUT/attention_speed.md" 2>&1 | tee "$OUT/attention_speed.log" ;;
+    # the cuDNN training backward: its float64 tests on the GPU (real cuDNN, and the sink tail on compiled kernels),
+    # then the band and the sink tail timed apart with the tail's launch swept (GPU_CONFIG.tail_dq): ~3 min
+    cudnn_tail)
+      install_cudnn_wheel
+      python3 -m pytest -q -p no:cacheprovider tests/test_cudnn_swa.py tests/test_triton_swa_train.py \
+        -k "cudnn or sink_tail" 2>&1 | tee "$OUT/cudnn_tail_tests.log"
+      python3 benchmarks/cudnn_tail_tuning.py --out "$OUT/cudnn_tail_tuning.md" 2>&1 | tee "$OUT/cudnn_tail_tuning.log" ;;
     # the backward's launch sweep (each kernel's tiles; GPU_CONFIG is chosen from it): ~5 min
     train_tuning)
       python3 benchmarks/train_kernel_tuning.py --out "$OUT/train_kernel_tuning.md" 2>&1 | tee "$OUT/train_kernel_tuning.log" ;;

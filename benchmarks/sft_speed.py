@@ -383,8 +383,10 @@ def row_label(args: SFTSpeedArgs, row: Row) -> str:
 
 
 def format_row(args: SFTSpeedArgs, row: Row, rows: list[Row]) -> str:
-    stock = next((r for r in rows if r.n == row.n and r.variant == "stock" and r.layout == row.layout
-                  and r.checkpoint_every == row.checkpoint_every), None)  # fmt: skip
+    stocks = [r for r in rows if r.n == row.n and r.variant == "stock" and r.layout == row.layout
+              and r.checkpoint_every == row.checkpoint_every]  # fmt: skip
+    # the same run's stock row where there is one (measured beside this row), else the latest
+    stock = max(stocks, key=lambda r: (r.run == row.run, r.run), default=None)
     ratio = "-"
     if stock is not None and row.tokens_per_s == row.tokens_per_s and stock.tokens_per_s == stock.tokens_per_s:
         ratio = f"{row.tokens_per_s / stock.tokens_per_s:.2f}x"
@@ -435,7 +437,7 @@ def report(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -
         f"{'shared between rows' if args.warm_caches else 'empty for every row, as on a fresh machine'}); s/step: median of the later steps; "
         "tok/s = tokens of all processes per step / s/step; MFU as `swaa sft` logs it (attention counted with "
         "min(p+1, W) keys plus sinks on sliding layers); peak GiB: largest per-GPU max allocated; ratio: tok/s / "
-        "stock's at the same n and layout",
+        "stock's at the same n and layout (the same run's stock row where there is one, else the latest)",
         f"- checks: Liger vs the same row without it (first-step loss < {LOSS_RTOL}, grad norm < {GRAD_NORM_RTOL} "
         f"relative); Triton fwd+bwd vs the same row on the backend's kernel (same tolerances); ddp / fsdp vs 1gpu_accum2 (same global batch, identical examples): every step's loss < {LOSS_RTOL}",
         "",

@@ -47,8 +47,9 @@ TALL = BackwardConfig.uniform(
     block_m=32, block_n=16, num_warps=1, num_stages=1, chunk_blocks=1, sink_block=32
 )
 # each kernel its own tiles (as the GPU config may): dQ wide in queries, dK/dV wide in keys, the sink
-# tail with q blocks of its own
-MIXED = BackwardConfig(Launch(32, 16, 1, 1), Launch(16, 32, 1, 1), Launch(32, 16, 1, 1), chunk_blocks=3)
+# tail with q blocks of its own, the dQ kernel's sink-tail mode (the cuDNN path) with q blocks other than dQ's
+MIXED = BackwardConfig(Launch(32, 16, 1, 1), Launch(16, 32, 1, 1), Launch(32, 16, 1, 1), chunk_blocks=3,
+                       tail_dq=Launch(16, 16, 1, 1))  # fmt: skip
 
 
 def reference_grads(q, k, v, grad_out, window, keep_first, scaling, softcap=None):

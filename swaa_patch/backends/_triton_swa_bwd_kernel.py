@@ -8,15 +8,15 @@ cache: query i is key i): key j is visible to query i iff ``j <= i`` and (``i - 
 ``j < keep_first``). Three kernels split that set so that no program serialises the grid:
 
 - ``swa_sink_bwd_dq``: one program per (q block, q head), over the sink blocks and the window, as
-  the forward does;
+  the forward does; with ``SINK_TAIL`` only over the sinks seen from beyond the window, added to a
+  dQ that holds the band's part (cuDNN's sliding-window backward computes the band:
+  ``triton_swa_train.py``), delta computed in the same pass;
 - ``swa_sink_bwd_sink_tail``: the pairs ``i - j >= window, j < keep_first`` (a sink seen from
   beyond the window: O(n * keep_first)), one program per chunk of queries and kv head, writing a
   partial dK/dV of the sink rows per chunk (summed by the caller);
 - ``swa_sink_bwd_dkdv``: one program per (kv block, kv head), over the queries of its band
   ``j <= i < j + window`` for every q head of the group (GQA summed in the program, no atomics),
-  plus the summed sink-tail rows for the blocks holding sinks;
-- ``swa_sink_bwd_dq_sink_tail``: the sink tail's part of dQ, added in place to a dQ that holds the
-  band's part (cuDNN's sliding-window backward computes the band: ``triton_swa_train.py``).
+  plus the summed sink-tail rows for the blocks holding sinks.
 
 Imported only by ``triton_swa_train.load_backward_kernels`` (triton imported lazily, after the
 caller may have set ``TRITON_INTERPRET=1``).
@@ -102,17 +102,22 @@ def swa_sink_bwd_delta(
 @triton.jit
 def _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
                offs_n, offs_d, start, end, seq, window, keep_first, scale, softcap, SOFTCAP: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+               DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               TAIL: tl.constexpr = False):  # fmt: skip
     """Fold the key blocks ``start, start + BLOCK_N, ... < end`` into ``dq``: under the element rule
     (``MASKED``), or unmasked where the caller's range makes every key visible to every query (rows
-    past the end have dO = 0 and add nothing)."""
+    past the end have dO = 0 and add nothing); ``TAIL``: only the sink tail's pairs (``i - j >=
+    window, j < keep_first``)."""
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         k = _load_rows(k_base, cols, stride_kn, stride_kd, offs_d, seq)
         v = _load_rows(v_base, cols, stride_vn, stride_vd, offs_d, seq)
         z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
         p = tl.exp2((z - lse[:, None]) * LOG2E)
-        if MASKED:
+        if TAIL:
+            visible = (offs_m[:, None] - cols[None, :] >= window) & (cols[None, :] < keep_first)
+            p = tl.where(visible & row_ok[:, None], p, 0.0)
+        elif MASKED:
             dist = offs_m[:, None] - cols[None, :]
             visible = (dist >= 0) & ((dist < window) | (cols[None, :] < keep_first)) & (cols[None, :] < seq)
             p = tl.where(visible & row_ok[:, None], p, 0.0)
@@ -124,23 +129,30 @@ def _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn,
 
 @triton.jit
 def swa_sink_bwd_dq(
-    Q, K, V, DO, Lse, Delta, DQ,
+    Q, K, V, DO, Out, Lse, Delta, DQ,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    n_kv_heads, groups, seq, window, keep_first, scale, softcap,
+    n_kv_heads, groups, seq, window, keep_first, scale, softcap, first_block,
     HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINK_TAIL: tl.constexpr,
 ):  # fmt: skip
-    """dQ of BLOCK_M queries of one q head. Grid: (q blocks * groups, batch * kv heads)."""
+    """dQ of BLOCK_M queries of one q head. Grid: (q blocks from ``first_block`` on * groups,
+    batch * kv heads).
+
+    ``SINK_TAIL`` (the cuDNN path: DQ holds a window-only backward's dQ): only the pairs ``i - j >=
+    window, j < keep_first`` (sinks seen from beyond the window), added to DQ in place; delta is
+    computed here from Out and written to Delta for the sink-tail dK/dV kernel (no delta pass).
+    Otherwise the rule's whole dQ from the delta in Delta; Out is not read."""
     pid = tl.program_id(0)
     bh_kv = tl.program_id(1)
     b = bh_kv // n_kv_heads
     h_kv = bh_kv % n_kv_heads
     h_q = h_kv * groups + pid % groups
-    block = pid // groups
+    block = first_block + pid // groups
 
     offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -150,33 +162,42 @@ def swa_sink_bwd_dq(
                                             n_kv_heads * groups, seq, offs_d)  # fmt: skip
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-
-    # the forward's five ranges: full sink blocks, the partial sink block, the window's lower edge, the
-    # interior (every key visible to every query) and the diagonal
-    q_lo = block * BLOCK_M
-    q_last = tl.minimum(q_lo + BLOCK_M, seq) - 1
-    sink_full_end, sink_end, win_start, mid_start, hi_start = _key_ranges(q_lo, q_last, window, keep_first, BLOCK_N)
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    # fmt: off
-    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, 0, sink_full_end, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N, False)
-    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, sink_full_end, sink_end, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N, True)
-    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, win_start, mid_start, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N, True)
-    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, mid_start, hi_start, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N, False)
-    dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-                    offs_n, offs_d, hi_start, q_last + 1, seq, window, keep_first, scale, softcap, SOFTCAP,
-                    DOT_PRECISION, BLOCK_N, True)
-    # fmt: on
-    dq_base = DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh
-    tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty),
-             mask=row_ok[:, None])  # fmt: skip
+    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
+               + offs_d[None, :] * stride_dqd)  # fmt: skip
+    if SINK_TAIL:
+        o = _load_rows(Out + b.to(tl.int64) * stride_ob + h_q.to(tl.int64) * stride_oh, offs_m, stride_om, stride_od,
+                       offs_d, seq)  # fmt: skip
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+        tl.store(Delta + (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq + offs_m, delta, mask=row_ok)
+        dq = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn,
+                        stride_vd, offs_n, offs_d, 0, keep_first, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, True, True)  # fmt: skip
+    else:
+        # the forward's five ranges: full sink blocks, the partial sink block, the window's lower edge, the
+        # interior (every key visible to every query) and the diagonal
+        q_lo = block * BLOCK_M
+        q_last = tl.minimum(q_lo + BLOCK_M, seq) - 1
+        sink_full_end, sink_end, win_start, mid_start, hi_start = _key_ranges(q_lo, q_last, window, keep_first, BLOCK_N)
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        # fmt: off
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_n, offs_d, 0, sink_full_end, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, False)
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_n, offs_d, sink_full_end, sink_end, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, True)
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_n, offs_d, win_start, mid_start, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, True)
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_n, offs_d, mid_start, hi_start, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, False)
+        dq = _dq_blocks(dq, q, do, lse, delta, offs_m, row_ok, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+                        offs_n, offs_d, hi_start, q_last + 1, seq, window, keep_first, scale, softcap, SOFTCAP,
+                        DOT_PRECISION, BLOCK_N, True)
+        # fmt: on
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -315,49 +336,3 @@ def swa_sink_bwd_dkdv(
              mask=col_ok[:, None])  # fmt: skip
     tl.store(dv_base + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd, dv.to(DV.dtype.element_ty),
              mask=col_ok[:, None])  # fmt: skip
-
-
-@triton.jit
-def swa_sink_bwd_dq_sink_tail(
-    Q, K, V, DO, Lse, Delta, DQ,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    n_kv_heads, groups, seq, window, keep_first, scale, softcap, first_block,
-    HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Add to DQ, in place, the part of BLOCK_M queries' dQ that comes from the sinks they see from
-    beyond the window (``i - j >= window, j < keep_first``): what a window-only backward run with the
-    rule's final lse and delta leaves out. Grid: (q blocks from ``first_block`` on * groups,
-    batch * kv heads)."""
-    pid = tl.program_id(0)
-    bh_kv = tl.program_id(1)
-    b = bh_kv // n_kv_heads
-    h_kv = bh_kv % n_kv_heads
-    h_q = h_kv * groups + pid % groups
-    offs_m = (first_block + pid // groups) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q, do, lse, delta, row_ok = _query_rows(Q, DO, Lse, Delta, b, h_q, offs_m, stride_qb, stride_qh, stride_qm,
-                                            stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
-                                            n_kv_heads * groups, seq, offs_d)  # fmt: skip
-    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for start_n in range(0, keep_first, BLOCK_N):
-        cols = start_n + offs_n
-        k = _load_rows(k_base, cols, stride_kn, stride_kd, offs_d, keep_first)
-        v = _load_rows(v_base, cols, stride_vn, stride_vd, offs_d, keep_first)
-        z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
-        visible = (offs_m[:, None] - cols[None, :] >= window) & (cols[None, :] < keep_first) & row_ok[:, None]
-        p = tl.where(visible, tl.exp2((z - lse[:, None]) * LOG2E), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None]) * dz
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
-               + offs_d[None, :] * stride_dqd)  # fmt: skip
-    band = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0)
-    tl.store(dq_ptrs, (band.to(tl.float32) + dq).to(DQ.dtype.element_ty), mask=row_ok[:, None])

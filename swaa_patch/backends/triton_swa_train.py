@@ -99,12 +99,15 @@ class Launch:
 class BackwardConfig:
     """Launch parameters of the three backward kernels, each its own: dQ walks keys for a block of
     queries (wide in queries), dK/dV walks queries for a block of keys (wide in keys), so their best
-    tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel."""
+    tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel. ``tail_dq``: the dQ
+    kernel's launch in its sink-tail mode (the cuDNN path, :func:`add_sink_tail_gradients`: a few
+    sink keys per query instead of the window; None: ``dq``'s)."""
 
     dq: Launch
     dkdv: Launch
     tail: Launch
     chunk_blocks: int = 16
+    tail_dq: Launch | None = None
 
     @classmethod
     def uniform(cls, block_m: int, block_n: int, num_warps: int, num_stages: int, chunk_blocks: int,
@@ -116,7 +119,8 @@ class BackwardConfig:
 
 # bf16/fp16 on a GPU: chosen from benchmarks/train_kernel_tuning.py's sweep (results/train_kernel_tuning.md)
 GPU_CONFIG = BackwardConfig(
-    dq=Launch(128, 64, 8, 3), dkdv=Launch(32, 64, 4, 3), tail=Launch(128, 64, 8, 2), chunk_blocks=16
+    dq=Launch(128, 64, 8, 3), dkdv=Launch(32, 64, 4, 3), tail=Launch(128, 64, 8, 2), chunk_blocks=16,
+    tail_dq=Launch(128, 32, 4, 3),
 )
 FLOAT32_CONFIG = BackwardConfig.uniform(32, 32, 4, 1, 16, 32)
 INTERPRETER_CONFIG = BackwardConfig.uniform(16, 16, 1, 1, 2, 16)
@@ -150,7 +154,6 @@ def load_backward_kernels() -> SimpleNamespace:
         dq=kernels.swa_sink_bwd_dq,
         tail=kernels.swa_sink_bwd_sink_tail,
         dkdv=kernels.swa_sink_bwd_dkdv,
-        dq_tail=kernels.swa_sink_bwd_dq_sink_tail,
     )
 
 
@@ -196,6 +199,16 @@ class _Backward:
             BLOCK_M=DELTA_ROWS,
         )  # fmt: skip
         return delta
+
+    def dq_launch(self, dq: Tensor, first_block: int, run: Launch, sink_tail: bool) -> None:
+        """The dQ kernel over the q blocks from ``first_block`` on (``sink_tail``: its SINK_TAIL mode,
+        which writes delta instead of reading it)."""
+        blocks = math.ceil(self.seq / run.block_m) - first_block
+        self.kernels.dq[(blocks * self.groups, self.batch * self.kv_heads)](
+            self.q, self.k, self.v, self.grad_out, self.out, self.lse, self.delta, dq, *self.common, *self.out.stride(),
+            *dq.stride(), *self.rule, first_block, **self.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n,
+            SINK_TAIL=sink_tail, **run.pipeline(),
+        )  # fmt: skip
 
     @property
     def has_sink_tail(self) -> bool:
@@ -255,11 +268,7 @@ def swa_sink_attention_backward(
         *bwd.rule, sink_rows, **bwd.flags, HAS_SINK_TAIL=tail, BLOCK_M=run.block_m, BLOCK_N=run.block_n,
         **run.pipeline(),
     )  # fmt: skip
-    run = config.dq
-    kernels.dq[(math.ceil(seq / run.block_m) * bwd.groups, bwd.batch * bwd.kv_heads)](
-        q, k, v, grad_out, lse, bwd.delta, dq, *bwd.common, *dq.stride(), *bwd.rule,
-        **bwd.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
-    )  # fmt: skip
+    bwd.dq_launch(dq, 0, config.dq, sink_tail=False)
     return dq, dk, dv
 
 
@@ -286,26 +295,25 @@ def add_sink_tail_gradients(
     output, ``cudnn_swa.window_attention_backward``). With the final lse and ``delta = rowsum(dO *
     O)``, each visible score's gradient is exactly its own part, ``dS = P * (dP - delta)``, so the
     band's gradients are already the rule's for its pairs and only the pairs ``i - j >= window, j <
-    keep_first`` (sinks seen from beyond the window) are missing: the sink-tail kernel adds their
-    dK/dV to the sink rows, ``swa_sink_bwd_dq_sink_tail`` their dQ to the query rows."""
+    keep_first`` (sinks seen from beyond the window) are missing: the dQ kernel's sink-tail mode adds
+    their dQ to the query rows (computing delta on the way), the sink-tail kernel their dK/dV to the
+    sink rows."""
     _check_backward_inputs(q, k, v, out, lse, grad_out, window, keep_first)
     if q.numel() == 0 or window is None:
         return
     bwd = _Backward(q, k, v, out, lse, grad_out, window, keep_first, scaling, None, config)
     if not bwd.has_sink_tail:
         return
+    # the dQ kernel's sink-tail pass first: it adds the tail's dQ and writes delta (rows from the window's
+    # block on; the rows before it, zeros here, see no sink from beyond the window) for the dK/dV pass
+    run = bwd.config.tail_dq or bwd.config.dq
+    bwd.delta = torch.zeros(bwd.batch, bwd.heads, bwd.seq, dtype=torch.float32, device=q.device)
+    bwd.dq_launch(dq, bwd.window // run.block_m, run, sink_tail=True)
     sink_dk, sink_dv, _ = bwd.sink_tail_dkdv()
     sinks = bwd.keep_first
     for grad, part in ((dk, sink_dk), (dv, sink_dv)):
         rows = part.view(bwd.batch, bwd.kv_heads, -1, bwd.dim)[:, :, :sinks]
         grad[:, :, :sinks] = (grad[:, :, :sinks].float() + rows).to(grad.dtype)
-    run = bwd.config.dq
-    first_block = bwd.window // run.block_m
-    blocks = math.ceil(bwd.seq / run.block_m) - first_block
-    bwd.kernels.dq_tail[(blocks * bwd.groups, bwd.batch * bwd.kv_heads)](
-        q, k, v, grad_out, bwd.lse, bwd.delta, dq, *bwd.common, *dq.stride(), *bwd.rule, first_block,
-        **bwd.flags, BLOCK_M=run.block_m, BLOCK_N=run.block_n, **run.pipeline(),
-    )  # fmt: skip
 
 
 class SWASinkAttention(torch.autograd.Function):
@@ -418,7 +426,7 @@ def fused_train_kernel(call: AttentionCall) -> tuple[Tensor, None]:
         call.query, call.key, call.value, window, plan.config.keep_first, call.scaling, call.softcap, kernel
     )
     if plan.layer_answer_mask(layer) is not None:
-        out = with_full_answer_rows(call, out, answer_starts(plan))
+        return with_full_answer_rows(call, out, answer_starts(plan)), None
     return out.transpose(1, 2), None
 
 
@@ -440,13 +448,17 @@ def answer_starts(plan) -> list[int] | None:
 
 def with_full_answer_rows(call: AttentionCall, out: Tensor, starts: list[int]) -> Tensor:
     """``out`` (B, Hq, L, D) with each row's answer queries (from ``starts[b]`` on) attending to
-    every earlier key: SDPA over the answer rows, or the written-out math when logits are
-    softcapped."""
-    rows = []
+    every earlier key, returned in transformers' (B, L, Hq, D) layout, contiguous: SDPA over the
+    answer rows, or the written-out math when logits are softcapped.
+
+    One copy of the attention output: the rows are written into a contiguous clone, whose
+    reshape to (B, L, Hq * D) before the output projection is then free (a per-row cat, a stack
+    and that reshape copied it three times; the cat alone took 195 of 8,615 ms of kernel time in
+    a 128K training step on an H200, benchmarks/results/sft_profile.md)."""
     length = out.shape[2]
+    merged = out.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     for b, start in enumerate(starts):
         if start >= length:
-            rows.append(out[b])
             continue
         q = call.query[b : b + 1, :, start:]
         k, v = call.key[b : b + 1], call.value[b : b + 1]
@@ -464,5 +476,5 @@ def with_full_answer_rows(call: AttentionCall, out: Tensor, starts: list[int]) -
             scores = torch.tanh(q @ k.transpose(2, 3) * (call.scaling / call.softcap)) * call.softcap
             weights = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1, dtype=torch.float32)
             full = weights.to(v.dtype) @ v
-        rows.append(torch.cat([out[b, :, :start], full[0]], dim=1))
-    return torch.stack(rows)
+        merged[b, start:] = full[0].transpose(0, 1)
+    return merged

@@ -58,6 +58,7 @@ from .checkpoints import (
 )
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
+from .fused_lora import fused_lora_updates
 from .settings import LoraSettings, SFTSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ class SWAASFTTrainer(SFTTrainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
-        with lora_inputs_uncast(self.model, mixed_precision=self.args.bf16 or self.args.fp16):
+        with lora_inputs_uncast(self.model, mixed_precision=self.args.bf16 or self.args.fp16), \
+                fused_lora_updates(self.model):  # fmt: skip
             return super().train(*args, **kwargs)
 
     def restore_kernels(self) -> None:

@@ -1,0 +1,203 @@
+"""The cuDNN training backward split in two and its Triton sink tail's launch swept, on the GPU.
+
+On Hopper the training default (``SWAA_FUSED_TRAIN=auto``) computes the backward as cuDNN's
+sliding-window backward over the band, fed the rule's merged output and lse, plus the Triton sink
+tail (``add_sink_tail_gradients``: the dQ kernel's sink-tail pass, which also computes delta, then
+the dK/dV of the sink rows). This script times the two parts apart (the band alone, the tail alone)
+and the whole backward, beside full causal SDPA's backward (fwd+bwd minus fwd, same run), then
+sweeps the tail's launches one field at a time (``BackwardConfig.tail_dq``: the dQ pass; ``tail``
+and ``chunk_blocks``: the dK/dV sink-tail kernel). Every variant's whole backward (band + that
+tail) is checked against attention_speed.py's float64 references (sampled query rows for dq;
+sampled key rows, sinks among them, for dk/dv) before its tail is timed. The table is what
+``GPU_CONFIG.tail_dq`` in ``swaa_patch/backends/triton_swa_train.py`` is chosen from (``tail`` and
+``chunk_blocks`` serve the Triton path too: train_kernel_tuning.py). A launch that does not compile or fit is
+an ERROR row, not a crash. Writes markdown to --out (atomically) and prints it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from attention_speed import DQ_TOL, Case, SpeedArgs, bench_ms, cudnn_line, environment_lines, rel, sweep_args  # noqa: E402
+
+from swaa_patch.backends import cudnn_swa  # noqa: E402
+from swaa_patch.backends.triton_swa_train import GPU_CONFIG, BackwardConfig, Launch, add_sink_tail_gradients  # noqa: E402
+from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
+
+log = logging.getLogger("cudnn_tail_tuning")
+
+# (block_m, block_n, warps, stages) of the dQ kernel's sink-tail pass (block_n: sink keys per step) and of the
+# dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block); q blocks per
+# dK/dV program
+SWEEP: dict[str, tuple] = {
+    "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2)),
+    "tail": ((128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 128, 4, 3)),
+    "chunk_blocks": (16, 8, 32),
+}
+
+
+@dataclass
+class Row:
+    n: int
+    part: str
+    config: BackwardConfig | None
+    ms: float
+    errors: str = "-"
+    ok: bool = True
+    note: str = ""
+
+
+def variants() -> list[tuple[str, BackwardConfig]]:
+    out = [("shipped", GPU_CONFIG)]
+    for field, values in SWEEP.items():
+        for value in values:
+            config = dataclasses.replace(GPU_CONFIG, **{field: Launch(*value) if isinstance(value, tuple) else value})
+            if config != GPU_CONFIG:
+                out.append((field, config))
+    return out
+
+
+def best_config(rows: list[Row], n: int) -> BackwardConfig:
+    """Each swept field's fastest correct value at length n, the others' from GPU_CONFIG."""
+    picked = {}
+    for field in SWEEP:
+        mine = [r for r in rows if r.n == n and r.ok and r.part in (f"tail: {field}", "tail: shipped")]
+        picked[field] = getattr(min(mine, key=lambda r: r.ms).config, field)
+    return dataclasses.replace(GPU_CONFIG, **picked)
+
+
+class CudnnBackward:
+    """One length's inputs, the cuDNN forward's merged out and lse, and the float64 references."""
+
+    def __init__(self, args: SpeedArgs, n: int):
+        self.case = c = Case(args, n)
+        self.out, self.lse = cudnn_swa.swa_sink_attention_cudnn(c.q, c.k, c.v, args.window, args.keep_first, c.scaling)
+        _, _, self.ref_dq = c.reference(args.window, backward=True)
+        self.ref_dk, self.ref_dv = c.key_reference(args.window)
+
+    def band(self):
+        c = self.case
+        return cudnn_swa.window_attention_backward(c.q, c.k, c.v, self.out, self.lse, c.dout, c.args.window, c.scaling)
+
+    def tail(self, grads, config: BackwardConfig) -> None:
+        c, a = self.case, self.case.args
+        add_sink_tail_gradients(c.q, c.k, c.v, self.out, self.lse, c.dout, *grads, a.window, a.keep_first, c.scaling,
+                                config=config)  # fmt: skip
+
+    def whole(self, config: BackwardConfig):
+        grads = self.band()
+        self.tail(grads, config)
+        return grads
+
+    def errors(self, config: BackwardConfig) -> tuple[str, bool]:
+        c = self.case
+        dq, dk, dv = self.whole(config)
+        errors = {
+            "dq": rel(dq[0][:, c.rows], self.ref_dq),
+            "dk": rel(dk[0][:, c.key_rows], self.ref_dk),
+            "dv": rel(dv[0][:, c.key_rows], self.ref_dv),
+        }
+        return ", ".join(f"{k} {v:.1e}" for k, v in errors.items()), all(e < DQ_TOL for e in errors.values())
+
+    def fixed_rows(self) -> list[Row]:
+        """Full causal SDPA's backward (fwd+bwd - fwd), the band alone, and the shipped whole backward."""
+        c = self.case
+        q, k, v = (t.detach().clone().requires_grad_(True) for t in (c.q, c.k, c.v))
+        sdpa_fwd = bench_ms(lambda: c.sdpa(c.q, c.k, c.v))
+        sdpa_all = bench_ms(lambda: c.sdpa(q, k, v).backward(c.dout), grad_to_none=[q, k, v])
+        errors, ok = self.errors(GPU_CONFIG)
+        return [
+            Row(c.n, "sdpa full causal backward (fwd+bwd - fwd)", None, sdpa_all - sdpa_fwd),
+            Row(c.n, "cudnn band backward alone (not the rule)", None, bench_ms(self.band)),
+            Row(c.n, "whole backward: band + tail", GPU_CONFIG, bench_ms(lambda: self.whole(GPU_CONFIG)), errors, ok),
+        ]
+
+    def tail_row(self, varied: str, config: BackwardConfig) -> Row:
+        n = self.case.n
+        try:
+            errors, ok = self.errors(config)
+            grads = self.band()
+            ms = bench_ms(lambda: self.tail(grads, config))  # in place: the values drift, the work does not
+        except Exception as err:  # a launch that does not compile or fit: reported, the sweep goes on
+            log.exception("n=%d %s failed", n, config)
+            return Row(n, f"tail: {varied}", config, math.nan, "-", False, f"ERROR {type(err).__name__}")
+        return Row(n, f"tail: {varied}", config, ms, errors, ok)
+
+
+def launch_text(launch: Launch) -> str:
+    return f"{launch.block_m}x{launch.block_n} {launch.num_warps}w {launch.num_stages}s"
+
+
+def config_text(config: BackwardConfig | None) -> str:
+    if config is None:
+        return "-"
+    return f"{launch_text(config.tail_dq)} / {launch_text(config.tail)} / {config.chunk_blocks}"
+
+
+def format_row(row: Row, rows: list[Row]) -> str:
+    sdpa = next((r for r in rows if r.n == row.n and r.part.startswith("sdpa")), None)
+    band = next((r for r in rows if r.n == row.n and r.part.startswith("cudnn band")), None)
+    timed = row.ms == row.ms
+    ms = f"{row.ms:.3f}" if timed else "-"
+    whole = row.ms + band.ms if row.part.startswith("tail") and band is not None and timed else row.ms
+    vs = f"{sdpa.ms / whole:.2f}x" if sdpa is not None and timed and row.config is not None else "-"
+    verdict = ("ok" if row.ok else "FAIL") + (f" ({row.note})" if row.note else "")
+    return f"| {row.n} | {row.part} | {config_text(row.config)} | {ms} | {vs} | {row.errors} | {verdict} |"
+
+
+def report(args: SpeedArgs, rows: list[Row]) -> str:
+    lines = [
+        "# cuDNN training backward: the band and the Triton sink tail apart, the tail's launch swept",
+        "",
+        *environment_lines(args),
+        f"- cuDNN: {cudnn_line()}",
+        "- the tail: the dQ kernel's sink-tail pass (dQ of the sinks seen from beyond the window, delta on the way), "
+        "then the dK/dV sink-tail kernel (partial sums per chunk of q blocks), then the sums added to the sink rows",
+        f"- shipped (GPU_CONFIG: tail_dq / tail as BLOCK_M x BLOCK_N warps stages / chunk_blocks): "
+        f"{config_text(GPU_CONFIG)}",
+        "- time: median of triton.testing.do_bench; a `tail` row times the tail alone with one field varied from "
+        "the shipped config (`best`: each field's fastest correct value together); its `backward vs SDPA` is "
+        "SDPA's backward over (the band's time + that tail's)",
+        f"- correctness: the whole backward (band + that row's tail) vs float64, {args.rows} query rows (dq) and "
+        f"{args.rows} key rows with 3 sinks (dk, dv); relative L2; tolerance {DQ_TOL}",
+        "",
+        "| n | part | tail_dq / tail / chunk_blocks | ms | backward vs SDPA | rel. error | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    return "\n".join(lines + [format_row(r, rows) for r in rows]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _ = sweep_args(__doc__, "benchmarks/results/cudnn_tail_tuning.md", argv)
+    if not cudnn_swa.frontend_available():
+        raise SystemExit("cudnn_tail_tuning.py needs cudnn-frontend (pip install nvidia-cudnn-frontend)")
+    rows: list[Row] = []
+    for n in args.sizes:
+        bench = CudnnBackward(args, n)
+        rows += bench.fixed_rows()
+        for varied, config in variants():
+            rows.append(bench.tail_row(varied, config))
+            log.info("%s", format_row(rows[-1], rows))
+            atomic_write_text(args.out, report(args, rows))
+        rows.append(bench.tail_row("best", best_config(rows, n)))
+        log.info("%s", format_row(rows[-1], rows))
+        del bench
+        torch.cuda.empty_cache()
+    text = report(args, rows)
+    atomic_write_text(args.out, text)
+    sys.stdout.write(text)
+    return 0 if all(r.ok for r in rows if r.config == GPU_CONFIG or r.part == "tail: best") else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.exit(main())
