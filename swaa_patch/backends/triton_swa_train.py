@@ -171,8 +171,9 @@ def _check_backward_inputs(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Te
 
 class _Backward:
     """One backward call's shared launch arguments and the delta every kernel reads
-    (``delta_i = sum_d dO_i O_i``, float32 (B, Hq, L), computed on first use); ``config`` defaults
-    to the device's and dtype's."""
+    (``delta_i = sum_d dO_i O_i``, float32 (B, Hq, L): computed by its own pass on first use, or
+    assigned by :func:`add_sink_tail_gradients`, whose dQ pass writes it); ``config`` defaults to
+    the device's and dtype's."""
 
     def __init__(self, q, k, v, out, lse, grad_out, window, keep_first, scaling, softcap, config):
         self.q, self.k, self.v, self.out, self.grad_out = q, k, v, out, grad_out
