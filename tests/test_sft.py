@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from swaa_patch.training.adapter import load_swaa_adapter, merge_swaa_adapter, r
 from swaa_patch.training.checkpoints import COMPLETE_MARKER
 from swaa_patch.training.data import encode_example
 from swaa_patch.training.settings import load_sft_settings, parse_sft
-from swaa_patch.training.sft import build_trainer, run_sft, save_final
+from swaa_patch.training.sft import build_trainer, run_sft, save_final, sft_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SWAA = {"sliding_window_size": 16, "keep_first": 2, "force_fa_decode": True, "non_sliding_layers": []}
@@ -332,6 +333,23 @@ def test_training_under_mixed_precision_runs_without_lora_input_casts(tiny, tmp_
     trainer.train()
     assert flags.seen == [{False}, {False}]
     assert {m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled")} == {True}
+
+
+@pytest.mark.parametrize("launched", ["bf16", "fp16", None])
+def test_the_settings_decide_precision_not_the_launcher(tiny, tmp_path, monkeypatch, caplog, launched):
+    """``accelerate launch`` exports its config's mixed_precision; transformers would take it for a run
+    whose settings want float32 (a CPU run here)."""
+    if launched is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched)
+    with caplog.at_level(logging.WARNING, logger="swaa_patch.training.sft"):
+        config = sft_config(make_settings(tiny, tmp_path / "run", max_steps=1))
+    assert not config.bf16 and not config.fp16 and config.mixed_precision == "no"
+    warned = [r.getMessage() for r in caplog.records if "ACCELERATE_MIXED_PRECISION" in r.getMessage()]
+    assert len(warned) == (launched is not None)
+    if launched:
+        assert f"ACCELERATE_MIXED_PRECISION={launched}" in warned[0] and "follows the settings" in warned[0]
 
 
 def test_resume_continues_from_the_step_it_stopped_at(tiny, tmp_path):

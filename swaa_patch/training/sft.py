@@ -138,7 +138,7 @@ def checkpointing_arguments(t: TrainSettings) -> dict[str, Any]:
 def sft_config(settings: SFTSettings) -> SFTConfig:
     """trl/transformers arguments from the settings (the one place they are mapped)."""
     t, d = settings.training, settings.data
-    return SFTConfig(
+    config = SFTConfig(
         **checkpointing_arguments(t),
         output_dir=str(settings.output_dir),
         learning_rate=t.learning_rate,
@@ -165,6 +165,27 @@ def sft_config(settings: SFTSettings) -> SFTConfig:
         ddp_find_unused_parameters=False,
         logging_first_step=True,
     )
+    return with_settings_precision(config, settings.dtype)
+
+
+def with_settings_precision(config: SFTConfig, dtype: str) -> SFTConfig:
+    """``config`` with the settings' precision, whatever ``accelerate launch`` exported.
+
+    ``accelerate launch`` exports its config file's ``mixed_precision`` (ACCELERATE_MIXED_PRECISION:
+    ``bf16`` in sft/accelerate_*.yaml), and transformers takes it whenever neither bf16 nor fp16 is
+    set: a float32 run (``dtype`` float32, or any run on a CPU) launched with those configs trained in
+    bf16 autocast without a word (a 2-process CPU run's losses differed from one process's by 3e-5;
+    with the settings' precision they are identical, tests/test_sft_multiprocess.py). The settings
+    decide; a launcher value that disagrees is logged and replaced."""
+    wanted = "bf16" if config.bf16 else "fp16" if config.fp16 else "no"
+    if config.mixed_precision != wanted:
+        logger.warning(
+            "ACCELERATE_MIXED_PRECISION=%s (from `accelerate launch`'s config) disagrees with the settings "
+            "(dtype %r on %s: mixed precision %s); training follows the settings",
+            config.mixed_precision, dtype, "a GPU" if on_gpu() else "the CPU", wanted,
+        )  # fmt: skip
+        config.mixed_precision = wanted
+    return config
 
 
 def lora_inputs_uncast(model: Any, mixed_precision: bool) -> AbstractContextManager[None]:
