@@ -16,21 +16,19 @@ an ERROR row, not a crash. Writes markdown to --out (atomically) and prints it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import sys
 from dataclasses import dataclass
 
-import torch
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from attention_speed import DQ_TOL, Case, SpeedArgs, bench_ms, cudnn_line, environment_lines, rel, sweep_args  # noqa: E402
+from train_kernel_tuning import launch_text, sweep_sizes  # noqa: E402
 
 from swaa_patch.backends import cudnn_swa  # noqa: E402
-from swaa_patch.backends.triton_swa_train import GPU_CONFIG, BackwardConfig, Launch, add_sink_tail_gradients  # noqa: E402
+from swaa_patch.backends.triton_swa_train import GPU_CONFIG, BackwardConfig, add_sink_tail_gradients  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("cudnn_tail_tuning")
@@ -54,25 +52,6 @@ class Row:
     errors: str = "-"
     ok: bool = True
     note: str = ""
-
-
-def variants() -> list[tuple[str, BackwardConfig]]:
-    out = [("shipped", GPU_CONFIG)]
-    for field, values in SWEEP.items():
-        for value in values:
-            config = dataclasses.replace(GPU_CONFIG, **{field: Launch(*value) if isinstance(value, tuple) else value})
-            if config != GPU_CONFIG:
-                out.append((field, config))
-    return out
-
-
-def best_config(rows: list[Row], n: int) -> BackwardConfig:
-    """Each swept field's fastest correct value at length n, the others' from GPU_CONFIG."""
-    picked = {}
-    for field in SWEEP:
-        mine = [r for r in rows if r.n == n and r.ok and r.part in (f"tail: {field}", "tail: shipped")]
-        picked[field] = getattr(min(mine, key=lambda r: r.ms).config, field)
-    return dataclasses.replace(GPU_CONFIG, **picked)
 
 
 class CudnnBackward:
@@ -121,7 +100,7 @@ class CudnnBackward:
             Row(c.n, "whole backward: band + tail", GPU_CONFIG, bench_ms(lambda: self.whole(GPU_CONFIG)), errors, ok),
         ]
 
-    def tail_row(self, varied: str, config: BackwardConfig) -> Row:
+    def row(self, varied: str, config: BackwardConfig) -> Row:
         n = self.case.n
         try:
             errors, ok = self.errors(config)
@@ -131,10 +110,6 @@ class CudnnBackward:
             log.exception("n=%d %s failed", n, config)
             return Row(n, f"tail: {varied}", config, math.nan, "-", False, f"ERROR {type(err).__name__}")
         return Row(n, f"tail: {varied}", config, ms, errors, ok)
-
-
-def launch_text(launch: Launch) -> str:
-    return f"{launch.block_m}x{launch.block_n} {launch.num_warps}w {launch.num_stages}s"
 
 
 def config_text(config: BackwardConfig | None) -> str:
@@ -180,18 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = sweep_args(__doc__, "benchmarks/results/cudnn_tail_tuning.md", argv)
     if not cudnn_swa.frontend_available():
         raise SystemExit("cudnn_tail_tuning.py needs cudnn-frontend (pip install nvidia-cudnn-frontend)")
-    rows: list[Row] = []
-    for n in args.sizes:
-        bench = CudnnBackward(args, n)
-        rows += bench.fixed_rows()
-        for varied, config in variants():
-            rows.append(bench.tail_row(varied, config))
-            log.info("%s", format_row(rows[-1], rows))
-            atomic_write_text(args.out, report(args, rows))
-        rows.append(bench.tail_row("best", best_config(rows, n)))
+
+    def show(rows: list[Row]) -> None:
         log.info("%s", format_row(rows[-1], rows))
-        del bench
-        torch.cuda.empty_cache()
+        atomic_write_text(args.out, report(args, rows))  # partial results survive a kill
+
+    rows = sweep_sizes(args, CudnnBackward, SWEEP, show, varied=lambda r: r.part.removeprefix("tail: "))
     text = report(args, rows)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)

@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -76,13 +78,15 @@ class Row:
     note: str = ""
 
 
-def variants() -> list[tuple[str, BackwardConfig]]:
+def variants(sweep: dict[str, tuple] = SWEEP) -> list[tuple[str, BackwardConfig]]:
+    """``("shipped", GPU_CONFIG)``, then ``(field, GPU_CONFIG with that field replaced)`` for each value
+    of each ``sweep`` field (a tuple value is a Launch's (block_m, block_n, warps, stages))."""
     out = [("shipped", GPU_CONFIG)]
-    for kernel, launches in SWEEP.items():
-        for launch in launches:
-            config = dataclasses.replace(GPU_CONFIG, **{kernel: Launch(*launch)})
+    for field, values in sweep.items():
+        for value in values:
+            config = dataclasses.replace(GPU_CONFIG, **{field: Launch(*value) if isinstance(value, tuple) else value})
             if config != GPU_CONFIG:
-                out.append((kernel, config))
+                out.append((field, config))
     return out
 
 
@@ -119,7 +123,7 @@ class Backward:
         text = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
         return Row(c.n, kernel, config, ms, text, all(e < DQ_TOL for e in errors.values()))
 
-    def baseline_rows(self) -> list[Row]:
+    def fixed_rows(self) -> list[Row]:
         """The Triton forward and full causal SDPA's backward alone (fwd+bwd minus fwd), for scale."""
         c, a = self.case, self.case.args
         fwd = bench_ms(lambda: swa_sink_attention(c.q, c.k, c.v, a.window, a.keep_first, c.scaling))
@@ -142,13 +146,34 @@ def config_text(config: BackwardConfig | None) -> str:
     return " / ".join(launch_text(x) for x in (config.dq, config.dkdv, config.tail))
 
 
-def best_config(rows: list[Row], n: int) -> BackwardConfig:
-    """Each kernel's fastest correct launch at length n, the others' from GPU_CONFIG."""
+def best_config(rows: list, n: int, sweep: dict[str, tuple] = SWEEP,
+                varied: Callable[[Any], str] = lambda r: r.kernel) -> BackwardConfig:  # fmt: skip
+    """Each ``sweep`` field's fastest correct value at length n (rows whose ``varied`` names the field
+    or ``shipped``), the others' from GPU_CONFIG."""
     picked = {}
-    for kernel in SWEEP:
-        mine = [r for r in rows if r.n == n and r.ok and r.kernel in (kernel, "shipped")]
-        picked[kernel] = getattr(min(mine, key=lambda r: r.ms).config, kernel)
+    for field in sweep:
+        mine = [r for r in rows if r.n == n and r.ok and varied(r) in (field, "shipped")]
+        picked[field] = getattr(min(mine, key=lambda r: r.ms).config, field)
     return dataclasses.replace(GPU_CONFIG, **picked)
+
+
+def sweep_sizes(args: SpeedArgs, bench_for: Callable[[SpeedArgs, int], Any], sweep: dict[str, tuple],
+                show: Callable[[list], None], varied: Callable[[Any], str] = lambda r: r.kernel) -> list:  # fmt: skip
+    """Per length: the bench's ``fixed_rows()``, its ``row(field, config)`` for each of ``variants(sweep)``
+    (``show(rows)`` after each, which logs and writes the partial table), then the ``best_config``
+    combination's row. The GPU's cache is emptied between lengths."""
+    rows: list = []
+    for n in args.sizes:
+        bench = bench_for(args, n)
+        rows += bench.fixed_rows()
+        for field, config in variants(sweep):
+            rows.append(bench.row(field, config))
+            show(rows)
+        rows.append(bench.row("best", best_config(rows, n, sweep, varied)))
+        show(rows)
+        del bench
+        torch.cuda.empty_cache()
+    return rows
 
 
 def format_row(row: Row, rows: list[Row], args: SpeedArgs) -> str:
@@ -185,18 +210,12 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = sweep_args(__doc__, "benchmarks/results/train_kernel_tuning.md", argv)
-    rows: list[Row] = []
-    for n in args.sizes:
-        bench = Backward(args, n)
-        rows += bench.baseline_rows()
-        for kernel, config in variants():
-            rows.append(bench.row(kernel, config))
-            log.info("%s", format_row(rows[-1], rows, args))
-            atomic_write_text(args.out, report(args, rows))
-        rows.append(bench.row("best", best_config(rows, n)))
+
+    def show(rows: list[Row]) -> None:
         log.info("%s", format_row(rows[-1], rows, args))
-        del bench
-        torch.cuda.empty_cache()
+        atomic_write_text(args.out, report(args, rows))  # partial results survive a kill
+
+    rows = sweep_sizes(args, Backward, SWEEP, show)
     text = report(args, rows)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)

@@ -45,7 +45,7 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize("autocast, dropout, tol", [(False, 0.0, 1e-5), (False, 0.2, 1e-5), (True, 0.0, 2e-2)])
-def test_loss_and_lora_gradients_match_peft(autocast, dropout, tol):
+def test_loss_and_lora_gradients_match_peft(autocast, dropout, tol, monkeypatch):
     model = lora_model(dropout)
     model.train()
     ids = torch.randint(3, 96, (2, 40), generator=torch.Generator().manual_seed(5))
@@ -57,12 +57,9 @@ def test_loss_and_lora_gradients_match_peft(autocast, dropout, tol):
         calls.append(1)
         return original(*args, **kwargs)
 
-    fused_lora.addmm_update = counted
-    try:
-        with fused_lora_updates(model) as adapters:
-            got_loss, got = loss_and_grads(model, ids, autocast)
-    finally:
-        fused_lora.addmm_update = original
+    monkeypatch.setattr(fused_lora, "addmm_update", counted)
+    with fused_lora_updates(model) as adapters:
+        got_loss, got = loss_and_grads(model, ids, autocast)
     assert adapters == 4 * len(TARGETS)
     assert len(calls) == adapters  # every adapted projection took the addmm path
     assert rel(got_loss, want_loss) < tol
