@@ -2,7 +2,7 @@
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [stash_wheels] [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
 #                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
-#                                                  [sft_stock_long] [sft_profile] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
+#                                                  [sft_stock_long] [sft_profile] [first_step] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 #                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
 # OUT defaults to ./gpu_out; copy the .md tables into benchmarks/results/ with the commit.
@@ -108,6 +108,17 @@ PY
           python3 benchmarks/sft_profile.py --n "$n" --variant "$v" --out "$OUT/sft_profile_${v}_$n.md" \
             > "$OUT/sft_profile_${v}_$n.log" 2>&1 || echo "sft_profile $v n=$n failed (see its log)"
         done
+      done ;;
+    # ~6 min: where a fresh process's first step goes (benchmarks/sft_first_step.py), the kernel warm-up on
+    # and off (FIRST_STEP_RUNS: n:warmup pairs), after its GPU test (after the warm-up the run compiles nothing)
+    first_step)
+      install_sft_wheels
+      python3 -m pytest -q -p no:cacheprovider tests/test_kernel_warmup.py > "$OUT/first_step_tests.log" 2>&1 || true
+      tail -n 3 "$OUT/first_step_tests.log"
+      for spec in ${FIRST_STEP_RUNS:-32768:off 32768:auto 262144:auto}; do
+        n=${spec%:*} w=${spec#*:}
+        python3 benchmarks/sft_first_step.py --n "$n" --warmup "$w" --out "$OUT/sft_first_step_${n}_$w.md" \
+          > "$OUT/sft_first_step_${n}_$w.log" 2>&1 || echo "sft_first_step n=$n warmup=$w failed (see its log)"
       done ;;
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from .checkpoints import (
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
 from .fused_lora import fused_lora_updates
+from .kernel_warmup import warm_up_kernels
 from .settings import LoraSettings, SFTSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,7 @@ class SWAASFTTrainer(SFTTrainer):
         self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
+        self._first_logged = False
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
@@ -239,16 +242,27 @@ class SWAASFTTrainer(SFTTrainer):
             totals = self.accelerator.reduce(totals, reduction="sum")
             logs.update(self.meter.report(float(totals[0]), int(totals[1]), self.accelerator.num_processes,
                                           self.peak_tflops))
+            if not self._first_logged:  # how long the user waited for the first step: start-up included
+                logs["since_process_start_s"] = seconds_since_process_start()
+                self._first_logged = True
             if torch.cuda.is_available():  # the largest per-GPU peak of any process so far
                 peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=self.args.device)
                 logs["peak_gib"] = float(self.accelerator.gather(peak).max())
         super().log(logs, start_time)
 
 
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process was created (imports, data, model load and compiles included)."""
+    import psutil  # accelerate's dependency
+
+    return time.time() - psutil.Process().create_time()
+
+
 class LogLineCallback(TrainerCallback):
     """One logging line per trainer log (loss, learning rate, throughput), for log files."""
 
-    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu", "peak_gib")
+    KEYS = ("loss", "learning_rate", "grad_norm", "tokens_per_s", "tflops_per_device", "mfu", "peak_gib",
+            "since_process_start_s")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -265,6 +279,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
+    warm_up_kernels(settings, path, max_positions(path))  # the first step's Triton compiles, in parallel
     model, liger = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,

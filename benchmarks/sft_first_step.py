@@ -1,0 +1,304 @@
+"""Where a `swaa sft` run's first step goes: process start to the first step, compiles and graph builds apart.
+
+The row is ``sft_speed.py``'s (its model folder, data and settings: Qwen3-4B shape, LoRA r 16 on every
+projection, gradient checkpointing, batch 1, one n-token example per step), trained in this process by
+``swaa_patch.training.sft.build_trainer``, in a process started with empty Triton and inductor caches
+(as on a fresh machine). Two trainings run one after the other in that process: ``--steps`` steps at n
+tokens, then ``--steps`` at ``n - --new-length`` tokens, a length the process has not seen (real data
+varies in length: what does a new length cost once everything else is warm?).
+
+Timed, from the process's start (wall seconds, the GPU synchronised at each step's end): imports, the
+trainer built (model loaded), train() begun, each step's end. Inside each span: the seconds spent in
+Triton compiles (``triton.compiler.compile``: every Triton kernel, SWAA's and Liger's, by kernel name)
+and in cuDNN graph builds (cudnn-frontend's SDPA forward and backward graphs, one per shape), so the
+first step splits into compiles, graph builds and the rest.
+
+    python benchmarks/sft_first_step.py --n 32768 --variant swaa_cudnn_liger   # on the GPU, ~1-2 min
+    python benchmarks/sft_first_step.py --tiny                                 # the CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+START_ENV = "SWAA_FIRST_STEP_START"  # the launcher's wall clock, so the re-executed process counts from it
+
+
+@dataclass
+class Spans:
+    """Seconds spent in each kind of compile, by span (a span ends at each :meth:`mark`)."""
+
+    start: float
+    marks: list[tuple[str, float]] = field(default_factory=list)
+    spent: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    counts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+    @property
+    def current(self) -> str:
+        return f"until {len(self.marks)}"
+
+    def add(self, what: str, seconds: float) -> None:
+        self.spent[self.current][what] += seconds
+        self.counts[self.current][what] += 1
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.time() - self.start))
+
+
+def timed(spans: Spans, label, fn):
+    """``fn`` wrapped to add its wall time under ``label(*args)`` to the current span."""
+
+    def wrapper(*args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spans.add(label(*args, **kwargs), time.perf_counter() - begin)
+
+    return wrapper
+
+
+def triton_kernel_name(source, *args, **kwargs) -> str:
+    """The kernel's name from a JITFunction (``_do_compile``'s self) or an ASTSource (``compile``'s src)."""
+    fn = getattr(source, "fn", None)
+    return "triton: " + str(getattr(fn, "__name__", getattr(source, "name", "?")))
+
+
+def instrument(spans: Spans) -> list[str]:
+    """Wrap Triton's compile and cudnn-frontend's SDPA graph builders; the ones found, by name."""
+    found = []
+    try:
+        import triton.compiler
+        from triton.compiler.compiler import CompiledKernel
+        from triton.runtime.jit import JITFunction
+
+        if hasattr(CompiledKernel, "_init_handles"):  # at the first launch: the module load and the launcher build
+            init = CompiledKernel._init_handles
+            first = timed(spans, lambda k: f"triton load + launcher: {k.name}", init)
+            # called at every launch; only the first (module not yet loaded) does the work
+            CompiledKernel._init_handles = lambda k: init(k) if k.module is not None else first(k)
+            found.append("triton CompiledKernel._init_handles")
+        if hasattr(JITFunction, "_do_compile"):  # one call per kernel variant (a disk-cache hit included)
+            JITFunction._do_compile = timed(spans, triton_kernel_name, JITFunction._do_compile)
+            found.append("triton JITFunction._do_compile")
+        else:  # older Triton: JITFunction binds `from ..compiler import compile` on first use
+            triton.compiler.compile = timed(spans, triton_kernel_name, triton.compiler.compile)
+            found.append("triton.compiler.compile")
+    except ImportError:
+        pass
+    try:
+        from cudnn.sdpa.fwd import torch_op
+
+        for name, label in (("_build_graph", "cuDNN forward graph"), ("_build_bwd_graph", "cuDNN backward graph")):
+            if hasattr(torch_op, name):
+                setattr(torch_op, name, timed(spans, lambda *a, _l=label, **k: _l, getattr(torch_op, name)))
+                found.append(f"cudnn {name}")
+    except Exception:  # no cudnn-frontend (or no usable cuDNN): its path is off anyway
+        pass
+    return found
+
+
+def relaunch_cold(argv: list[str]) -> None:
+    """Re-execute this script with empty compile caches and the start time recorded (once)."""
+    if os.environ.get(START_ENV):
+        return
+    caches = Path(tempfile.mkdtemp(prefix="swaa_first_step_caches_"))
+    env = {**os.environ, START_ENV: repr(time.time()), "TRITON_CACHE_DIR": str(caches / "triton"),
+           "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}  # fmt: skip
+    os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=32768, help="tokens per example")
+    p.add_argument("--new-length", type=int, default=1000, help="the second training's examples are this much shorter")
+    p.add_argument("--variant", default="swaa_cudnn_liger")
+    p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
+    p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
+    p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
+    p.add_argument("--warmup", default="auto", choices=("auto", "off"),
+                   help="training.kernel_warmup (its Triton compiles run in parallel: the Triton column sums them)")
+    p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error(f"--steps: must be >= 2 (the second step is the warm one), got {args.steps}")
+    if not 0 < args.new_length < args.n:
+        p.error(f"--new-length: must be in [1, --n), got {args.new_length}")
+    relaunch_cold(argv)
+    spans = Spans(start=float(os.environ[START_ENV]))
+
+    import torch
+    import transformers
+
+    found = instrument(spans)  # before any module defines its Triton kernels
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here.parent))
+    sys.path.insert(0, str(here))
+    from bench_common import with_tiny_defaults
+    from sft_speed import (
+        TINY,
+        TINY_DEFAULTS,
+        VARIANTS,
+        Row,
+        SFTSpeedArgs,
+        build_model_folder,
+        cudnn_missing,
+        fused_train_mode,
+        row_label,
+        row_settings,
+        write_data,
+    )
+
+    from swaa_patch.backends import triton_swa_train
+    from swaa_patch.jobs.io import atomic_write_text
+    from swaa_patch.training.settings import parse_sft
+
+    from shapes import QWEN3_4B
+
+    if args.variant not in VARIANTS:
+        p.error(f"--variant: one of {VARIANTS}, got {args.variant!r}")
+    if args.tiny and (args.variant.endswith("_liger") or "_cudnn" in args.variant):
+        p.error("--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn")
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("sft_first_step.py needs a CUDA device (or --tiny)")
+    spans.mark("imports (torch, transformers, swaa_patch)")
+    device = torch.device("cpu" if args.tiny else "cuda")
+    speed = SFTSpeedArgs(tiny=args.tiny, work_dir=args.work_dir)
+    if args.tiny:
+        speed = with_tiny_defaults(speed, TINY_DEFAULTS)
+        args.n = TINY_DEFAULTS["sizes"][0]
+        args.new_length = min(args.new_length, args.n // 4)
+    speed = replace(speed, steps=args.steps)
+    work = Path(args.work_dir).resolve()
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    model_dir = build_model_folder(speed, TINY if args.tiny else QWEN3_4B, work)
+    spans.mark("model folder ready (built when absent)")
+    runs = []
+    for tag, n in (("first length", args.n), ("new length", args.n - args.new_length)):
+        data, tokens = write_data(speed, model_dir, work, n, args.steps)
+        row = Row(n, args.variant, "1gpu", tokens=tokens, steps=args.steps)
+        document = row_settings(speed, row, model_dir, data, work / "runs" / f"first-step-{row.name}")
+        document["training"]["kernel_warmup"] = args.warmup
+        runs.append((tag, row, parse_sft(document)))
+    spans.mark("settings and data ready")
+    from transformers import TrainerCallback
+
+    from swaa_patch.training import sft
+    from swaa_patch.training.sft import build_trainer
+
+    spans.mark("trl imported")
+    warm_up = sft.warm_up_kernels
+
+    def marked_warm_up(settings, *args):  # build_trainer's warm-up, between the data and the model load
+        spans.mark(f"{tag}: data loaded")
+        stats = warm_up(settings, *args)
+        spans.mark(f"{tag}: kernel warm-up " + ("off" if stats is None else f"done ({stats['kernels']} kernels)"))
+        return stats
+
+    sft.warm_up_kernels = marked_warm_up
+
+    class StepMarks(TrainerCallback):
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        def on_train_begin(self, *a, **k):
+            spans.mark(f"{self.tag}: train() begun")
+
+        def on_step_end(self, args_, state, control, **kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spans.mark(f"{self.tag}: step {state.global_step} done")
+
+    trainings = []
+    for tag, row, settings in runs:
+        triton_swa_train.PATH_COUNTS.clear()
+        with triton_swa_train.fused_train(fused_train_mode(speed, row)):
+            trainer = build_trainer(settings, callbacks=(StepMarks(tag),))
+            spans.mark(f"{tag}: trainer built (model loaded)")
+            trainer.train()
+        missing = cudnn_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
+        if missing:
+            raise SystemExit(f"{args.variant}: {missing}")
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        first_s = row.tokens / history[0]["tokens_per_s"] if history and "tokens_per_s" in history[0] else math.nan
+        trainings.append((tag, row, [h["loss"] for h in history], first_s))
+        trainer.restore_kernels()
+        del trainer
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    label = row_label(speed, trainings[0][1])
+    text = report(args, spans, found, label, trainings, torch, transformers)
+    atomic_write_text(args.out, text)
+    sys.stdout.write(text)
+    return 0
+
+
+def report(args, spans: Spans, found: list[str], label: str, trainings: list, torch, transformers) -> str:
+    device = "CPU" if args.tiny else torch.cuda.get_device_name()
+    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
+    for module in ("triton", "trl", "peft", "liger_kernel", "cudnn"):
+        try:
+            imported = __import__(module)
+            versions.append(f"{module} {getattr(imported, '__version__', '?')}")
+        except Exception:
+            pass
+    lines = [
+        "# `swaa sft` from process start to its first steps: compiles and graph builds apart",
+        "",
+        f"- date: {datetime.date.today()}; device: {device}; {', '.join(versions)}, python {platform.python_version()}",
+        f"- row: {label}; one process with empty Triton / inductor caches; training 1: {trainings[0][1].tokens} tokens "
+        f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
+        f"- training.kernel_warmup: {args.warmup}",
+        "- losses: " + "; ".join(f"{tag} " + " / ".join(f"{x:.4f}" for x in losses) for tag, _, losses, _ in trainings),
+        "- first step as `swaa sft` logs it (train() start to the first log, sft_speed.md's `first step s`): "
+        + "; ".join(f"{tag} {first_s:.1f} s" for tag, _, _, first_s in trainings),
+        f"- instrumented: {', '.join(found) or 'nothing (no Triton, no cudnn-frontend)'}; times are wall seconds, "
+        "the GPU synchronised at each step's end",
+        "",
+        "| span ends at | at s | span s | Triton compiles (n) s | cuDNN graph builds (n) s | rest s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    previous = 0.0
+    for index, (name, at) in enumerate(spans.marks):
+        spent, counts = spans.spent.get(f"until {index}", {}), spans.counts.get(f"until {index}", {})
+        triton_s = sum(s for k, s in spent.items() if k.startswith("triton"))
+        triton_n = sum(c for k, c in counts.items() if k.startswith("triton"))
+        cudnn_s = sum(s for k, s in spent.items() if k.startswith("cuDNN"))
+        cudnn_n = sum(c for k, c in counts.items() if k.startswith("cuDNN"))
+        span = at - previous
+        lines.append(f"| {name} | {at:.1f} | {span:.2f} | {triton_s:.2f} ({triton_n}) | {cudnn_s:.2f} ({cudnn_n}) | "
+                     f"{span - triton_s - cudnn_s:.2f} |")
+        previous = at
+    lines += ["", "## Compiles and graph builds by span and name", "", "| span ends at | what | n | s |",
+              "| --- | --- | --- | --- |"]
+    for index, (name, _) in enumerate(spans.marks):
+        spent, counts = spans.spent.get(f"until {index}", {}), spans.counts.get(f"until {index}", {})
+        for what, s in sorted(spent.items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {name} | {what} | {counts[what]} | {s:.2f} |")
+    lines += ["", "## Compiles and graph builds by name (all spans)", "", "| what | n | s |", "| --- | --- | --- |"]
+    total_s: dict[str, float] = defaultdict(float)
+    total_n: dict[str, int] = defaultdict(int)
+    for key in spans.spent:
+        for what, s in spans.spent[key].items():
+            total_s[what] += s
+            total_n[what] += spans.counts[key][what]
+    for what, s in sorted(total_s.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {what} | {total_n[what]} | {s:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.exit(main())
