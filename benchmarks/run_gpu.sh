@@ -109,16 +109,12 @@ PY
             > "$OUT/sft_profile_${v}_$n.log" 2>&1 || echo "sft_profile $v n=$n failed (see its log)"
         done
       done ;;
-    # ~6 min: where a fresh process's first step goes (benchmarks/sft_first_step.py), the kernel warm-up on
-    # and off (FIRST_STEP_RUNS: n:warmup pairs), after its GPU test (after the warm-up the run compiles nothing)
+    # ~1-2 min per length: where a fresh process's first step goes (benchmarks/sft_first_step.py; FIRST_STEP_SIZES)
     first_step)
       install_sft_wheels
-      python3 -m pytest -q -p no:cacheprovider tests/test_kernel_warmup.py > "$OUT/first_step_tests.log" 2>&1 || true
-      tail -n 3 "$OUT/first_step_tests.log"
-      for spec in ${FIRST_STEP_RUNS:-32768:off 32768:auto 262144:auto}; do
-        n=${spec%:*} w=${spec#*:}
-        python3 benchmarks/sft_first_step.py --n "$n" --warmup "$w" --out "$OUT/sft_first_step_${n}_$w.md" \
-          > "$OUT/sft_first_step_${n}_$w.log" 2>&1 || echo "sft_first_step n=$n warmup=$w failed (see its log)"
+      for n in ${FIRST_STEP_SIZES:-32768 131072}; do
+        python3 benchmarks/sft_first_step.py --n "$n" --out "$OUT/sft_first_step_$n.md" \
+          > "$OUT/sft_first_step_$n.log" 2>&1 || echo "sft_first_step n=$n failed (see its log)"
       done ;;
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;

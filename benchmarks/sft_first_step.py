@@ -128,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
     p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
     p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    p.add_argument("--warmup", default="auto", choices=("auto", "off"),
-                   help="training.kernel_warmup (its Triton compiles run in parallel: the Triton column sums them)")
     p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
     args = p.parse_args(argv)
     if args.steps < 2:
@@ -190,24 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         data, tokens = write_data(speed, model_dir, work, n, args.steps)
         row = Row(n, args.variant, "1gpu", tokens=tokens, steps=args.steps)
         document = row_settings(speed, row, model_dir, data, work / "runs" / f"first-step-{row.name}")
-        document["training"]["kernel_warmup"] = args.warmup
         runs.append((tag, row, parse_sft(document)))
     spans.mark("settings and data ready")
     from transformers import TrainerCallback
 
-    from swaa_patch.training import sft
     from swaa_patch.training.sft import build_trainer
 
     spans.mark("trl imported")
-    warm_up = sft.warm_up_kernels
-
-    def marked_warm_up(settings, *args):  # build_trainer's warm-up, between the data and the model load
-        spans.mark(f"{tag}: data loaded")
-        stats = warm_up(settings, *args)
-        spans.mark(f"{tag}: kernel warm-up " + ("off" if stats is None else f"done ({stats['kernels']} kernels)"))
-        return stats
-
-    sft.warm_up_kernels = marked_warm_up
 
     class StepMarks(TrainerCallback):
         def __init__(self, tag: str) -> None:
@@ -260,7 +247,6 @@ def report(args, spans: Spans, found: list[str], label: str, trainings: list, to
         f"- date: {datetime.date.today()}; device: {device}; {', '.join(versions)}, python {platform.python_version()}",
         f"- row: {label}; one process with empty Triton / inductor caches; training 1: {trainings[0][1].tokens} tokens "
         f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
-        f"- training.kernel_warmup: {args.warmup}",
         "- losses: " + "; ".join(f"{tag} " + " / ".join(f"{x:.4f}" for x in losses) for tag, _, losses, _ in trainings),
         "- first step as `swaa sft` logs it (train() start to the first log, sft_speed.md's `first step s`): "
         + "; ".join(f"{tag} {first_s:.1f} s" for tag, _, _, first_s in trainings),

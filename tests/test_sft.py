@@ -6,8 +6,10 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from reference import RefRule, reference_logits, reference_model
@@ -196,6 +198,9 @@ def test_a_few_dozen_steps_lower_the_loss_on_a_fixed_batch(trained):
     assert after < before - 0.5  # nats; the random tiny model's logits start almost uniform
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert all(h["tflops_per_device"] > 0 and h["tokens_per_s"] > 0 for h in logged)
+    # the first log says how long the process took to its first step (imports and model load included)
+    assert [("since_process_start_s" in h) for h in logged] == [True] + [False] * (len(logged) - 1)
+    assert 0 < logged[0]["since_process_start_s"] < time.time() - psutil.Process().create_time()
 
 
 def test_saved_adapter_reloads_to_identical_logits_with_its_swa_behaviour(tiny, trained, tmp_path):

@@ -36,7 +36,6 @@ from ..jobs.validate import (
 from ..static_cache import COMPILE_MODES
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-WARMUP_MODES = ("auto", "off")  # training.kernel_warmup
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
@@ -124,9 +123,6 @@ class TrainSettings:
     checkpoint_every_n_layers: int = 1
     report_to: str = "none"
     liger: str = "auto"  # Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on for CUDA), on, off
-    # Triton kernels compiled by a helper process while the model loads (kernel_warmup.py): auto (on for
-    # one-process CUDA runs), off
-    kernel_warmup: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -259,7 +255,6 @@ def parse_training(value: Any, path: str) -> TrainSettings:
         "checkpoint_every_n_layers": lambda v, p: as_int(v, p, minimum=1),
         "report_to": lambda v, p: as_str(v, p, REPORT_TO),
         "liger": lambda v, p: as_str(v, p, LIGER_MODES),
-        "kernel_warmup": lambda v, p: as_str(v, p, WARMUP_MODES),
     }
     out = read_fields(value, path, readers)
     if out.get("max_steps") == 0:

@@ -60,7 +60,6 @@ from .checkpoints import (
 from .data import load_training_set
 from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
 from .fused_lora import fused_lora_updates
-from .kernel_warmup import warm_up_kernels
 from .settings import LoraSettings, SFTSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -279,7 +278,6 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
-    warm_up_kernels(settings, path, max_positions(path))  # the first step's Triton compiles, in parallel
     model, liger = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,

@@ -1,0 +1,45 @@
+"""benchmarks/sft_first_step.py on the tiny model on the CPU: a fresh process (it re-executes itself with
+empty compile caches), two trainings at two lengths, every span of the timeline in the report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+if torch.cuda.is_available():
+    pytest.skip("the --tiny smoke run is for CPU machines", allow_module_level=True)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sft_first_step.py"
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
+
+
+def test_tiny_run_reports_each_span(tmp_path):
+    out = tmp_path / "first_step.md"
+    done = run("--tiny", "--variant", "swaa", "--work-dir", str(tmp_path / "work"), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = out.read_text()
+    spans = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines()
+             if line.startswith("| ") and " | " in line and not line.startswith("| ---")]  # fmt: skip
+    for name in ("imports (torch, transformers, swaa_patch)", "trl imported", "first length: step 1 done",
+                 "first length: step 2 done", "new length: trainer built (model loaded)", "new length: step 2 done"):
+        assert name in spans, (name, spans)
+    at = [float(line.split(" | ")[1]) for line in text.splitlines() if line.startswith("| first length: step")]
+    assert at == sorted(at) and at[0] > 0  # seconds from the process's start, increasing
+    assert "first step as `swaa sft` logs it" in text and "training 1: 96 tokens" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1"], "--steps: must be >= 2"),
+    (["--n", "100", "--new-length", "100"], "--new-length: must be in [1, --n)"),
+    (["--tiny", "--variant", "swaa_cudnn_liger"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
+])
+def test_bad_options_name_themselves(argv, message):
+    done = run(*argv)
+    assert done.returncode != 0 and message in done.stderr
