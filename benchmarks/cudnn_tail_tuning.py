@@ -34,11 +34,14 @@ from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 log = logging.getLogger("cudnn_tail_tuning")
 
 # (block_m, block_n, warps, stages) of the dQ kernel's sink-tail pass (block_n: sink keys per step) and of the
-# dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block); q blocks per
-# dK/dV program
+# dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block, so each q and dO
+# tile is read once instead of once per 64-row sink block, but its two 128 x 128 float32 accumulators need 16 warps
+# to stay in registers); q blocks per dK/dV program
 SWEEP: dict[str, tuple] = {
-    "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2)),
-    "tail": ((128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 128, 4, 3)),
+    "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2),
+                (128, 32, 8, 3)),
+    "tail": ((128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 128, 4, 3), (128, 128, 16, 2),
+             (64, 128, 16, 2)),
     "chunk_blocks": (16, 8, 32),
 }
 
