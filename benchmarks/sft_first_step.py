@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 START_ENV = "SWAA_FIRST_STEP_START"  # the launcher's wall clock, so the re-executed process counts from it
@@ -121,19 +121,6 @@ def relaunch_cold(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=32768, help="tokens per example")
-    p.add_argument("--new-length", type=int, default=1000, help="the second training's examples are this much shorter")
-    p.add_argument("--variant", default="swaa_cudnn_liger")
-    p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
-    p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
-    p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
-    p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
-    args = p.parse_args(argv)
-    if args.steps < 2:
-        p.error(f"--steps: must be >= 2 (the second step is the warm one), got {args.steps}")
-    if not 0 < args.new_length < args.n:
-        p.error(f"--new-length: must be in [1, --n), got {args.new_length}")
     relaunch_cold(argv)
     spans = Spans(start=float(os.environ[START_ENV]))
 
@@ -144,52 +131,36 @@ def main(argv: list[str] | None = None) -> int:
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here.parent))
     sys.path.insert(0, str(here))
-    from bench_common import with_tiny_defaults
-    from sft_speed import (
-        TINY,
-        TINY_DEFAULTS,
-        VARIANTS,
-        Row,
-        SFTSpeedArgs,
-        build_model_folder,
-        cudnn_missing,
-        fused_train_mode,
-        row_label,
-        row_settings,
-        write_data,
-    )
+    import sft_speed  # this folder's: the row's model folder, data and settings
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sft_speed.add_in_process_options(p, "swaa_cudnn_liger")
+    p.add_argument("--new-length", type=int, default=1000, help="the second training's examples are this much shorter")
+    p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
+    p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error(f"--steps: must be >= 2 (the second step is the warm one), got {args.steps}")
+    if not 0 < args.new_length < args.n:
+        p.error(f"--new-length: must be in [1, --n), got {args.new_length}")
+    if sft_speed.tiny_blocker(args.tiny, args.variant):
+        p.error(sft_speed.tiny_blocker(args.tiny, args.variant))
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("sft_first_step.py needs a CUDA device (or --tiny)")
 
     from swaa_patch.backends import triton_swa_train
     from swaa_patch.jobs.io import atomic_write_text
-    from swaa_patch.training.settings import parse_sft
 
-    from shapes import QWEN3_4B
-
-    if args.variant not in VARIANTS:
-        p.error(f"--variant: one of {VARIANTS}, got {args.variant!r}")
-    if args.tiny and (args.variant.endswith("_liger") or "_cudnn" in args.variant):
-        p.error("--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn")
-    if not args.tiny and not torch.cuda.is_available():
-        raise SystemExit("sft_first_step.py needs a CUDA device (or --tiny)")
     spans.mark("imports (torch, transformers, swaa_patch)")
     device = torch.device("cpu" if args.tiny else "cuda")
-    speed = SFTSpeedArgs(tiny=args.tiny, work_dir=args.work_dir)
     if args.tiny:
-        speed = with_tiny_defaults(speed, TINY_DEFAULTS)
-        args.n = TINY_DEFAULTS["sizes"][0]
+        args.n = sft_speed.TINY_DEFAULTS["sizes"][0]
         args.new_length = min(args.new_length, args.n // 4)
-    speed = replace(speed, steps=args.steps)
-    work = Path(args.work_dir).resolve()
-    (work / "runs").mkdir(parents=True, exist_ok=True)
-    model_dir = build_model_folder(speed, TINY if args.tiny else QWEN3_4B, work)
-    spans.mark("model folder ready (built when absent)")
+    speed = sft_speed.in_process_args(args.tiny, args.work_dir, args.n, args.steps)
     runs = []
     for tag, n in (("first length", args.n), ("new length", args.n - args.new_length)):
-        data, tokens = write_data(speed, model_dir, work, n, args.steps)
-        row = Row(n, args.variant, "1gpu", tokens=tokens, steps=args.steps)
-        document = row_settings(speed, row, model_dir, data, work / "runs" / f"first-step-{row.name}")
-        runs.append((tag, row, parse_sft(document)))
-    spans.mark("settings and data ready")
+        runs.append((tag, *sft_speed.in_process_row(speed, n, args.variant, args.steps, args.steps, "first-step")))
+    spans.mark("settings and data ready (the model folder built when absent)")
     from transformers import TrainerCallback
 
     from swaa_patch.training.sft import build_trainer
@@ -211,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     trainings = []
     for tag, row, settings in runs:
         triton_swa_train.PATH_COUNTS.clear()
-        with triton_swa_train.fused_train(fused_train_mode(speed, row)):
+        with triton_swa_train.fused_train(sft_speed.fused_train_mode(speed, row)):
             trainer = build_trainer(settings, callbacks=(StepMarks(tag),))
             spans.mark(f"{tag}: trainer built (model loaded)")
             trainer.train()
-        missing = cudnn_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
+        missing = sft_speed.cudnn_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
         if missing:
             raise SystemExit(f"{args.variant}: {missing}")
         history = [h for h in trainer.state.log_history if "loss" in h]
@@ -225,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         del trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    label = row_label(speed, trainings[0][1])
+    label = sft_speed.row_label(speed, trainings[0][1])
     text = report(args, spans, found, label, trainings, torch, transformers)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)

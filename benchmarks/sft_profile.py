@@ -22,7 +22,6 @@ import platform
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,27 +32,23 @@ from transformers import TrainerCallback
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench_common import kernel_table, with_tiny_defaults  # noqa: E402  (this folder is on sys.path)
+from bench_common import kernel_table  # noqa: E402  (this folder is on sys.path)
 from sft_speed import (  # noqa: E402
-    TINY,
     TINY_DEFAULTS,
-    VARIANTS,
     Row,
     SFTSpeedArgs,
-    build_model_folder,
+    add_in_process_options,
     cudnn_missing,
     fused_train_mode,
+    in_process_args,
+    in_process_row,
     row_label,
-    row_settings,
-    write_data,
+    tiny_blocker,
 )
 
 from swaa_patch.backends import triton_swa_train  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
-from swaa_patch.training.settings import parse_sft  # noqa: E402
 from swaa_patch.training.sft import build_trainer  # noqa: E402
-
-from shapes import QWEN3_4B  # noqa: E402
 
 log = logging.getLogger("sft_profile")
 
@@ -99,23 +94,9 @@ class ProfileStep(TrainerCallback):
             self.prof.stop()
 
 
-def speed_args(args: argparse.Namespace) -> SFTSpeedArgs:
-    """sft_speed.py's arguments for this one row (its tiny defaults on the CPU)."""
-    speed = SFTSpeedArgs(tiny=args.tiny, work_dir=args.work_dir)
-    if args.tiny:
-        speed = with_tiny_defaults(speed, TINY_DEFAULTS)
-    return replace(speed, sizes=(args.n,), steps=args.profile_step)
-
-
 def train_and_profile(args: argparse.Namespace, speed: SFTSpeedArgs) -> tuple[ProfileStep, Row, list[float], dict]:
-    shape = TINY if args.tiny else QWEN3_4B
-    work = Path(args.work_dir).resolve()
-    (work / "runs").mkdir(parents=True, exist_ok=True)
-    model_dir = build_model_folder(speed, shape, work)
-    data, tokens = write_data(speed, model_dir, work, args.n, args.profile_step * 2)
-    row = Row(args.n, args.variant, "1gpu", tokens=tokens, steps=args.profile_step, checkpoint_every=args.checkpoint_every)
-    out = work / "runs" / f"profile-{row.name}"
-    settings = parse_sft(row_settings(speed, row, model_dir, data, out))
+    row, settings = in_process_row(speed, args.n, args.variant, args.profile_step, args.profile_step * 2, "profile",
+                                   args.checkpoint_every)  # fmt: skip
     # the kernel the row names (sft_speed.run_row sets the same variable for its subprocess)
     callback = ProfileStep(args.profile_step, torch.device("cpu" if args.tiny else "cuda"))
     triton_swa_train.PATH_COUNTS.clear()
@@ -161,26 +142,23 @@ def report(args: argparse.Namespace, speed: SFTSpeedArgs, callback: ProfileStep,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=32768, help="tokens per example")
-    p.add_argument("--variant", default="swaa_triton_liger", choices=VARIANTS)
+    add_in_process_options(p, "swaa_triton_liger")
     p.add_argument("--checkpoint-every", type=int, default=1, help="training.checkpoint_every_n_layers")
     p.add_argument("--profile-step", type=int, default=3, help="the step profiled (earlier ones warm up)")
     p.add_argument("--top", type=int, default=30)
-    p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
-    p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
     p.add_argument("--out", default="benchmarks/results/sft_profile.md")
     args = p.parse_args(argv)
     if args.profile_step < 2:
         p.error(f"--profile-step: must be >= 2 (the first step compiles), got {args.profile_step}")
     if args.checkpoint_every < 1:
         p.error(f"--checkpoint-every: must be an integer >= 1, got {args.checkpoint_every}")
+    if tiny_blocker(args.tiny, args.variant):
+        p.error(tiny_blocker(args.tiny, args.variant))
     if args.tiny:
         args.n = TINY_DEFAULTS["sizes"][0]
-        if args.variant.endswith("_liger") or "_cudnn" in args.variant:
-            p.error("--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn")
     elif not torch.cuda.is_available():
         raise SystemExit("sft_profile.py needs a CUDA device (or --tiny)")
-    speed = speed_args(args)
+    speed = in_process_args(args.tiny, args.work_dir, args.n, args.profile_step)
     callback, row, losses, calls = train_and_profile(args, speed)
     if callback.prof is None:
         raise SystemExit(f"step {args.profile_step} never ran: the data has fewer steps")

@@ -47,6 +47,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import transformers
@@ -197,6 +198,45 @@ def write_data(args: SFTSpeedArgs, model_dir: Path, work: Path, n: int, rows: in
     line = json.dumps({"prompt": prompt, "response": args.answer}) + "\n"
     atomic_write_text(path, line * rows)  # identical rows: 1 and 2 GPUs see the same examples
     return path, length
+
+
+# -- one row trained in the calling process (sft_profile.py, sft_first_step.py) ----------------------------
+TINY_VARIANT_ERROR = "--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn"
+
+
+def add_in_process_options(p: argparse.ArgumentParser, variant: str) -> None:
+    """The row's options: --n, --variant (default ``variant``), --work-dir and --tiny."""
+    p.add_argument("--n", type=int, default=32768, help="tokens per example")
+    p.add_argument("--variant", default=variant, choices=VARIANTS)
+    p.add_argument("--work-dir", default=".sft_speed", help="sft_speed.py's work folder (its model folder is reused)")
+    p.add_argument("--tiny", action="store_true", help="the tiny model on the CPU")
+
+
+def tiny_blocker(tiny: bool, variant: str) -> str | None:
+    """Why ``--tiny`` (the CPU) cannot run ``variant``, or None."""
+    return TINY_VARIANT_ERROR if tiny and (variant.endswith("_liger") or "_cudnn" in variant) else None
+
+
+def in_process_args(tiny: bool, work_dir: str, n: int, steps: int) -> SFTSpeedArgs:
+    """This script's arguments for one n-token row (its tiny defaults on the CPU)."""
+    speed = SFTSpeedArgs(tiny=tiny, work_dir=work_dir)
+    if tiny:
+        speed = with_tiny_defaults(speed, TINY_DEFAULTS)
+    return dataclasses.replace(speed, sizes=(n,), steps=steps)
+
+
+def in_process_row(speed: SFTSpeedArgs, n: int, variant: str, steps: int, data_rows: int, prefix: str,
+                   checkpoint_every: int = 1) -> tuple[Row, Any]:  # fmt: skip
+    """A row's model folder (built when absent), data (``data_rows`` identical examples of n tokens) and
+    parsed `swaa sft` settings, the output under ``runs/PREFIX-ROW``: (row, settings)."""
+    from swaa_patch.training.settings import parse_sft
+
+    work = Path(speed.work_dir).resolve()
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    model_dir = build_model_folder(speed, TINY if speed.tiny else QWEN3_4B, work)
+    data, tokens = write_data(speed, model_dir, work, n, data_rows)
+    row = Row(n, variant, "1gpu", tokens=tokens, steps=steps, checkpoint_every=checkpoint_every)
+    return row, parse_sft(row_settings(speed, row, model_dir, data, work / "runs" / f"{prefix}-{row.name}"))
 
 
 # -- one row ----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ def test_tiny_run_reports_each_span(tmp_path):
     at = [float(line.split(" | ")[1]) for line in text.splitlines() if line.startswith("| first length: step")]
     assert at == sorted(at) and at[0] > 0  # seconds from the process's start, increasing
     assert "first step as `swaa sft` logs it" in text and "training 1: 96 tokens" in text
+    assert "settings and data ready (the model folder built when absent)" in spans
 
 
 @pytest.mark.parametrize("argv, message", [
