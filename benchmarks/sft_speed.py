@@ -477,7 +477,7 @@ def report(args: SFTSpeedArgs, shape: dict, rows: list[Row], invocations: int) -
         "answer), batch 1, no packing; LoRA r 16 alpha 32 dropout 0 on q/k/v/o/gate/up/down; gradient checkpointing "
         "(FSDP: its own); constant lr 1e-4",
         "- first step s: train() start to the first step's log (compiles included; in brackets, where recorded: "
-        "from the process's start, imports, data, model load and the kernel warm-up included; compile caches: "
+        "from the process's start, imports, data and model load included; compile caches: "
         f"{'shared between rows' if args.warm_caches else 'empty for every row, as on a fresh machine'}); s/step: median of the later steps; "
         "tok/s = tokens of all processes per step / s/step; MFU as `swaa sft` logs it (attention counted with "
         "min(p+1, W) keys plus sinks on sliding layers); peak GiB: largest per-GPU max allocated; ratio: tok/s / "

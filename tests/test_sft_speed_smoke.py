@@ -28,6 +28,9 @@ def test_tiny_run_writes_a_passing_report_and_resumes(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| 1 | 96 |")]
     assert len(rows) == 3 and rows[0].endswith("| ok |") and rows[1].endswith("| ok |"), rows
     assert "| stock (sdpa, full attention) | 1gpu |" in rows[0] and "| 1.00x |" in rows[0]
+    # first step s (from the process's start): the second is the longer, imports and model load included
+    first, start = rows[0].split(" | ")[6].replace(")", "").split(" (")
+    assert 0 < float(first) < float(start)
     assert "skipped: Liger's kernels run on a GPU" in rows[2]
     assert sft_speed.main(replace(args, resume=True)) == 0  # nothing left to run: the rows are kept
     assert "rows from 2 invocation(s)" in out.read_text() and out.read_text().count("| 1 | 96 |") == 3
