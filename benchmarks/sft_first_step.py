@@ -9,9 +9,10 @@ varies in length: what does a new length cost once everything else is warm?).
 
 Timed, from the process's start (wall seconds, the GPU synchronised at each step's end): imports, the
 trainer built (model loaded), train() begun, each step's end. Inside each span: the seconds spent in
-Triton compiles (``triton.compiler.compile``: every Triton kernel, SWAA's and Liger's, by kernel name)
-and in cuDNN graph builds (cudnn-frontend's SDPA forward and backward graphs, one per shape), so the
-first step splits into compiles, graph builds and the rest.
+Triton compiles (``JITFunction._do_compile``: every Triton kernel, SWAA's, Liger's and trl's, by kernel
+name, a disk-cache hit included), in each kernel's module load and launcher build at its first launch
+(``CompiledKernel._init_handles``) and in cuDNN graph builds (cudnn-frontend's SDPA forward and backward
+graphs, one per shape), so the first step splits into compiles, graph builds and the rest.
 
     python benchmarks/sft_first_step.py --n 32768 --variant swaa_cudnn_liger   # on the GPU, ~1-2 min
     python benchmarks/sft_first_step.py --tiny                                 # the CPU smoke run
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,20 +38,16 @@ START_ENV = "SWAA_FIRST_STEP_START"  # the launcher's wall clock, so the re-exec
 
 @dataclass
 class Spans:
-    """Seconds spent in each kind of compile, by span (a span ends at each :meth:`mark`)."""
+    """Seconds spent in each kind of compile, by span: span i ends at the i-th :meth:`mark`."""
 
     start: float
     marks: list[tuple[str, float]] = field(default_factory=list)
-    spent: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
-    counts: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-
-    @property
-    def current(self) -> str:
-        return f"until {len(self.marks)}"
+    spent: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    counts: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     def add(self, what: str, seconds: float) -> None:
-        self.spent[self.current][what] += seconds
-        self.counts[self.current][what] += 1
+        self.spent[len(self.marks)][what] += seconds
+        self.counts[len(self.marks)][what] += 1
 
     def mark(self, name: str) -> None:
         self.marks.append((name, time.time() - self.start))
@@ -109,6 +106,17 @@ def instrument(spans: Spans) -> list[str]:
     return found
 
 
+def versions() -> str:
+    """sft_speed.py's package versions, and cudnn-frontend's (the Hopper default's band kernels)."""
+    import sft_speed
+
+    try:
+        cudnn = f", nvidia-cudnn-frontend {importlib.metadata.version('nvidia-cudnn-frontend')}"
+    except importlib.metadata.PackageNotFoundError:
+        cudnn = ", nvidia-cudnn-frontend not installed"
+    return sft_speed.versions() + cudnn
+
+
 def relaunch_cold(argv: list[str]) -> None:
     """Re-execute this script with empty compile caches and the start time recorded (once)."""
     if os.environ.get(START_ENV):
@@ -125,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     spans = Spans(start=float(os.environ[START_ENV]))
 
     import torch
-    import transformers
 
     found = instrument(spans)  # before any module defines its Triton kernels
     here = Path(__file__).resolve().parent
@@ -197,25 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     label = sft_speed.row_label(speed, trainings[0][1])
-    text = report(args, spans, found, label, trainings, torch, transformers)
+    text = report(spans, found, label, trainings, sft_speed.device_name(speed), versions())
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0
 
 
-def report(args, spans: Spans, found: list[str], label: str, trainings: list, torch, transformers) -> str:
-    device = "CPU" if args.tiny else torch.cuda.get_device_name()
-    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}"]
-    for module in ("triton", "trl", "peft", "liger_kernel", "cudnn"):
-        try:
-            imported = __import__(module)
-            versions.append(f"{module} {getattr(imported, '__version__', '?')}")
-        except Exception:
-            pass
+def report(spans: Spans, found: list[str], label: str, trainings: list, device: str, versions: str) -> str:
     lines = [
         "# `swaa sft` from process start to its first steps: compiles and graph builds apart",
         "",
-        f"- date: {datetime.date.today()}; device: {device}; {', '.join(versions)}, python {platform.python_version()}",
+        f"- date: {datetime.date.today()}; device: {device}; {versions}",
         f"- row: {label}; one process with empty Triton / inductor caches; training 1: {trainings[0][1].tokens} tokens "
         f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
         "- losses: " + "; ".join(f"{tag} " + " / ".join(f"{x:.4f}" for x in losses) for tag, _, losses, _ in trainings),
@@ -224,12 +223,12 @@ def report(args, spans: Spans, found: list[str], label: str, trainings: list, to
         f"- instrumented: {', '.join(found) or 'nothing (no Triton, no cudnn-frontend)'}; times are wall seconds, "
         "the GPU synchronised at each step's end",
         "",
-        "| span ends at | at s | span s | Triton compiles (n) s | cuDNN graph builds (n) s | rest s |",
+        "| span ends at | at s | span s | Triton compiles + launchers (n) s | cuDNN graph builds (n) s | rest s |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     previous = 0.0
     for index, (name, at) in enumerate(spans.marks):
-        spent, counts = spans.spent.get(f"until {index}", {}), spans.counts.get(f"until {index}", {})
+        spent, counts = spans.spent.get(index, {}), spans.counts.get(index, {})
         triton_s = sum(s for k, s in spent.items() if k.startswith("triton"))
         triton_n = sum(c for k, c in counts.items() if k.startswith("triton"))
         cudnn_s = sum(s for k, s in spent.items() if k.startswith("cuDNN"))
@@ -241,7 +240,7 @@ def report(args, spans: Spans, found: list[str], label: str, trainings: list, to
     lines += ["", "## Compiles and graph builds by span and name", "", "| span ends at | what | n | s |",
               "| --- | --- | --- | --- |"]
     for index, (name, _) in enumerate(spans.marks):
-        spent, counts = spans.spent.get(f"until {index}", {}), spans.counts.get(f"until {index}", {})
+        spent, counts = spans.spent.get(index, {}), spans.counts.get(index, {})
         for what, s in sorted(spent.items(), key=lambda kv: -kv[1]):
             lines.append(f"| {name} | {what} | {counts[what]} | {s:.2f} |")
     lines += ["", "## Compiles and graph builds by name (all spans)", "", "| what | n | s |", "| --- | --- | --- |"]
