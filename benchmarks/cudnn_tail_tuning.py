@@ -2,17 +2,15 @@
 
 On Hopper the training default (``SWAA_FUSED_TRAIN=auto``) computes the backward as cuDNN's
 sliding-window backward over the band, fed the rule's merged output and lse, plus the Triton sink
-tail (``add_sink_tail_gradients``): one pass (``BackwardConfig.fused_tail``: the tail's dQ added in
-place and the sink rows' dK/dV, one program per chunk of q blocks) where the sinks fit one block,
-else two kernels (the dQ kernel's sink-tail pass, which also computes delta, then the dK/dV of the
-sink rows). This script times the two parts apart (the band alone, the tail alone) and the whole
-backward, beside full causal SDPA's backward (fwd+bwd minus fwd, same run), then sweeps the
-one-pass tail's launch and chunk (``fused_tail``; None: the two kernels as shipped, ``tail_dq``,
-``tail`` and ``chunk_blocks``, whose sweep is in git history, results of 2026-12-02). Every
-variant's whole backward (band + that tail) is checked against attention_speed.py's float64
-references (sampled query rows for dq; sampled key rows, sinks among them, for dk/dv) before its
-tail is timed. The table is what ``GPU_CONFIG.fused_tail`` in
-``swaa_patch/backends/triton_swa_train.py`` is chosen from. A launch that does not compile or fit is
+tail (``add_sink_tail_gradients``: the dQ kernel's sink-tail pass, which also computes delta, then
+the dK/dV of the sink rows). This script times the two parts apart (the band alone, the tail alone)
+and the whole backward, beside full causal SDPA's backward (fwd+bwd minus fwd, same run), then
+sweeps the tail's launches one field at a time (``BackwardConfig.tail_dq``: the dQ pass; ``tail``
+and ``chunk_blocks``: the dK/dV sink-tail kernel). Every variant's whole backward (band + that
+tail) is checked against attention_speed.py's float64 references (sampled query rows for dq;
+sampled key rows, sinks among them, for dk/dv) before its tail is timed. The table is what
+``GPU_CONFIG.tail_dq`` in ``swaa_patch/backends/triton_swa_train.py`` is chosen from (``tail`` and
+``chunk_blocks`` serve the Triton path too: train_kernel_tuning.py). A launch that does not compile or fit is
 an ERROR row, not a crash. Writes markdown to --out (atomically) and prints it.
 """
 
@@ -30,34 +28,21 @@ from attention_speed import DQ_TOL, Case, SpeedArgs, bench_ms, cudnn_line, envir
 from train_kernel_tuning import launch_text, sweep_sizes  # noqa: E402
 
 from swaa_patch.backends import cudnn_swa  # noqa: E402
-from swaa_patch.backends.triton_swa_train import (  # noqa: E402
-    GPU_CONFIG,
-    BackwardConfig,
-    FusedTail,
-    Launch,
-    add_sink_tail_gradients,
-)
+from swaa_patch.backends.triton_swa_train import GPU_CONFIG, BackwardConfig, add_sink_tail_gradients  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("cudnn_tail_tuning")
 
-# the one-pass tail: (block_m query rows, at most block_n = 128 sink rows: keep_first 100 in one block, warps,
-# stages) and q blocks per program. Its two float32 sink x head_dim accumulators (dK, dV: 128 x 128 each) take
-# 128 registers a thread on 8 warps, 64 on 16; fewer q blocks per program give more programs (the grid is
-# chunks x kv heads) and more partial sums. None: the two-kernel tail.
+# (block_m, block_n, warps, stages) of the dQ kernel's sink-tail pass (block_n: sink keys per step) and of the
+# dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block, so each q and dO
+# tile is read once instead of once per 64-row sink block, but its two 128 x 128 float32 accumulators need 16 warps
+# to stay in registers); q blocks per dK/dV program
 SWEEP: dict[str, tuple] = {
-    "fused_tail": (
-        None,
-        FusedTail(Launch(64, 128, 16, 2), 2),
-        FusedTail(Launch(64, 128, 16, 2), 8),
-        FusedTail(Launch(64, 128, 16, 1), 4),
-        FusedTail(Launch(64, 128, 16, 3), 4),
-        FusedTail(Launch(128, 128, 16, 2), 4),
-        FusedTail(Launch(64, 128, 8, 2), 4),
-        FusedTail(Launch(32, 128, 8, 2), 4),
-        FusedTail(Launch(32, 128, 16, 2), 4),
-        FusedTail(Launch(128, 128, 8, 2), 4),
-    ),
+    "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2),
+                (128, 32, 8, 3)),
+    "tail": ((128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 128, 4, 3), (128, 128, 16, 2),
+             (64, 128, 16, 2)),
+    "chunk_blocks": (16, 8, 32),
 }
 
 
@@ -133,10 +118,7 @@ class CudnnBackward:
 def config_text(config: BackwardConfig | None) -> str:
     if config is None:
         return "-"
-    fused = config.fused_tail
-    if fused is not None:
-        return f"one pass {launch_text(fused.launch)}, chunk {fused.chunk_blocks}"
-    return f"two kernels {launch_text(config.tail_dq)} / {launch_text(config.tail)} / {config.chunk_blocks}"
+    return f"{launch_text(config.tail_dq)} / {launch_text(config.tail)} / {config.chunk_blocks}"
 
 
 def format_row(row: Row, rows: list[Row]) -> str:
@@ -156,19 +138,17 @@ def report(args: SpeedArgs, rows: list[Row]) -> str:
         "",
         *environment_lines(args),
         f"- cuDNN: {cudnn_line()}",
-        "- the tail: `one pass` (fused_tail: per chunk of q blocks and kv head, each q tile's sink scores once, its "
-        "dQ added in place, the sink rows' dK/dV partial sums; BLOCK_M x max sink rows, warps, stages, q blocks per "
-        "program) or `two kernels` (the dQ kernel's sink-tail pass with delta on the way, then the dK/dV sink-tail "
-        "kernel; tail_dq / tail as BLOCK_M x BLOCK_N warps stages / chunk_blocks); then the partial sums added to "
-        "the sink rows",
-        f"- shipped (GPU_CONFIG): {config_text(GPU_CONFIG)}",
+        "- the tail: the dQ kernel's sink-tail pass (dQ of the sinks seen from beyond the window, delta on the way), "
+        "then the dK/dV sink-tail kernel (partial sums per chunk of q blocks), then the sums added to the sink rows",
+        f"- shipped (GPU_CONFIG: tail_dq / tail as BLOCK_M x BLOCK_N warps stages / chunk_blocks): "
+        f"{config_text(GPU_CONFIG)}",
         "- time: median of triton.testing.do_bench; a `tail` row times the tail alone with one field varied from "
         "the shipped config (`best`: each field's fastest correct value together); its `backward vs SDPA` is "
         "SDPA's backward over (the band's time + that tail's)",
         f"- correctness: the whole backward (band + that row's tail) vs float64, {args.rows} query rows (dq) and "
         f"{args.rows} key rows with 3 sinks (dk, dv); relative L2; tolerance {DQ_TOL}",
         "",
-        "| n | part | sink tail | ms | backward vs SDPA | rel. error | verdict |",
+        "| n | part | tail_dq / tail / chunk_blocks | ms | backward vs SDPA | rel. error | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     return "\n".join(lines + [format_row(r, rows) for r in rows]) + "\n"

@@ -11,7 +11,6 @@ softcap, strided inputs. A CUDA machine runs the same tests on the compiled kern
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -27,7 +26,6 @@ from swaa_patch.backends import cudnn_swa, triton_swa, triton_swa_train  # noqa:
 from swaa_patch.backends.triton_swa import swa_sink_attention  # noqa: E402
 from swaa_patch.backends.triton_swa_train import (  # noqa: E402
     BackwardConfig,
-    FusedTail,
     Launch,
     add_sink_tail_gradients,
     fused_train,
@@ -129,21 +127,12 @@ def band_backward_float64(q, k, v, out, lse, grad_out, window, scaling):
 
 
 WINDOWED_CASES = [case for case in CASES if case[1] is not None]
-# the sink tail's two forms: the one-pass kernel (q blocks of 16 or 32, chunks of 1-3 q blocks; at most 32 or 64
-# sink rows, so keep_first 40 takes the two kernels under the first) and the two kernels (the dQ pass, then dK/dV)
-TAILS = {
-    "fused 16x32 chunk 2": FusedTail(Launch(16, 32, 1, 1), 2),
-    "fused 32x64 chunk 3": FusedTail(Launch(32, 64, 1, 1), 3),
-    "two kernels": None,
-}
 
 
-@pytest.mark.parametrize("tail", TAILS)
 @pytest.mark.parametrize("seq, window, keep_first, config", WINDOWED_CASES)
-def test_sink_tail_completes_a_window_only_backward(seq, window, keep_first, config, tail):
+def test_sink_tail_completes_a_window_only_backward(seq, window, keep_first, config):
     """The cuDNN training path's decomposition: a band-only backward run with the rule's final out
     and lse, plus add_sink_tail_gradients (the sink tail's dK/dV and dQ), is the rule's backward."""
-    config = dataclasses.replace(config, fused_tail=TAILS[tail])
     q, k, v, grad_out = inputs(2, 4, 2, seq, 16, seed=seq + keep_first + 1)
     scaling = 0.3
     out, lse = swa_sink_attention(q, k, v, window, keep_first, scaling)
@@ -155,44 +144,6 @@ def test_sink_tail_completes_a_window_only_backward(seq, window, keep_first, con
     assert max(errors) < TOL, errors
     if keep_first and seq > window:  # the tail really mattered: the band alone is wrong for the sinks
         assert rel(band_only[0], expected[0]) > 1e-3 and rel(band_only[1], expected[1]) > 1e-3
-
-
-def test_fused_tail_holds_the_sinks_in_one_power_of_two_block_or_declines():
-    fused = FusedTail(Launch(64, 128, 8, 2), 4)
-    assert [fused.sink_rows(k) for k in (1, 4, 16, 17, 64, 100, 128)] == [16, 16, 16, 32, 64, 128, 128]
-    assert fused.sink_rows(129) is None  # more sinks than one program holds: the two-kernel tail
-    assert FusedTail(Launch(16, 32, 1, 1), 2).sink_rows(40) is None
-
-
-def test_the_fused_tail_is_the_path_taken_where_the_sinks_fit(monkeypatch):
-    """The config's fused tail really runs (and the two kernels do not) where keep_first fits it, and
-    the two kernels run where it does not: a test of the dispatch, not of the numbers (above)."""
-    calls = []
-    kernels = triton_swa_train.load_backward_kernels()
-    for name in ("fused_tail", "tail", "dq"):
-        real = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name, _Recorder(real, name, calls))
-    q, k, v, grad_out = inputs(1, 2, 1, 40, 16)
-    out, lse = swa_sink_attention(q, k, v, 8, 3, 0.3)
-    grads = [torch.zeros_like(t) for t in (q, k, v)]
-    fused = dataclasses.replace(TINY, fused_tail=FusedTail(Launch(16, 16, 1, 1), 2))
-    add_sink_tail_gradients(q, k, v, out, lse, grad_out, *grads, 8, 3, 0.3, config=fused)
-    assert calls == ["fused_tail"]
-    calls.clear()
-    out, lse = swa_sink_attention(q, k, v, 8, 20, 0.3)
-    add_sink_tail_gradients(q, k, v, out, lse, grad_out, *grads, 8, 20, 0.3, config=fused)
-    assert calls == ["dq", "tail"]
-
-
-class _Recorder:
-    """A Triton kernel stand-in that records its name on launch and runs the real kernel."""
-
-    def __init__(self, kernel, name, calls):
-        self.kernel, self.name, self.calls = kernel, name, calls
-
-    def __getitem__(self, grid):
-        self.calls.append(self.name)
-        return self.kernel[grid]
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ row labels plug in. The GPU timing itself runs in ``bash benchmarks/run_gpu.sh t
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import cudnn_tail_tuning  # noqa: E402
 import train_kernel_tuning  # noqa: E402
 from train_kernel_tuning import best_config, sweep_sizes, variants  # noqa: E402
 
-from swaa_patch.backends.triton_swa_train import GPU_CONFIG, FusedTail, Launch  # noqa: E402
+from swaa_patch.backends.triton_swa_train import GPU_CONFIG, Launch  # noqa: E402
 
 
 @dataclass
@@ -32,9 +31,8 @@ class FakeRow:
 
 
 class FakeBench:
-    """Times a config by a made-up cost: wider dQ query blocks (then narrower key blocks), wider dK/dV key
-    blocks, and a one-pass sink tail with more q blocks per program, fewer rows and fewer warps are faster
-    (the two-kernel tail slowest); ``broken`` launches are not ok."""
+    """Times a config by a made-up cost: larger tail_dq.block_n and larger chunk_blocks are faster;
+    ``broken`` launches are not ok."""
 
     def __init__(self, args, n, prefix, broken):
         self.n, self.prefix, self.broken = n, prefix, broken
@@ -43,13 +41,8 @@ class FakeBench:
         return [FakeRow(self.n, "baseline", None, 100.0)]
 
     def row(self, field, config):
-        fused = config.fused_tail
-        tail = 100.0
-        if fused is not None:
-            tail = 50.0 / fused.chunk_blocks + fused.launch.block_m / 100 + fused.launch.num_warps / 100
-        ms = 1000.0 / config.dq.block_m + 10.0 / config.dq.block_n + 1000.0 / config.dkdv.block_n + tail + self.n / 1e4
-        ok = config.dq not in self.broken and fused not in self.broken
-        return FakeRow(self.n, self.prefix + field, config, ms, ok=ok)
+        ms = 1000.0 / config.tail_dq.block_n + 100.0 / config.chunk_blocks + self.n / 1000
+        return FakeRow(self.n, self.prefix + field, config, ms, ok=config.tail_dq not in self.broken)
 
 
 @dataclass
@@ -57,47 +50,33 @@ class Args:
     sizes: tuple[int, ...]
 
 
-def fields_differing(config):
-    return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(GPU_CONFIG, f.name)}
-
-
-def test_variants_vary_one_field_each_and_take_launches_and_objects():
-    out = variants()
+def test_variants_vary_one_field_each_and_take_launches_and_numbers():
+    out = variants(cudnn_tail_tuning.SWEEP)
     assert out[0] == ("shipped", GPU_CONFIG)
+    fields = {"tail_dq", "tail", "chunk_blocks"}
     for field, config in out[1:]:
-        assert field in train_kernel_tuning.SWEEP and fields_differing(config) == {field}
-        assert isinstance(getattr(config, field), Launch)  # swept as (block_m, block_n, warps, stages)
-    assert [f for f, _ in out][1:] == [f for f, vs in train_kernel_tuning.SWEEP.items() for v in vs
-                                       if getattr(GPU_CONFIG, f) != Launch(*v)]  # fmt: skip
-    tails = variants(cudnn_tail_tuning.SWEEP)[1:]
-    assert all(fields_differing(c) == {"fused_tail"} for _, c in tails)
-    assert [c.fused_tail for _, c in tails].count(None) == 1  # the two-kernel tail, as a value of its own
-    assert all(isinstance(c.fused_tail, FusedTail) for _, c in tails if c.fused_tail is not None)
-    assert GPU_CONFIG.fused_tail not in [c.fused_tail for _, c in tails]  # the shipped one is the `shipped` row
+        assert field in fields and config != GPU_CONFIG
+        differing = {f for f in fields if getattr(config, f) != getattr(GPU_CONFIG, f)}
+        assert differing == {field}
+    assert any(isinstance(c.chunk_blocks, int) and c.chunk_blocks == 32 for _, c in out)
+    assert all(isinstance(c.tail_dq, Launch) for _, c in out)
+    assert [f for f, _ in variants()][1:] == [f for f, vs in train_kernel_tuning.SWEEP.items() for v in vs
+                                              if getattr(GPU_CONFIG, f) != Launch(*v)]  # fmt: skip
 
 
-CASES = {
-    # the fastest dQ launch by the fake cost is broken: the next (the shipped one, first among equals); the
-    # widest dK/dV key blocks: the first swept; the tail's cost does not vary, so the shipped one
-    "train_kernel_tuning": (train_kernel_tuning.SWEEP, "", {Launch(128, 128, 8, 2)},
-                            dict(dq=GPU_CONFIG.dq, dkdv=Launch(32, 128, 4, 3), tail=GPU_CONFIG.tail)),
-    # chunks of 8 q blocks are fastest by the fake cost but broken: 4 with the fewest rows and warps
-    "cudnn_tail_tuning": (cudnn_tail_tuning.SWEEP, "tail: ", {FusedTail(Launch(64, 128, 16, 2), 8)},
-                          dict(fused_tail=FusedTail(Launch(32, 128, 8, 2), 4))),
-}
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_sweep_sizes_rows_per_length_and_the_best_combination(case):
-    sweep, prefix, broken, expected = CASES[case]
+@pytest.mark.parametrize("prefix", ["", "tail: "])
+def test_sweep_sizes_rows_per_length_and_the_best_combination(prefix):
+    broken = {Launch(128, 128, 8, 2)}  # as fast as the pick by the fake cost and swept first, but not ok
     shown = []
-    rows = sweep_sizes(Args((1000, 2000)), lambda args, n: FakeBench(args, n, prefix, broken), sweep,
-                       lambda rows: shown.append(len(rows)), varied=lambda r: r.label.removeprefix(prefix))  # fmt: skip
-    per_length = 1 + len(variants(sweep)) + 1
+    rows = sweep_sizes(Args((1000, 2000)), lambda args, n: FakeBench(args, n, prefix, broken),
+                       cudnn_tail_tuning.SWEEP, lambda rows: shown.append(len(rows)),
+                       varied=lambda r: r.label.removeprefix(prefix))  # fmt: skip
+    per_length = 1 + len(variants(cudnn_tail_tuning.SWEEP)) + 1
     assert len(rows) == 2 * per_length and len(shown) == 2 * (per_length - 1)
     for n in (1000, 2000):
         best = [r for r in rows if r.n == n and r.label == prefix + "best"]
         assert len(best) == 1
         config = best[0].config
-        assert config == dataclasses.replace(GPU_CONFIG, **expected)
-        assert best_config(rows, n, sweep, lambda r: r.label.removeprefix(prefix)) == config
+        assert config.tail_dq == Launch(64, 128, 8, 2)  # the one ok launch with block_n 128
+        assert config.chunk_blocks == 32 and config.tail == GPU_CONFIG.tail
+        assert best_config(rows, n, cudnn_tail_tuning.SWEEP, lambda r: r.label.removeprefix(prefix)) == config

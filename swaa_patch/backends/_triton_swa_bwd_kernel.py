@@ -11,9 +11,6 @@ cache: query i is key i): key j is visible to query i iff ``j <= i`` and (``i - 
   the forward does; with ``SINK_TAIL`` only over the sinks seen from beyond the window, added to a
   dQ that holds the band's part (cuDNN's sliding-window backward computes the band:
   ``triton_swa_train.py``), delta computed in the same pass;
-- ``swa_sink_bwd_fused_tail`` (the cuDNN path's default where keep_first fits one sink block): the
-  same sink-tail pairs' dQ *and* the sink rows' dK/dV in one pass over the queries, one program per
-  chunk of q blocks and kv head;
 - ``swa_sink_bwd_sink_tail``: the pairs ``i - j >= window, j < keep_first`` (a sink seen from
   beyond the window: O(n * keep_first)), one program per chunk of queries and kv head, writing a
   partial dK/dV of the sink rows per chunk (summed by the caller);
@@ -244,68 +241,6 @@ def swa_sink_bwd_sink_tail(
             ds = p * (dp - delta[:, None]) * dz
             dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     part = (chunk.to(tl.int64) * tl.num_programs(1) + bh_kv) * sink_rows * HEAD_DIM
-    tile = offs_s[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(PartDK + part + tile, dk)
-    tl.store(PartDV + part + tile, dv)
-
-
-@triton.jit
-def swa_sink_bwd_fused_tail(
-    Q, K, V, DO, Out, Lse, DQ, PartDK, PartDV,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    n_kv_heads, groups, seq, window, keep_first, scale, softcap, chunk_blocks,
-    HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, SINKS: tl.constexpr,
-):  # fmt: skip
-    """The whole sink tail in one pass (the cuDNN path; keep_first <= SINKS): for the queries of one
-    chunk of q blocks and every q head of one kv head, the pairs ``i - j >= window, j < keep_first``.
-    Each (q block, q head) tile's scores and dS are computed once and used three times: its dQ added
-    to DQ in place (DQ holds the band's), and the chunk's partial dK/dV of the sink rows (float32
-    (chunks, batch * kv heads, SINKS, HEAD_DIM), summed by the caller). delta from Out and dO on the
-    way. Five tile products per tile against seven for the dQ pass plus the sink-tail kernel, and q,
-    dO, O read once. Grid: (chunks, batch * kv heads)."""
-    chunk = tl.program_id(0)
-    bh_kv = tl.program_id(1)
-    b = bh_kv // n_kv_heads
-    h_kv = bh_kv % n_kv_heads
-    offs_s = tl.arange(0, SINKS)
-    offs_d = tl.arange(0, HEAD_DIM)
-    k, v = _kv_rows(K, V, b, h_kv, offs_s, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
-                    stride_vn, stride_vd, offs_d, keep_first)  # fmt: skip
-    dk = tl.zeros([SINKS, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([SINKS, HEAD_DIM], dtype=tl.float32)
-    first = window // BLOCK_M  # no query before `window` sees a sink from beyond the window
-    for g in range(groups):
-        h_q = h_kv * groups + g
-        for i in range(chunk_blocks):
-            offs_m = (first + chunk * chunk_blocks + i) * BLOCK_M + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < seq
-            q = _load_rows(Q + b.to(tl.int64) * stride_qb + h_q.to(tl.int64) * stride_qh, offs_m, stride_qm, stride_qd,
-                           offs_d, seq)  # fmt: skip
-            do = _load_rows(DO + b.to(tl.int64) * stride_dob + h_q.to(tl.int64) * stride_doh, offs_m, stride_dom,
-                            stride_dod, offs_d, seq)  # fmt: skip
-            o = _load_rows(Out + b.to(tl.int64) * stride_ob + h_q.to(tl.int64) * stride_oh, offs_m, stride_om,
-                           stride_od, offs_d, seq)  # fmt: skip
-            lse = tl.load(Lse + (b.to(tl.int64) * n_kv_heads * groups + h_q) * seq + offs_m, mask=row_ok, other=0.0)
-            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-            z, dz = _scores(q, k, scale, softcap, SOFTCAP, DOT_PRECISION)
-            visible = (offs_m[:, None] - offs_s[None, :] >= window) & (offs_s[None, :] < keep_first)
-            p = tl.where(visible & row_ok[:, None], tl.exp2((z - lse[:, None]) * LOG2E), 0.0)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            ds = p * (dp - delta[:, None]) * dz
-            dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h_q.to(tl.int64) * stride_dqh + offs_m[:, None] * stride_dqm
-                       + offs_d[None, :] * stride_dqd)  # fmt: skip
-            dq = tl.load(dq_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
-            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
-            tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
-            dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-    part = (chunk.to(tl.int64) * tl.num_programs(1) + bh_kv) * SINKS * HEAD_DIM
     tile = offs_s[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(PartDK + part + tile, dk)
     tl.store(PartDV + part + tile, dv)

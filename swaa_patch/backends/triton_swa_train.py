@@ -35,7 +35,6 @@ in :data:`PATH_COUNTS` by kernel (``"cudnn"``, ``"triton"``) or the reason they 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import Counter
 from contextlib import AbstractContextManager
@@ -97,38 +96,18 @@ class Launch:
 
 
 @dataclass(frozen=True)
-class FusedTail:
-    """The one-pass sink tail of the cuDNN path (``swa_sink_bwd_fused_tail``, :func:`add_sink_tail_gradients`):
-    ``launch.block_m`` query rows per step, at most ``launch.block_n`` sink rows per program (a power of
-    two >= 16: a call with more sinks takes the two-kernel tail), ``chunk_blocks`` q blocks per program
-    (fewer: more programs, more float32 partial sums to add)."""
-
-    launch: Launch
-    chunk_blocks: int
-
-    def sink_rows(self, keep_first: int) -> int | None:
-        """The sink rows one program holds for ``keep_first`` sinks (the next power of two, >= 16), or
-        None when that is more than ``launch.block_n``."""
-        rows = max(16, 1 << max(keep_first - 1, 0).bit_length())
-        return rows if rows <= self.launch.block_n else None
-
-
-@dataclass(frozen=True)
 class BackwardConfig:
     """Launch parameters of the three backward kernels, each its own: dQ walks keys for a block of
     queries (wide in queries), dK/dV walks queries for a block of keys (wide in keys), so their best
     tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel. ``tail_dq``: the dQ
     kernel's launch in its sink-tail mode (the cuDNN path, :func:`add_sink_tail_gradients`: a few
-    sink keys per query instead of the window; None: ``dq``'s). ``fused_tail``: the cuDNN path's
-    one-pass tail, which replaces that dQ pass and the sink-tail kernel where the sinks fit (None:
-    always the two kernels)."""
+    sink keys per query instead of the window; None: ``dq``'s)."""
 
     dq: Launch
     dkdv: Launch
     tail: Launch
     chunk_blocks: int = 16
     tail_dq: Launch | None = None
-    fused_tail: FusedTail | None = None
 
     @classmethod
     def uniform(cls, block_m: int, block_n: int, num_warps: int, num_stages: int, chunk_blocks: int,
@@ -141,12 +120,10 @@ class BackwardConfig:
 # bf16/fp16 on a GPU: chosen from benchmarks/train_kernel_tuning.py's sweep (results/train_kernel_tuning.md)
 GPU_CONFIG = BackwardConfig(
     dq=Launch(128, 64, 8, 3), dkdv=Launch(32, 64, 4, 3), tail=Launch(128, 64, 8, 2), chunk_blocks=16,
-    tail_dq=Launch(128, 32, 4, 3), fused_tail=FusedTail(Launch(64, 128, 16, 2), 4),
+    tail_dq=Launch(128, 32, 4, 3),
 )
 FLOAT32_CONFIG = BackwardConfig.uniform(32, 32, 4, 1, 16, 32)
-INTERPRETER_CONFIG = dataclasses.replace(
-    BackwardConfig.uniform(16, 16, 1, 1, 2, 16), fused_tail=FusedTail(Launch(16, 128, 1, 1), 2)
-)
+INTERPRETER_CONFIG = BackwardConfig.uniform(16, 16, 1, 1, 2, 16)
 # The forward's launch in training: the config the autotuner chose on the H200 (head_dim 128, bf16) at 32K
 # and 128K in every run (benchmarks/results/attention_speed.md), fixed as the backward's is, so a training
 # run compiles one forward variant instead of tuning AUTOTUNE_CONFIGS' four before its first step.
@@ -176,7 +153,6 @@ def load_backward_kernels() -> SimpleNamespace:
         delta=kernels.swa_sink_bwd_delta,
         dq=kernels.swa_sink_bwd_dq,
         tail=kernels.swa_sink_bwd_sink_tail,
-        fused_tail=kernels.swa_sink_bwd_fused_tail,
         dkdv=kernels.swa_sink_bwd_dkdv,
     )
 
@@ -257,22 +233,6 @@ class _Backward:
         )  # fmt: skip
         return part_dk.sum(0), part_dv.sum(0), sink_rows
 
-    def fused_sink_tail(self, dq: Tensor, fused: FusedTail, sink_rows: int) -> tuple[Tensor, Tensor]:
-        """The one-pass tail: adds the sink tail's dQ to ``dq`` in place and returns the sink rows'
-        dK/dV, float32 (B * Hkv, sink_rows, D) each (partial sums per chunk of queries, summed here)."""
-        run = fused.launch
-        first = self.window // run.block_m
-        chunks = math.ceil((math.ceil(self.seq / run.block_m) - first) / fused.chunk_blocks)
-        part_dk = torch.empty(chunks, self.batch * self.kv_heads, sink_rows, self.dim, dtype=torch.float32,
-                              device=self.q.device)  # fmt: skip
-        part_dv = torch.empty_like(part_dk)
-        self.kernels.fused_tail[(chunks, self.batch * self.kv_heads)](
-            self.q, self.k, self.v, self.grad_out, self.out, self.lse, dq, part_dk, part_dv, *self.common,
-            *self.out.stride(), *dq.stride(), *self.rule, fused.chunk_blocks, **self.flags, BLOCK_M=run.block_m,
-            SINKS=sink_rows, **run.pipeline(),
-        )  # fmt: skip
-        return part_dk.sum(0), part_dv.sum(0)
-
 
 def swa_sink_attention_backward(
     q: Tensor,
@@ -336,27 +296,21 @@ def add_sink_tail_gradients(
     output, ``cudnn_swa.window_attention_backward``). With the final lse and ``delta = rowsum(dO *
     O)``, each visible score's gradient is exactly its own part, ``dS = P * (dP - delta)``, so the
     band's gradients are already the rule's for its pairs and only the pairs ``i - j >= window, j <
-    keep_first`` (sinks seen from beyond the window) are missing. Where the sinks fit the config's
-    ``fused_tail``, one pass adds their dQ to the query rows and computes the sink rows' dK/dV;
-    otherwise the dQ kernel's sink-tail mode adds the dQ (computing delta on the way) and the
-    sink-tail kernel the dK/dV."""
+    keep_first`` (sinks seen from beyond the window) are missing: the dQ kernel's sink-tail mode adds
+    their dQ to the query rows (computing delta on the way), the sink-tail kernel their dK/dV to the
+    sink rows."""
     _check_backward_inputs(q, k, v, out, lse, grad_out, window, keep_first)
     if q.numel() == 0 or window is None:
         return
     bwd = _Backward(q, k, v, out, lse, grad_out, window, keep_first, scaling, None, config)
     if not bwd.has_sink_tail:
         return
-    fused = bwd.config.fused_tail
-    sink_rows = fused.sink_rows(bwd.keep_first) if fused is not None else None
-    if sink_rows is not None:
-        sink_dk, sink_dv = bwd.fused_sink_tail(dq, fused, sink_rows)
-    else:
-        # the dQ kernel's sink-tail pass first: it adds the tail's dQ and writes delta (rows from the window's
-        # block on; the rows before it, zeros here, see no sink from beyond the window) for the dK/dV pass
-        run = bwd.config.tail_dq or bwd.config.dq
-        bwd.delta = torch.zeros(bwd.batch, bwd.heads, bwd.seq, dtype=torch.float32, device=q.device)
-        bwd.dq_launch(dq, bwd.window // run.block_m, run, sink_tail=True)
-        sink_dk, sink_dv, _ = bwd.sink_tail_dkdv()
+    # the dQ kernel's sink-tail pass first: it adds the tail's dQ and writes delta (rows from the window's
+    # block on; the rows before it, zeros here, see no sink from beyond the window) for the dK/dV pass
+    run = bwd.config.tail_dq or bwd.config.dq
+    bwd.delta = torch.zeros(bwd.batch, bwd.heads, bwd.seq, dtype=torch.float32, device=q.device)
+    bwd.dq_launch(dq, bwd.window // run.block_m, run, sink_tail=True)
+    sink_dk, sink_dv, _ = bwd.sink_tail_dkdv()
     sinks = bwd.keep_first
     for grad, part in ((dk, sink_dk), (dv, sink_dv)):
         rows = part.view(bwd.batch, bwd.kv_heads, -1, bwd.dim)[:, :, :sinks]
