@@ -117,11 +117,24 @@ def versions() -> str:
     return sft_speed.versions() + cudnn
 
 
+def caches_option(argv: list[str]) -> str | None:
+    """``--caches DIR`` (or ``--caches=DIR``) from the raw arguments, before argparse runs in the relaunched process."""
+    for i, arg in enumerate(argv):
+        if arg == "--caches" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--caches="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def relaunch_cold(argv: list[str]) -> None:
-    """Re-execute this script with empty compile caches and the start time recorded (once)."""
+    """Re-execute this script with the start time recorded (once), its compile caches empty (a fresh
+    directory) or ``--caches DIR``'s, kept between invocations (a machine that has trained before)."""
     if os.environ.get(START_ENV):
         return
-    caches = Path(tempfile.mkdtemp(prefix="swaa_first_step_caches_"))
+    kept = caches_option(argv)
+    caches = Path(kept).resolve() if kept else Path(tempfile.mkdtemp(prefix="swaa_first_step_caches_"))
+    caches.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, START_ENV: repr(time.time()), "TRITON_CACHE_DIR": str(caches / "triton"),
            "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor")}  # fmt: skip
     os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
@@ -145,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-length", type=int, default=1000, help="the second training's examples are this much shorter")
     p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
     p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
+    p.add_argument("--caches", default=None,
+                   help="compile caches (Triton, inductor) in this folder, kept: a second run finds the first's "
+                        "kernels on disk (default: a fresh empty folder, as on a fresh machine)")  # fmt: skip
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error(f"--steps: must be >= 2 (the second step is the warm one), got {args.steps}")
@@ -204,18 +220,22 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     label = sft_speed.row_label(speed, trainings[0][1])
-    text = report(spans, found, label, trainings, sft_speed.device_name(speed), versions())
+    text = report(spans, found, label, trainings, sft_speed.device_name(speed), versions(), args.caches)
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0
 
 
-def report(spans: Spans, found: list[str], label: str, trainings: list, device: str, versions: str) -> str:
+def report(spans: Spans, found: list[str], label: str, trainings: list, device: str, versions: str,
+           caches: str | None = None) -> str:  # fmt: skip
     lines = [
         "# `swaa sft` from process start to its first steps: compiles and graph builds apart",
         "",
         f"- date: {datetime.date.today()}; device: {device}; {versions}",
-        f"- row: {label}; one process with empty Triton / inductor caches; training 1: {trainings[0][1].tokens} tokens "
+        f"- row: {label}; one process with "
+        + (f"the Triton / inductor caches of `{caches}` as earlier runs left them" if caches else
+           "empty Triton / inductor caches")
+        + f"; training 1: {trainings[0][1].tokens} tokens "
         f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
         "- losses: " + "; ".join(f"{tag} " + " / ".join(f"{x:.4f}" for x in losses) for tag, _, losses, _ in trainings),
         "- first step as `swaa sft` logs it (train() start to the first log, sft_speed.md's `first step s`): "

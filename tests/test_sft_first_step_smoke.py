@@ -44,3 +44,21 @@ def test_tiny_run_reports_each_span(tmp_path):
 def test_bad_options_name_themselves(argv, message):
     done = run(*argv)
     assert done.returncode != 0 and message in done.stderr
+
+
+def test_kept_caches_are_used_and_named(tmp_path):
+    """--caches DIR: the compile caches live in DIR (created, kept for the next run) and the report says so."""
+    out, caches = tmp_path / "first_step.md", tmp_path / "kept caches"
+    done = run("--tiny", "--variant", "swaa", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+               f"--caches={caches}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert caches.is_dir() and f"the Triton / inductor caches of `{caches}` as earlier runs left them" in out.read_text()
+
+
+def test_caches_option_is_read_before_argparse():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from sft_first_step import caches_option
+
+    assert caches_option(["--n", "5", "--caches", "/x"]) == "/x"
+    assert caches_option(["--caches=/y", "--tiny"]) == "/y"
+    assert caches_option(["--tiny"]) is None
