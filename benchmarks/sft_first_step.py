@@ -233,7 +233,7 @@ def report(spans: Spans, found: list[str], label: str, trainings: list, device: 
         "",
         f"- date: {datetime.date.today()}; device: {device}; {versions}",
         f"- row: {label}; one process with "
-        + (f"the Triton / inductor caches of `{caches}` as earlier runs left them" if caches else
+        + (f"the Triton / inductor caches kept in `{caches}` (empty unless an earlier run filled them)" if caches else
            "empty Triton / inductor caches")
         + f"; training 1: {trainings[0][1].tokens} tokens "
         f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
