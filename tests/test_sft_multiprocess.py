@@ -3,7 +3,8 @@ end on a CPU (two gloo processes): both ranks train, the run is saved once, and 
 process's at the same global batch (gradient accumulation 2).
 
 sft/accelerate_fsdp.yaml is not tested here: accelerate 1.15 applies FSDP only on accelerators, so on
-CPUs that launch runs as this data-parallel one (swaa sft logs a warning saying so)."""
+CPUs that launch runs as this data-parallel one (swaa sft logs a warning saying so); tests/test_fsdp2_cpu.py
+applies what it asks of FSDP2 with torch's calls."""
 
 from __future__ import annotations
 
