@@ -3,7 +3,8 @@
 The row is ``sft_speed.py``'s (its model folder, data and settings: Qwen3-4B shape, LoRA r 16 on every
 projection, gradient checkpointing, batch 1, one n-token example per step), trained in this process by
 ``swaa_patch.training.sft.build_trainer``, in a process started with empty Triton and inductor caches
-(as on a fresh machine). Two trainings run one after the other in that process: ``--steps`` steps at n
+(as on a fresh machine), or with ``--caches DIR``'s, kept between runs (a second run times a machine that
+has trained before: the kernels load from disk). Two trainings run one after the other in that process: ``--steps`` steps at n
 tokens, then ``--steps`` at ``n - --new-length`` tokens, a length the process has not seen (real data
 varies in length: what does a new length cost once everything else is warm?).
 
@@ -15,6 +16,7 @@ name, a disk-cache hit included), in each kernel's module load and launcher buil
 graphs, one per shape), so the first step splits into compiles, graph builds and the rest.
 
     python benchmarks/sft_first_step.py --n 32768 --variant swaa_cudnn_liger   # on the GPU, ~1-2 min
+    python benchmarks/sft_first_step.py --n 131072 --caches /tmp/kc            # twice: empty, then kept caches
     python benchmarks/sft_first_step.py --tiny                                 # the CPU smoke run
 """
 
