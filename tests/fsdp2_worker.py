@@ -6,8 +6,8 @@ sft`` builds it (``lora_config``, LoRA's update inside lora_B's GEMM: ``fused_lo
 decoder layer wrapped for activation checkpointing (``fsdp_activation_checkpointing``) and sharded with
 ``fully_shard`` (``TRANSFORMER_BASED_WRAP``), then the root. Each rank trains on its own example; the
 loss averaged over ranks and every LoRA gradient (FSDP2 reduce-scatters the mean) must equal one
-unsharded model's over both examples. Rank 0 writes the comparison as JSON to argv[1]; ``argv[2] ==
-"same-example"`` gives every rank example 0 instead (the check must then fail: the test's own control).
+unsharded model's over both examples. A control run does the same with every rank on example 0 (not the
+global batch: the comparison must catch it). Rank 0 writes both comparisons as JSON to argv[1].
 """
 
 from __future__ import annotations
@@ -77,6 +77,38 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+def sharded_run(rank: int, world: int, expected: dict[str, torch.Tensor], reference_loss: torch.Tensor,
+                examples_of_rank: int) -> dict:
+    """FSDP2 as the config asks, each rank on example ``examples_of_rank`` (its rank, or 0 for the
+    control); the rank-mean loss and every gathered LoRA gradient against the reference's."""
+    model = build_model()
+    decoder_layer = type(model.base_model.model.model.layers[0])
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   check_fn=lambda module: isinstance(module, decoder_layer))  # fmt: skip
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    sharded = sum(isinstance(p, DTensor) for p in model.parameters())
+    with fused_lora_updates(model) as fused:
+        loss = model(**example(examples_of_rank)).loss
+        loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    mean_loss /= world
+    got = lora_grads(model)
+    return {
+        "world": world,
+        "sharded_parameters": sharded,
+        "parameters": sum(1 for _ in model.parameters()),
+        "fused_adapters": fused,
+        "loss": float(mean_loss),
+        "reference_loss": float(reference_loss.detach()),
+        "names_match": sorted(got) == sorted(expected),
+        "worst_grad_rel": max(rel(got[name], expected[name]) for name in expected if name in got),
+        "lora_weights": len(expected),
+    }
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -87,35 +119,12 @@ def main() -> None:
         reference_loss.backward()
     expected = lora_grads(reference)
 
-    model = build_model()
-    decoder_layer = type(model.base_model.model.model.layers[0])
-    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
-                                   check_fn=lambda module: isinstance(module, decoder_layer))  # fmt: skip
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
-    sharded = sum(isinstance(p, DTensor) for p in model.parameters())
-    with fused_lora_updates(model) as fused:
-        loss = model(**example(0 if sys.argv[2:] == ["same-example"] else rank)).loss
-        loss.backward()
-    mean_loss = loss.detach().clone()
-    dist.all_reduce(mean_loss)
-    mean_loss /= world
-    got = lora_grads(model)
-
+    results = {
+        "fsdp2": sharded_run(rank, world, expected, reference_loss, rank),
+        "control": sharded_run(rank, world, expected, reference_loss, 0),
+    }
     if rank == 0:
-        result = {
-            "world": world,
-            "sharded_parameters": sharded,
-            "parameters": sum(1 for _ in model.parameters()),
-            "fused_adapters": fused,
-            "loss": float(mean_loss),
-            "reference_loss": float(reference_loss.detach()),
-            "names_match": sorted(got) == sorted(expected),
-            "worst_grad_rel": max(rel(got[name], expected[name]) for name in expected if name in got),
-            "lora_weights": len(expected),
-        }
-        Path(sys.argv[1]).write_text(json.dumps(result))
+        Path(sys.argv[1]).write_text(json.dumps(results))
     dist.destroy_process_group()
 
 

@@ -19,19 +19,22 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "fsdp2_worker.py"
 
 
-def run_two_ranks(out: Path, *extra: str) -> dict:
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    """One two-rank launch: the FSDP2 run and its control."""
+    out = tmp_path_factory.mktemp("fsdp2") / "results.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(out), *extra]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
+               str(out)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(out.read_text())
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_one_unsharded_model(tmp_path):
-    result = run_two_ranks(tmp_path / "fsdp2.json")
+def test_fsdp2_two_ranks_match_one_unsharded_model(results):
+    result = results["fsdp2"]
     assert result["world"] == 2 and result["sharded_parameters"] == result["parameters"] > 0  # really sharded
     assert result["fused_adapters"] == 28 and result["lora_weights"] == 56  # 7 projections x 4 layers, A and B
     assert result["names_match"]
@@ -40,7 +43,7 @@ def test_fsdp2_two_ranks_match_one_unsharded_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_comparison_catches_ranks_on_the_wrong_examples(tmp_path):
+def test_the_comparison_catches_ranks_on_the_wrong_examples(results):
     """The control: both ranks on example 0 is not the global batch, and the check says so."""
-    result = run_two_ranks(tmp_path / "control.json", "same-example")
+    result = results["control"]
     assert result["worst_grad_rel"] > 1e-3 and result["loss"] != pytest.approx(result["reference_loss"], rel=1e-6)

@@ -21,10 +21,14 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_tiny_run_reports_each_span(tmp_path):
-    out = tmp_path / "first_step.md"
-    done = run("--tiny", "--variant", "swaa", "--work-dir", str(tmp_path / "work"), "--out", str(out))
+    """One run with --caches DIR (the empty-caches default differs only by a fresh temporary DIR): the
+    caches live in DIR, kept for a next run, and the report names them."""
+    out, caches = tmp_path / "first_step.md", tmp_path / "kept caches"
+    done = run("--tiny", "--variant", "swaa", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+               f"--caches={caches}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
+    assert caches.is_dir() and f"caches kept in `{caches}` (empty unless an earlier run filled them)" in text
     spans = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines()
              if line.startswith("| ") and " | " in line and not line.startswith("| ---")]  # fmt: skip
     for name in ("imports (torch, transformers, swaa_patch)", "trl imported", "first length: step 1 done",
@@ -44,15 +48,6 @@ def test_tiny_run_reports_each_span(tmp_path):
 def test_bad_options_name_themselves(argv, message):
     done = run(*argv)
     assert done.returncode != 0 and message in done.stderr
-
-
-def test_kept_caches_are_used_and_named(tmp_path):
-    """--caches DIR: the compile caches live in DIR (created, kept for the next run) and the report says so."""
-    out, caches = tmp_path / "first_step.md", tmp_path / "kept caches"
-    done = run("--tiny", "--variant", "swaa", "--work-dir", str(tmp_path / "work"), "--out", str(out),
-               f"--caches={caches}")  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert caches.is_dir() and f"caches kept in `{caches}` (empty unless an earlier run filled them)" in out.read_text()
 
 
 def test_caches_option_is_read_before_argparse():
