@@ -4,9 +4,9 @@ The row is ``sft_speed.py``'s (its model folder, data and settings: Qwen3-4B sha
 projection, gradient checkpointing, batch 1, one n-token example per step), trained in this process by
 ``swaa_patch.training.sft.build_trainer``, in a process started with empty Triton and inductor caches
 (as on a fresh machine), or with ``--caches DIR``'s, kept between runs (a second run times a machine that
-has trained before: the kernels load from disk). Two trainings run one after the other in that process: ``--steps`` steps at n
-tokens, then ``--steps`` at ``n - --new-length`` tokens, a length the process has not seen (real data
-varies in length: what does a new length cost once everything else is warm?).
+has trained before: the kernels load from disk). Two trainings run one after the other in that process:
+``--steps`` steps at n tokens, then ``--steps`` at ``n - --new-length`` tokens, a length the process has
+not seen (real data varies in length: what does a new length cost once everything else is warm?).
 
 Timed, from the process's start (wall seconds, the GPU synchronised at each step's end): imports, the
 trainer built (model loaded), train() begun, each step's end. Inside each span: the seconds spent in

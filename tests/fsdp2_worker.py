@@ -37,12 +37,14 @@ SWAA = SWAAConfig(sliding_window_size=8, keep_first=2, force_fa_decode=True)
 LENGTH, ANSWER = 40, 6  # a window of 8 and 2 sinks: most queries see sinks from beyond the window
 
 
-def build_model() -> torch.nn.Module:
+def build_model(swaa: bool = True) -> torch.nn.Module:
     """The same random model, SWAA config and LoRA on every rank and for the reference (LoRA's B random
-    too, so that every adapter weight gets a gradient)."""
+    too, so that every adapter weight gets a gradient); ``swaa=False``: the stock model with that LoRA."""
     from peft import get_peft_model
 
-    model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAA)
+    model = tiny_model("qwen3", "sdpa")
+    if swaa:
+        model = apply_swaa(model, SWAA)
     model.config.use_cache = False
     model = get_peft_model(model, lora_config(LoraSettings(r=4, alpha=8, dropout=0.0, use_rslora=False)))
     with torch.no_grad():
@@ -77,6 +79,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+@torch.no_grad()
+def stock_loss(world: int) -> torch.Tensor:
+    """The global batch's loss without SWAA: the sharded SWAA run must not equal it (SWAA's rule was live)."""
+    model = build_model(swaa=False)
+    return sum(model(**example(i)).loss for i in range(world)) / world
+
+
 def sharded_run(rank: int, world: int, expected: dict[str, torch.Tensor], reference_loss: torch.Tensor,
                 examples_of_rank: int) -> dict:
     """FSDP2 as the config asks, each rank on example ``examples_of_rank`` (its rank, or 0 for the
@@ -103,6 +112,7 @@ def sharded_run(rank: int, world: int, expected: dict[str, torch.Tensor], refere
         "fused_adapters": fused,
         "loss": float(mean_loss),
         "reference_loss": float(reference_loss.detach()),
+        "stock_loss": float(stock_loss(world)),
         "names_match": sorted(got) == sorted(expected),
         "worst_grad_rel": max(rel(got[name], expected[name]) for name in expected if name in got),
         "lora_weights": len(expected),
