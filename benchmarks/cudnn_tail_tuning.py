@@ -35,8 +35,9 @@ log = logging.getLogger("cudnn_tail_tuning")
 
 # (block_m, block_n, warps, stages) of the dQ kernel's sink-tail pass (block_n: sink keys per step) and of the
 # dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block, so each q and dO
-# tile is read once instead of once per 64-row sink block, but its two 128 x 128 float32 accumulators need 16 warps
-# to stay in registers); q blocks per dK/dV program
+# tile is read once instead of once per 64-row sink block, but its two 128 x 128 float32 accumulators spill on 8
+# warps; the 16-warp launches here are not measured yet, and the one-pass tail's 16-warp launches were 2-5x slower
+# than its 8-warp ones, results/cudnn_tail_tuning.md); q blocks per dK/dV program
 SWEEP: dict[str, tuple] = {
     "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2),
                 (128, 32, 8, 3)),

@@ -86,10 +86,11 @@ def stock_loss(world: int) -> torch.Tensor:
     return sum(model(**example(i)).loss for i in range(world)) / world
 
 
-def sharded_run(rank: int, world: int, expected: dict[str, torch.Tensor], reference_loss: torch.Tensor,
-                examples_of_rank: int) -> dict:
+def sharded_run(world: int, expected: dict[str, torch.Tensor], losses: dict[str, float],
+                examples_of_rank: int) -> dict:  # fmt: skip
     """FSDP2 as the config asks, each rank on example ``examples_of_rank`` (its rank, or 0 for the
-    control); the rank-mean loss and every gathered LoRA gradient against the reference's."""
+    control); the rank-mean loss and every gathered LoRA gradient against the reference's (``losses``:
+    the reference's and the stock model's, reported beside)."""
     model = build_model()
     decoder_layer = type(model.base_model.model.model.layers[0])
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
@@ -111,8 +112,7 @@ def sharded_run(rank: int, world: int, expected: dict[str, torch.Tensor], refere
         "parameters": sum(1 for _ in model.parameters()),
         "fused_adapters": fused,
         "loss": float(mean_loss),
-        "reference_loss": float(reference_loss.detach()),
-        "stock_loss": float(stock_loss(world)),
+        **losses,
         "names_match": sorted(got) == sorted(expected),
         "worst_grad_rel": max(rel(got[name], expected[name]) for name in expected if name in got),
         "lora_weights": len(expected),
@@ -129,9 +129,10 @@ def main() -> None:
         reference_loss.backward()
     expected = lora_grads(reference)
 
+    losses = {"reference_loss": float(reference_loss.detach()), "stock_loss": float(stock_loss(world))}
     results = {
-        "fsdp2": sharded_run(rank, world, expected, reference_loss, rank),
-        "control": sharded_run(rank, world, expected, reference_loss, 0),
+        "fsdp2": sharded_run(world, expected, losses, rank),
+        "control": sharded_run(world, expected, losses, 0),
     }
     if rank == 0:
         Path(sys.argv[1]).write_text(json.dumps(results))
