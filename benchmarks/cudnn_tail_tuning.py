@@ -36,14 +36,15 @@ log = logging.getLogger("cudnn_tail_tuning")
 # (block_m, block_n, warps, stages) of the dQ kernel's sink-tail pass (block_n: sink keys per step) and of the
 # dK/dV sink-tail kernel (block_n: sink rows per program; 128 holds keep_first 100 in one block, so each q and dO
 # tile is read once instead of once per 64-row sink block, but its two 128 x 128 float32 accumulators spill on 8
-# warps; the 16-warp launches here are not measured yet, and the one-pass tail's 16-warp launches were 2-5x slower
-# than its 8-warp ones, results/cudnn_tail_tuning.md); q blocks per dK/dV program
+# warps, and on 16 it measured 1.6-2.8x slower than 64 rows on 8, results/cudnn_tail_tuning.md); q blocks per dK/dV
+# program; whether a chunk's sink-block programs run side by side (sharing q / dO reads through L2)
 SWEEP: dict[str, tuple] = {
     "tail_dq": ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 8, 2),
                 (128, 32, 8, 3)),
     "tail": ((128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2), (32, 128, 4, 3), (128, 128, 16, 2),
              (64, 128, 16, 2)),
     "chunk_blocks": (16, 8, 32),
+    "pair_sinks": (True, False),  # False: the grid before the fourteenth session (sink blocks the slowest axis)
 }
 
 
@@ -119,7 +120,8 @@ class CudnnBackward:
 def config_text(config: BackwardConfig | None) -> str:
     if config is None:
         return "-"
-    return f"{launch_text(config.tail_dq)} / {launch_text(config.tail)} / {config.chunk_blocks}"
+    paired = "" if config.pair_sinks else " (sink blocks unpaired)"
+    return f"{launch_text(config.tail_dq)} / {launch_text(config.tail)} / {config.chunk_blocks}{paired}"
 
 
 def format_row(row: Row, rows: list[Row]) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [stash_wheels] [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
+#                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [cudnn_plans] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
 #                                                  [sft_stock_long] [sft_profile] [first_step] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 #                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
@@ -49,6 +49,11 @@ for part in "${parts[@]}"; do
       python3 -m pytest -q -p no:cacheprovider tests/test_cudnn_swa.py tests/test_triton_swa_train.py \
         -k "cudnn or sink_tail" 2>&1 | tee "$OUT/cudnn_tail_tests.log"
       python3 benchmarks/cudnn_tail_tuning.py --out "$OUT/cudnn_tail_tuning.md" 2>&1 | tee "$OUT/cudnn_tail_tuning.log" ;;
+    # every plan cuDNN's heuristics A, B and FALLBACK offer for the band's forward and backward, each checked against
+    # float64 (sinks merged / sink tail added) and timed beside the shipped op: ~2 min
+    cudnn_plans)
+      install_cudnn_wheel
+      python3 benchmarks/cudnn_plans.py --out "$OUT/cudnn_plans.md" 2>&1 | tee "$OUT/cudnn_plans.log" ;;
     # the backward's launch sweep (each kernel's tiles; GPU_CONFIG is chosen from it): ~5 min
     train_tuning)
       python3 benchmarks/train_kernel_tuning.py --out "$OUT/train_kernel_tuning.md" 2>&1 | tee "$OUT/train_kernel_tuning.log" ;;

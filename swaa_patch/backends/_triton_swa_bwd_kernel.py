@@ -209,16 +209,21 @@ def swa_sink_bwd_sink_tail(
     stride_dob, stride_doh, stride_dom, stride_dod,
     n_kv_heads, groups, seq, window, keep_first, scale, softcap, chunk_blocks, sink_rows,
     HEAD_DIM: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, SINKS: tl.constexpr,
+    BLOCK_M: tl.constexpr, SINKS: tl.constexpr, PAIR_SINKS: tl.constexpr,
 ):  # fmt: skip
     """Partial dK/dV of SINKS sink rows from the queries of one chunk that see them from beyond the
-    window (``i - j >= window``). Grid: (chunks, batch * kv heads, sink blocks); PartDK/PartDV are
-    float32 (chunks, batch * kv heads, sink_rows, HEAD_DIM), sink_rows = sink blocks * SINKS."""
-    chunk = tl.program_id(0)
-    bh_kv = tl.program_id(1)
+    window (``i - j >= window``). Grid: (chunks, batch * kv heads, sink blocks), or with
+    ``PAIR_SINKS`` (sink blocks, chunks, batch * kv heads): a chunk's sink-block programs then start
+    side by side and walk the same q / dO tiles together, so all but the first read them from L2.
+    PartDK/PartDV are float32 (chunks, batch * kv heads, sink_rows, HEAD_DIM), sink_rows = sink
+    blocks * SINKS."""
+    if PAIR_SINKS:
+        sink_block, chunk, bh_kv, n_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(2)
+    else:
+        chunk, bh_kv, sink_block, n_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(1)
     b = bh_kv // n_kv_heads
     h_kv = bh_kv % n_kv_heads
-    offs_s = tl.program_id(2) * SINKS + tl.arange(0, SINKS)
+    offs_s = sink_block * SINKS + tl.arange(0, SINKS)
     offs_d = tl.arange(0, HEAD_DIM)
     k, v = _kv_rows(K, V, b, h_kv, offs_s, stride_kb, stride_kh, stride_kn, stride_kd, stride_vb, stride_vh,
                     stride_vn, stride_vd, offs_d, keep_first)  # fmt: skip
@@ -240,7 +245,7 @@ def swa_sink_bwd_sink_tail(
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             ds = p * (dp - delta[:, None]) * dz
             dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
-    part = (chunk.to(tl.int64) * tl.num_programs(1) + bh_kv) * sink_rows * HEAD_DIM
+    part = (chunk.to(tl.int64) * n_bh + bh_kv) * sink_rows * HEAD_DIM
     tile = offs_s[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(PartDK + part + tile, dk)
     tl.store(PartDV + part + tile, dv)

@@ -101,13 +101,16 @@ class BackwardConfig:
     queries (wide in queries), dK/dV walks queries for a block of keys (wide in keys), so their best
     tiles differ. ``chunk_blocks``: q blocks per program of the sink-tail kernel. ``tail_dq``: the dQ
     kernel's launch in its sink-tail mode (the cuDNN path, :func:`add_sink_tail_gradients`: a few
-    sink keys per query instead of the window; None: ``dq``'s)."""
+    sink keys per query instead of the window; None: ``dq``'s). ``pair_sinks``: the sink-tail
+    kernel runs a chunk's sink blocks side by side (its ``PAIR_SINKS`` grid), so they share their
+    q / dO reads through L2."""
 
     dq: Launch
     dkdv: Launch
     tail: Launch
     chunk_blocks: int = 16
     tail_dq: Launch | None = None
+    pair_sinks: bool = True
 
     @classmethod
     def uniform(cls, block_m: int, block_n: int, num_warps: int, num_stages: int, chunk_blocks: int,
@@ -227,9 +230,11 @@ class _Backward:
         part_dk = torch.empty(chunks, self.batch * self.kv_heads, sink_rows, self.dim, dtype=torch.float32,
                               device=self.q.device)  # fmt: skip
         part_dv = torch.empty_like(part_dk)
-        self.kernels.tail[(chunks, self.batch * self.kv_heads, sink_blocks)](
+        grid = (chunks, self.batch * self.kv_heads, sink_blocks)
+        self.kernels.tail[(grid[2], *grid[:2]) if config.pair_sinks else grid](
             self.q, self.k, self.v, self.grad_out, self.lse, self.delta, part_dk, part_dv, *self.common, *self.rule,
-            config.chunk_blocks, sink_rows, **self.flags, BLOCK_M=run.block_m, SINKS=run.block_n, **run.pipeline(),
+            config.chunk_blocks, sink_rows, **self.flags, BLOCK_M=run.block_m, SINKS=run.block_n,
+            PAIR_SINKS=config.pair_sinks, **run.pipeline(),
         )  # fmt: skip
         return part_dk.sum(0), part_dv.sum(0), sink_rows
 
