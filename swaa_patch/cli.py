@@ -190,17 +190,9 @@ def sft_main(args: SFTArgs) -> int:
     if args.max_steps is not None:
         settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training,
                                                                              max_steps=args.max_steps))
-    from .training import kernel_precompile
+    from .training.sft import run_sft
 
-    # the workers import and compile while this process imports trl and loads the model
-    precompile = kernel_precompile.start_for_training(settings.training.precompile_kernels)
-    try:
-        from .training.sft import run_sft
-
-        run_sft(settings, force=args.force, precompile=precompile)
-    finally:
-        if precompile is not None:
-            precompile.stop()  # only if the run ended before waiting for them
+    run_sft(settings, force=args.force)
     return 0
 
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,6 @@ from ..jobs.output import claimed_output_dir
 from ..jobs.run import SETTINGS_FILE
 from ..jobs.validate import settings_to_dict
 from ..patch import apply_swaa
-from . import kernel_precompile
 from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
 from .checkpoints import (
     FINAL_DIR,
@@ -208,47 +206,23 @@ class SWAASFTTrainer(SFTTrainer):
     """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs).
 
     ``liger``: the Liger patch applied to the model, if any (:meth:`restore_kernels` undoes its
-    process-wide part once training is over). ``precompile``: worker processes compiling the Triton
-    kernels ahead (``kernel_precompile``), waited for before the first step. ``kernel_manifest``:
-    where, on a GPU, the Triton kernels this process compiled are recorded (a manifest for the next
-    run's ``training.precompile_kernels``)."""
+    process-wide part once training is over)."""
 
     def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None,
-                 liger: LigerPatch | None = None, precompile: kernel_precompile.Precompile | None = None,
-                 kernel_manifest: Path | None = None, **kwargs: Any):  # fmt: skip
+                 liger: LigerPatch | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.swaa = swaa
         self.liger = liger
-        self.precompile, self.kernel_manifest = precompile, kernel_manifest
         self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
         self._first_logged = False
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        if self.precompile is not None:
-            logger.info("%s", self.precompile.wait())
-            self.precompile = None
-        if self.args.world_size > 1:  # the other processes find the local main process's kernels on disk
-            self.accelerator.wait_for_everyone()
         self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
         with lora_inputs_uncast(self.model, mixed_precision=self.args.bf16 or self.args.fp16), \
-                fused_lora_updates(self.model), self.recording_kernels():  # fmt: skip
+                fused_lora_updates(self.model):  # fmt: skip
             return super().train(*args, **kwargs)
-
-    @contextmanager
-    def recording_kernels(self) -> Iterator[None]:
-        """Record the Triton kernels this process compiles into ``kernel_manifest`` (kept on failure too:
-        the kernels compiled so far are as useful to the next run)."""
-        if self.kernel_manifest is None:
-            yield
-            return
-        with kernel_precompile.Recorder() as recorder:
-            try:
-                yield
-            finally:
-                if recorder.entries and self.accelerator.is_main_process:
-                    recorder.save(self.kernel_manifest, kernel_precompile.environment())
 
     def restore_kernels(self) -> None:
         if self.liger is not None:
@@ -295,12 +269,8 @@ class LogLineCallback(TrainerCallback):
             logger.info("step %d/%d: %s", state.global_step, state.max_steps, ", ".join(parts))
 
 
-def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (),
-                  precompile: kernel_precompile.Precompile | None = None) -> SWAASFTTrainer:  # fmt: skip
-    """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests).
-
-    ``precompile``: kernel-compiling workers started earlier (``swaa sft`` starts them before its
-    heavy imports); None: started here per ``training.precompile_kernels``, before the model loads."""
+def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SWAASFTTrainer:
+    """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests)."""
     from transformers import AutoTokenizer
 
     path = local_model_path(settings.model, settings.output_dir)
@@ -308,14 +278,7 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
-    if precompile is None:  # workers compile while the model loads
-        precompile = kernel_precompile.start_for_training(settings.training.precompile_kernels)
-    try:
-        model, liger = load_training_model(path, settings)
-    except BaseException:
-        if precompile is not None:
-            precompile.stop()
-        raise
+    model, liger = load_training_model(path, settings)
     return SWAASFTTrainer(
         model=model,
         args=sft_config(settings),
@@ -327,8 +290,6 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
         swaa=settings.swaa_config,
         peak_tflops=settings.peak_tflops,
         liger=liger,
-        precompile=precompile,
-        kernel_manifest=Path(settings.output_dir) / kernel_precompile.RECORDED_NAME if on_gpu() else None,
     )
 
 
@@ -347,12 +308,10 @@ def save_final(trainer: SWAASFTTrainer, settings: SFTSettings) -> Path:
     return final
 
 
-def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), force: bool = False,
-            precompile: kernel_precompile.Precompile | None = None) -> SFTResult:  # fmt: skip
+def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), force: bool = False) -> SFTResult:
     """Train (resuming the newest complete checkpoint when ``settings.resume``) and save OUTPUT/final.
 
-    ``force``: use an output folder that holds files of another kind of run. ``precompile``: see
-    :func:`build_trainer`.
+    ``force``: use an output folder that holds files of another kind of run.
     """
     from accelerate import PartialState
 
@@ -362,7 +321,7 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), 
     state = PartialState(cpu=not on_gpu())
     with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
         try:
-            return train_in_folder(settings, callbacks, state, precompile)
+            return train_in_folder(settings, callbacks, state)
         except KeyboardInterrupt:
             complete = complete_checkpoints(output)
             done = f"the newest complete checkpoint is {complete[-1].name}" if complete else "no checkpoint yet"
@@ -397,11 +356,10 @@ def warn_if_not_sharded(trainer: SWAASFTTrainer) -> None:
                            "every process holds the whole model", trainer.accelerator.distributed_type.value)
 
 
-def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any,
-                    precompile: kernel_precompile.Precompile | None = None) -> SFTResult:  # fmt: skip
+def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any) -> SFTResult:
     output = Path(settings.output_dir)
     prepare_folder(settings, state)
-    trainer = build_trainer(settings, callbacks, precompile)
+    trainer = build_trainer(settings, callbacks)
     warn_if_not_sharded(trainer)
     resume = resume_point(output) if settings.resume else None
     if resume is not None:
