@@ -24,21 +24,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from attention_speed import (  # noqa: E402
-    DQ_TOL,
-    LSE_TOL,
-    OUT_TOL,
-    Case,
-    bench_ms,
-    cudnn_line,
-    environment_lines,
-    rel,
-    sweep_args,
-)
+from attention_speed import DQ_TOL, LSE_TOL, OUT_TOL, bench_ms, cudnn_line, environment_lines, rel, sweep_args  # noqa: E402
+from cudnn_tail_tuning import CudnnBackward  # noqa: E402
 
 from swaa_patch.backends import cudnn_swa  # noqa: E402
 from swaa_patch.backends.triton_swa import merge_sinks  # noqa: E402
-from swaa_patch.backends.triton_swa_train import add_sink_tail_gradients  # noqa: E402
+from swaa_patch.backends.triton_swa_train import GPU_CONFIG  # noqa: E402
 from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("cudnn_plans")
@@ -122,20 +113,16 @@ def plan_label(g, index: int) -> str:
     return f"#{index} " + " ".join(parts).replace("|", "/")
 
 
-class Plans:
-    """One length's inputs, the shipped forward's merged out / lse, and the float64 references."""
+class Plans(CudnnBackward):
+    """One length's inputs, the shipped forward's merged out / lse and the float64 references
+    (cudnn_tail_tuning's), and the forward's reference rows."""
 
     def __init__(self, args, n: int, kernel_cfgs: range, show):
-        self.case = c = Case(args, n)
+        super().__init__(args, n)
         self.args, self.args_kernel_cfgs = args, kernel_cfgs
-        self.show = (
-            show  # called with this pass's rows after each plan's row (partial results survive a kill)
-        )
-        self.out, self.lse = cudnn_swa.swa_sink_attention_cudnn(
-            c.q, c.k, c.v, args.window, args.keep_first, c.scaling
-        )
-        self.ref_out, self.ref_lse, self.ref_dq = c.reference(args.window, backward=True)
-        self.ref_dk, self.ref_dv = c.key_reference(args.window)
+        # called with this pass's rows after each plan's row (partial results survive a kill)
+        self.show = show
+        self.ref_out, self.ref_lse, _ = self.case.reference(args.window, backward=True)
         self.handle = _handle()
 
     def check_forward(self, out, lse) -> tuple[str, bool]:
@@ -146,15 +133,8 @@ class Plans:
         return text, errors["out"] < OUT_TOL and errors["lse"] < LSE_TOL
 
     def check_backward(self, dq, dk, dv) -> tuple[str, bool]:
-        c, a = self.case, self.args
-        add_sink_tail_gradients(c.q, c.k, c.v, self.out, self.lse, c.dout, dq, dk, dv, a.window, a.keep_first,
-                                c.scaling)  # fmt: skip
-        errors = {
-            "dq": rel(dq[0][:, c.rows], self.ref_dq),
-            "dk": rel(dk[0][:, c.key_rows], self.ref_dk),
-            "dv": rel(dv[0][:, c.key_rows], self.ref_dv),
-        }
-        return ", ".join(f"{k} {v:.1e}" for k, v in errors.items()), all(e < DQ_TOL for e in errors.values())
+        self.tail((dq, dk, dv), GPU_CONFIG)
+        return self.grad_errors(dq, dk, dv)
 
     def shipped_rows(self) -> list[Row]:
         c, a = self.case, self.args
@@ -162,15 +142,10 @@ class Plans:
         fwd_errors, fwd_ok = self.check_forward(out, lse)
         fwd_ms = bench_ms(lambda: cudnn_swa.window_attention(c.q, c.k, c.v, a.window, c.scaling))
 
-        def band_backward():
-            return cudnn_swa.window_attention_backward(
-                c.q, c.k, c.v, self.out, self.lse, c.dout, a.window, c.scaling
-            )
-
-        bwd_errors, bwd_ok = self.check_backward(*band_backward())
+        bwd_errors, bwd_ok = self.check_backward(*self.band())
         return [
             Row(c.n, "fwd", "shipped: torch.ops.cudnn.sdpa_fwd (heuristics A, FALLBACK)", fwd_ms, fwd_errors, fwd_ok),
-            Row(c.n, "bwd", "shipped: torch.ops.cudnn.sdpa_bwd (heuristics A, FALLBACK)", bench_ms(band_backward),
+            Row(c.n, "bwd", "shipped: torch.ops.cudnn.sdpa_bwd (heuristics A, FALLBACK)", bench_ms(self.band),
                 bwd_errors, bwd_ok),
         ]  # fmt: skip
 
