@@ -1,7 +1,8 @@
 """The launch sweeps' shared driver (benchmarks/train_kernel_tuning.py's ``variants``, ``best_config`` and
 ``sweep_sizes``, used by it and by cudnn_tail_tuning.py) on the CPU with a fake bench: every swept value
 gets one row, the best row combines each field's fastest correct value, and both scripts' sweeps and
-row labels plug in. The GPU timing itself runs in ``bash benchmarks/run_gpu.sh train_tuning / cudnn_tail``."""
+row labels plug in; cudnn_plans.py's report helpers. The GPU timing itself runs in ``bash benchmarks/run_gpu.sh
+train_tuning / cudnn_tail / cudnn_plans``."""
 
 from __future__ import annotations
 
@@ -53,12 +54,14 @@ class Args:
 def test_variants_vary_one_field_each_and_take_launches_and_numbers():
     out = variants(cudnn_tail_tuning.SWEEP)
     assert out[0] == ("shipped", GPU_CONFIG)
-    fields = {"tail_dq", "tail", "chunk_blocks"}
+    fields = {"tail_dq", "tail", "chunk_blocks", "pair_sinks"}
+    assert set(cudnn_tail_tuning.SWEEP) == fields
     for field, config in out[1:]:
         assert field in fields and config != GPU_CONFIG
         differing = {f for f in fields if getattr(config, f) != getattr(GPU_CONFIG, f)}
         assert differing == {field}
     assert any(isinstance(c.chunk_blocks, int) and c.chunk_blocks == 32 for _, c in out)
+    assert [c.pair_sinks for f, c in out if f == "pair_sinks"] == [False]  # a flag: the shipped value is not repeated
     assert all(isinstance(c.tail_dq, Launch) for _, c in out)
     assert [f for f, _ in variants()][1:] == [f for f, vs in train_kernel_tuning.SWEEP.items() for v in vs
                                               if getattr(GPU_CONFIG, f) != Launch(*v)]  # fmt: skip
@@ -80,3 +83,16 @@ def test_sweep_sizes_rows_per_length_and_the_best_combination(prefix):
         assert config.tail_dq == Launch(64, 128, 8, 2)  # the one ok launch with block_n 128
         assert config.chunk_blocks == 32 and config.tail == GPU_CONFIG.tail
         assert best_config(rows, n, cudnn_tail_tuning.SWEEP, lambda r: r.label.removeprefix(prefix)) == config
+
+
+def test_cudnn_plans_reports_refused_knob_values_as_ranges_and_rows_against_the_shipped_op():
+    import cudnn_plans
+
+    assert cudnn_plans.value_ranges([7, 0, 1, 2, 5, 8]) == "0-2, 5, 7-8"
+    assert cudnn_plans.value_ranges([*range(0, 26), *range(27, 64)]) == "0-25, 27-63"
+    shipped = cudnn_plans.Row(1024, "bwd", "shipped: op", 10.0, "dq 1e-03", True)
+    faster = cudnn_plans.Row(1024, "bwd", "#1 eng", 8.0, "dq 1e-03", True)
+    other_pass = cudnn_plans.Row(1024, "fwd", "#0 eng", 4.0, "out 1e-03", False)
+    rows = [shipped, faster, other_pass]
+    assert "| 8.000 | 1.250x |" in cudnn_plans.format_row(faster, rows)
+    assert cudnn_plans.format_row(other_pass, rows).endswith("| - | out 1e-03 | FAIL |")  # no fwd op row to compare
