@@ -6,7 +6,8 @@ then FALLBACK and run the first plan that builds. Whether another plan of the sa
 whether the band (25 of the 39 ms of a 128K fwd+bwd, results/cudnn_tail_tuning.md) has anything left to
 give without a kernel of our own. This script builds the same graphs (BHSD, float32 stats, the band as
 cudnn_swa passes it) with heuristics A, B and FALLBACK, lists every plan they offer (name, engine id,
-knobs), and times each beside the shipped op. Every plan is checked before it is timed: a forward plan's
+knobs) plus the heuristics' first engine at every other ``KERNEL_CFG`` of ``--kernel-cfgs``, and times
+each beside the shipped op. Every plan is checked before it is timed: a forward plan's
 output, merged with the sinks (``merge_sinks``), against float64 rows of the rule; a backward plan's
 gradients, completed by the sink tail (``add_sink_tail_gradients``), against float64 dq / dk / dv rows.
 A plan that does not build or run is an ERROR row, not a crash. Writes markdown to --out (atomically).
@@ -14,6 +15,7 @@ A plan that does not build or run is an ERROR row, not a crash. Writes markdown 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -119,14 +121,14 @@ class Plans(CudnnBackward):
 
     def __init__(self, args, n: int, kernel_cfgs: range, show):
         super().__init__(args, n)
-        self.args, self.args_kernel_cfgs = args, kernel_cfgs
+        self.kernel_cfgs = kernel_cfgs
         # called with this pass's rows after each plan's row (partial results survive a kill)
         self.show = show
         self.ref_out, self.ref_lse, _ = self.case.reference(args.window, backward=True)
         self.handle = _handle()
 
     def check_forward(self, out, lse) -> tuple[str, bool]:
-        c, a = self.case, self.args
+        c, a = self.case, self.case.args
         merge_sinks(c.q, c.k, c.v, out, lse, a.window, a.keep_first, c.scaling)
         errors = {"out": rel(out[0][:, c.rows], self.ref_out), "lse": rel(lse[0][:, c.rows], self.ref_lse)}
         text = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
@@ -137,7 +139,7 @@ class Plans(CudnnBackward):
         return self.grad_errors(dq, dk, dv)
 
     def shipped_rows(self) -> list[Row]:
-        c, a = self.case, self.args
+        c, a = self.case, self.case.args
         out, lse = cudnn_swa.window_attention(c.q, c.k, c.v, a.window, c.scaling)
         fwd_errors, fwd_ok = self.check_forward(out, lse)
         fwd_ms = bench_ms(lambda: cudnn_swa.window_attention(c.q, c.k, c.v, a.window, c.scaling))
@@ -150,7 +152,7 @@ class Plans(CudnnBackward):
         ]  # fmt: skip
 
     def plan_rows(self, backward: bool) -> list[Row]:
-        c, a = self.case, self.args
+        c, a = self.case, self.case.args
         direction = "bwd" if backward else "fwd"
         try:
             g = band_graph(self.handle, c.q, c.k, c.v, a.window, c.scaling, backward)
@@ -161,14 +163,14 @@ class Plans(CudnnBackward):
                 Row(c.n, direction, "graph", math.nan, "-", False, f"ERROR {type(err).__name__}: {err}"[:200])
             ]
         count, declined = self.append_kernel_cfgs(g, count)
-        rows, refused = [], []
+        rows, unbuilt = [], []
         for index in range(count):
             label = plan_label(g, index)
             try:
                 g.build_plan_at_index(index)
             except Exception as err:  # a knob value this engine does not take for this graph
                 log.info("n=%d %s %s does not build: %s", c.n, direction, label, type(err).__name__)
-                refused.append(label.split(" ", 1)[1])
+                unbuilt.append(label.split(" ", 1)[1])
                 continue
             try:
                 workspace = torch.empty(max(g.get_workspace_size_plan_at_index(index), 1), dtype=torch.uint8,
@@ -198,9 +200,9 @@ class Plans(CudnnBackward):
                 continue
             rows.append(Row(c.n, direction, label, ms, errors, ok))
             self.show(rows)
-        if refused:
+        if unbuilt:
             rows.append(
-                Row(c.n, direction, f"did not build: {'; '.join(refused)}", math.nan, "-", True, "not run")
+                Row(c.n, direction, f"did not build: {'; '.join(unbuilt)}", math.nan, "-", True, "not run")
             )
         if declined:
             rows.append(
@@ -209,34 +211,37 @@ class Plans(CudnnBackward):
         return rows
 
     def append_kernel_cfgs(self, g, count: int) -> tuple[int, str]:
-        """Append a plan for every ``KERNEL_CFG`` value in ``--kernel-cfgs`` of the heuristics' first
-        choice's engine when it has that knob (the values they already list excluded; the other engines
-        measured 2x slower on the H200); returns the new plan count and the values cuDNN refused to
-        make a plan of, as ranges per engine."""
+        """Append a plan for every other ``KERNEL_CFG`` value in ``--kernel-cfgs`` of the heuristics'
+        first choice's engine when it has that knob (the other engines measured 2x slower on the H200);
+        returns the new plan count and the values cuDNN refused to make a plan of, as ranges."""
         import cudnn
 
-        offered = {}
-        for index in range(min(count, 1)):
-            try:
-                engine, knobs = g.get_engine_and_knobs_at_index(index)
-            except Exception:  # a plan without a backend engine id (a python engine): nothing to vary
+        try:
+            engine, knobs = g.get_engine_and_knobs_at_index(0) if count else (None, None)
+        except Exception:  # a plan without a backend engine id (a python engine): nothing to vary
+            return count, ""
+        knob = cudnn.knob_type.KERNEL_CFG
+        if knob not in (knobs or {}):
+            return count, ""
+        refused = []
+        for value in self.kernel_cfgs:
+            if value == knobs[knob]:
                 continue
-            if cudnn.knob_type.KERNEL_CFG in (knobs or {}):
-                offered.setdefault(engine, set()).add(knobs[cudnn.knob_type.KERNEL_CFG])
-        declined = []
-        for engine, listed in offered.items():
-            refused = []
-            for value in self.args_kernel_cfgs:
-                if value in listed:
-                    continue
-                try:
-                    g.create_execution_plan(engine, {cudnn.knob_type.KERNEL_CFG: value})
-                except Exception as err:
-                    log.info("engine %d KERNEL_CFG %d refused: %s", engine, value, type(err).__name__)
-                    refused.append(value)
-            if refused:
-                declined.append(f"engine {engine} KERNEL_CFG {value_ranges(refused)}")
-        return g.get_execution_plan_count(), "; ".join(declined)
+            try:
+                g.create_execution_plan(engine, {knob: value})
+            except Exception as err:
+                log.info("engine %d KERNEL_CFG %d refused: %s", engine, value, type(err).__name__)
+                refused.append(value)
+        declined = f"engine {engine} KERNEL_CFG {value_ranges(refused)}" if refused else ""
+        return g.get_execution_plan_count(), declined
+
+
+def kernel_cfg_range(text: str) -> range:
+    """``--kernel-cfgs``' "LOW-HIGH" (inclusive, 0 <= LOW <= HIGH)."""
+    low, _, high = text.partition("-")
+    if not (low.isdigit() and high.isdigit() and int(low) <= int(high)):
+        raise argparse.ArgumentTypeError(f"must be LOW-HIGH with 0 <= LOW <= HIGH (e.g. 0-63), got {text!r}")
+    return range(int(low), int(high) + 1)
 
 
 def value_ranges(values: list[int]) -> str:
@@ -288,12 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         lambda p: p.add_argument(
             "--kernel-cfgs",
+            type=kernel_cfg_range,
             default="0-63",
-            help="KERNEL_CFG values to try for each engine the heuristics offer with that knob (a-b, inclusive)",
+            help="KERNEL_CFG values to try on the heuristics' first engine, when it has that knob (LOW-HIGH, inclusive)",
         ),
     )
-    low, high = (int(x) for x in extra.kernel_cfgs.split("-"))
-    kernel_cfgs = range(low, high + 1)
+    kernel_cfgs = extra.kernel_cfgs
     if not cudnn_swa.frontend_available():
         raise SystemExit("cudnn_plans.py needs cudnn-frontend (pip install nvidia-cudnn-frontend)")
     rows: list[Row] = []

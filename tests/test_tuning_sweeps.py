@@ -6,6 +6,7 @@ train_tuning / cudnn_tail / cudnn_plans``."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -96,3 +97,7 @@ def test_cudnn_plans_reports_refused_knob_values_as_ranges_and_rows_against_the_
     rows = [shipped, faster, other_pass]
     assert "| 8.000 | 1.250x |" in cudnn_plans.format_row(faster, rows)
     assert cudnn_plans.format_row(other_pass, rows).endswith("| - | out 1e-03 | FAIL |")  # no fwd op row to compare
+    assert cudnn_plans.kernel_cfg_range("0-63") == range(0, 64)
+    for bad in ("63-0", "abc", "5", "-1-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be LOW-HIGH"):
+            cudnn_plans.kernel_cfg_range(bad)
