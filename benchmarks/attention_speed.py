@@ -212,12 +212,13 @@ class Case:
     def new_plan(self):
         return build_plan(self.config, batch_size=1, q_len=self.n, device=self.q.device)
 
-    def key_reference(self, window):
-        """float64 (dk, dv) of the sampled key rows (cached per window)."""
-        key = ("keys", window)
+    def key_reference(self, window, keep_first: int | None = None):
+        """float64 (dk, dv) of the sampled key rows (cached per window and keep_first)."""
+        keep_first = self.args.keep_first if keep_first is None else keep_first
+        key = ("keys", window, keep_first)
         if key not in self.refs:
             self.refs[key] = reference_key_grads(
-                self.q, self.k, self.v, self.dout, self.key_rows, window, self.args.keep_first, self.scaling
+                self.q, self.k, self.v, self.dout, self.key_rows, window, keep_first, self.scaling
             )
         return self.refs[key]
 
@@ -280,12 +281,12 @@ def forward_row(
     return Row(name, case.n, ms, fwd_flops(case.args, case.n, window, keep_first), errors, ok)
 
 
-def backward_row(case: Case, name: str, fn, window) -> Row:
+def backward_row(case: Case, name: str, fn, window, keep_first: int | None = None) -> Row:
     q, k, v = (t.detach().clone().requires_grad_(True) for t in (case.q, case.k, case.v))
     out = fn(q, k, v)
     out.backward(case.dout)
-    ref_out, _, ref_dq = case.reference(window, backward=True)
-    ref_dk, ref_dv = case.key_reference(window)
+    ref_out, _, ref_dq = case.reference(window, backward=True, keep_first=keep_first)
+    ref_dk, ref_dv = case.key_reference(window, keep_first)
     errors = {
         "out": rel(out.detach()[0][:, case.rows], ref_out),
         "dq": rel(q.grad[0][:, case.rows], ref_dq),
@@ -295,7 +296,7 @@ def backward_row(case: Case, name: str, fn, window) -> Row:
     del out
     ok = errors["out"] < OUT_TOL and max(errors["dq"], errors["dk"], errors["dv"]) < DQ_TOL
     ms = bench_ms(lambda: fn(q, k, v).backward(case.dout), grad_to_none=[q, k, v])
-    return Row(name, case.n, ms, 3.5 * fwd_flops(case.args, case.n, window), errors, ok)
+    return Row(name, case.n, ms, 3.5 * fwd_flops(case.args, case.n, window, keep_first), errors, ok)
 
 
 def mask_build_row(case: Case) -> Row:

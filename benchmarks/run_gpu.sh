@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU correctness checks and benchmarks, tables under $OUT.
 # Usage on the lent GPU:  bash benchmarks/run_gpu.sh [stash_wheels] [kv_memory] [correctness] [speed] [model_speed] [tuning] [merge] [decode] [decode_speed] [decode_profile]
-#                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [cudnn_plans] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
+#                                                  [decode_cold] [jobs] [train_kernel] [cudnn_tail] [cudnn_plans] [stash_fa4] [fa4_tests] [fa4] [sft_fa4] [train_tuning] [serve] [sft] [sft_triton] [sft_cudnn] [sft_long]
 #                                                  [sft_stock_long] [sft_profile] [first_step] [sft_2gpu] [demo_sweep] [demo_adapt] [calibration_demo]
 #                                                  [eval_rows] [decode_kernel]
 # (default: kv_memory correctness; see benchmarks/README.md for what each part measures and takes)
@@ -51,6 +51,25 @@ for part in "${parts[@]}"; do
       python3 benchmarks/cudnn_tail_tuning.py --out "$OUT/cudnn_tail_tuning.md" 2>&1 | tee "$OUT/cudnn_tail_tuning.log" ;;
     # every plan cuDNN's heuristics A, B and FALLBACK offer for the band's forward and backward, each checked against
     # float64 (sinks merged / sink tail added) and timed beside the shipped op: ~2 min
+    stash_fa4) stash_fa4 ;;  # keeps the carried .whl/fa4a (or fa4b) for a later call (fa4_wheels.sh)
+    # FA4's float64 tests on the GPU (its one-pass path, the default's dispatch to it) and the cuDNN path's: ~3 min
+    fa4_tests)
+      install_cudnn_wheel; install_fa4_wheels
+      python3 -m pytest -q -p no:cacheprovider tests/test_fa4_swa.py tests/test_cudnn_swa.py \
+        tests/test_triton_swa_train.py::test_default_takes_cuda_bf16_training_calls_only 2>&1 | tee "$OUT/fa4_tests.log" ;;
+    # `swaa sft` through FA4 (32K-256K) and through the cuDNN path (the same run's baseline): ~7 min
+    sft_fa4)
+      install_fa4_wheels
+      sft_speed --sizes 32768,131072,262144 --variants swaa_fa4_liger
+      sft_speed --sizes 32768,131072 --variants swaa_cudnn_liger ;;
+    # FlashAttention-4's Hopper kernels for the rule (block-sparse + mask_mod, and its band backward under the shipped
+    # forward and sink tail) against the shipped path and SDPA, float64-checked; first calls JIT-compile: ~6 min
+    fa4)
+      install_cudnn_wheel; install_fa4_wheels
+      # FA4's compiled kernels kept on disk (.fa4_cache, kept on a warm machine): a second call (FA4_ARGS="--sizes N")
+      # does not compile them again
+      export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR="$PWD/.fa4_cache"
+      python3 benchmarks/fa4_attention.py ${FA4_ARGS:-} --out "$OUT/fa4_attention.md" 2>&1 | tee "$OUT/fa4_attention.log" ;;
     cudnn_plans)
       install_cudnn_wheel
       python3 benchmarks/cudnn_plans.py --out "$OUT/cudnn_plans.md" 2>&1 | tee "$OUT/cudnn_plans.log" ;;

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = build_trainer(settings, callbacks=(StepMarks(tag),))
             spans.mark(f"{tag}: trainer built (model loaded)")
             trainer.train()
-        missing = sft_speed.cudnn_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
+        missing = sft_speed.kernel_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
         if missing:
             raise SystemExit(f"{args.variant}: {missing}")
         history = [h for h in trainer.state.log_history if "loss" in h]

@@ -38,10 +38,10 @@ from sft_speed import (  # noqa: E402
     Row,
     SFTSpeedArgs,
     add_in_process_options,
-    cudnn_missing,
     fused_train_mode,
     in_process_args,
     in_process_row,
+    kernel_missing,
     row_label,
     tiny_blocker,
 )
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     callback, row, losses, calls = train_and_profile(args, speed)
     if callback.prof is None:
         raise SystemExit(f"step {args.profile_step} never ran: the data has fewer steps")
-    missing = cudnn_missing(args.variant, calls)
+    missing = kernel_missing(args.variant, calls)
     if missing:
         raise SystemExit(f"{args.variant}: {missing}")
     text = report(args, speed, callback, row, losses, calls)

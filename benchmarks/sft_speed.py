@@ -19,7 +19,9 @@ step's log (compiles included). A row that runs out of memory says so.
 
 Variants: `stock` (no SWAA, sdpa), `stock_liger`, `swaa` (W 2048, keep_first 100, flex_attention),
 `swaa_liger`, `swaa_triton[_liger]` (the Triton fwd+bwd, SWAA_FUSED_TRAIN=triton), `swaa_cudnn[_liger]`
-(cuDNN's window fwd+bwd + the Triton sinks, SWAA_FUSED_TRAIN=auto with cudnn-frontend installed). Layouts: `1gpu`; `1gpu_accum2` (gradient accumulation 2: the global batch of two GPUs),
+(cuDNN's window fwd+bwd + the Triton sinks, SWAA_FUSED_TRAIN=auto with cudnn-frontend installed),
+`swaa_fa4[_liger]` (FlashAttention-4's block-sparse fwd+bwd of the whole rule, SWAA_FUSED_TRAIN=fa4 with
+flash-attn-4 installed). Layouts: `1gpu`; `1gpu_accum2` (gradient accumulation 2: the global batch of two GPUs),
 `ddp`, `fsdp` (2 processes, batch 1 each). Checks: Liger vs not at the same (n, layout): first-step loss
 and grad norm; 2-GPU layouts vs `1gpu_accum2`: every step's loss (identical examples, so the data
 order cannot differ). Rows are written (atomically) after each one; `--resume` keeps the rows of an
@@ -66,14 +68,18 @@ log = logging.getLogger("sft_speed")
 TINY = dict(QWEN3_4B, vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096)  # fmt: skip
 VARIANTS = ("stock", "stock_liger", "swaa", "swaa_liger", "swaa_triton", "swaa_triton_liger", "swaa_cudnn",
-            "swaa_cudnn_liger")  # fmt: skip
+            "swaa_cudnn_liger", "swaa_fa4", "swaa_fa4_liger")  # fmt: skip
+# a variant marker -> the fused-training kernel its rows must have run (SWAA_FUSED_TRAIN falls back without it)
+SERVED_BY = {"_cudnn": "cudnn", "_fa4": "fa4"}
 LAYOUTS = ("1gpu", "1gpu_accum2", "ddp", "fsdp")
 LABELS = {"stock": "stock (sdpa, full attention)", "stock_liger": "stock + Liger",
           "swaa": "SWAA W={W} k={k} ({attn})", "swaa_liger": "SWAA W={W} k={k} ({attn}) + Liger",
           "swaa_triton": "SWAA W={W} k={k} (Triton fwd+bwd)",
           "swaa_triton_liger": "SWAA W={W} k={k} (Triton fwd+bwd) + Liger",
           "swaa_cudnn": "SWAA W={W} k={k} (cuDNN window fwd+bwd + Triton sinks)",
-          "swaa_cudnn_liger": "SWAA W={W} k={k} (cuDNN window fwd+bwd + Triton sinks) + Liger"}  # fmt: skip
+          "swaa_cudnn_liger": "SWAA W={W} k={k} (cuDNN window fwd+bwd + Triton sinks) + Liger",
+          "swaa_fa4": "SWAA W={W} k={k} (FA4 block-sparse fwd+bwd)",
+          "swaa_fa4_liger": "SWAA W={W} k={k} (FA4 block-sparse fwd+bwd) + Liger"}  # fmt: skip
 # layout -> (processes, gradient accumulation, accelerate config or None)
 LAYOUT_SETUP = {"1gpu": (1, 1, None), "1gpu_accum2": (1, 2, None), "ddp": (2, 1, "sft/accelerate_ddp.yaml"),
                 "fsdp": (2, 1, "sft/accelerate_fsdp.yaml")}  # fmt: skip
@@ -110,7 +116,8 @@ class SFTSpeedArgs:
 
 TINY_DEFAULTS = dict(sizes=(96,), window=16, keep_first=4, steps=2, stock_max_steps_above=10**9)  # fmt: skip
 CPU_SKIP = ("skipped: Liger's kernels run on a GPU (tests/test_liger.py runs them on Triton's CPU interpreter)")
-CUDNN_SKIP = "skipped: cuDNN's sliding window runs on a Hopper GPU (tests/test_triton_swa_train.py stands it in on the CPU)"
+FUSED_SKIP = ("skipped: cuDNN's sliding window and FA4 run on a Hopper GPU (tests/test_triton_swa_train.py stands them in "
+              "on the CPU)")
 
 
 @dataclass
@@ -201,7 +208,8 @@ def write_data(args: SFTSpeedArgs, model_dir: Path, work: Path, n: int, rows: in
 
 
 # -- one row trained in the calling process (sft_profile.py, sft_first_step.py) ----------------------------
-TINY_VARIANT_ERROR = "--tiny: Liger's kernels and cuDNN's window need a GPU; pick a variant without _liger or _cudnn"
+TINY_VARIANT_ERROR = ("--tiny: Liger's kernels, cuDNN's window and FA4 need a GPU; pick a variant without _liger, "
+                      "_cudnn or _fa4")
 
 
 def add_in_process_options(p: argparse.ArgumentParser, variant: str) -> None:
@@ -214,7 +222,7 @@ def add_in_process_options(p: argparse.ArgumentParser, variant: str) -> None:
 
 def tiny_blocker(tiny: bool, variant: str) -> str | None:
     """Why ``--tiny`` (the CPU) cannot run ``variant``, or None."""
-    return TINY_VARIANT_ERROR if tiny and (variant.endswith("_liger") or "_cudnn" in variant) else None
+    return TINY_VARIANT_ERROR if tiny and (variant.endswith("_liger") or served_by(variant)) else None
 
 
 def in_process_args(tiny: bool, work_dir: str, n: int, steps: int) -> SFTSpeedArgs:
@@ -272,24 +280,31 @@ def command_of(row: Row, settings_path: Path) -> list[str]:
             "--num_processes", str(processes), *cli]
 
 
+def served_by(variant: str) -> str | None:
+    """The fused-training kernel a ``_cudnn`` / ``_fa4`` variant stands for, else None."""
+    return next((kernel for marker, kernel in SERVED_BY.items() if marker in variant), None)
+
+
 def fused_train_mode(args: SFTSpeedArgs, row: Row) -> str:
     """The row's SWAA_FUSED_TRAIN: its sliding layers' training calls on backends/triton_swa_train.py's
     Triton kernels for a ``_triton`` variant, on cuDNN's band + the Triton sinks for a ``_cudnn`` one
-    (``auto``: read_metrics fails the row if cuDNN served no call), else the backend's own kernel (flex
-    for SWAA rows) whatever the default."""
-    if "_cudnn" in row.variant:
-        return "auto"
+    (``auto``), on FA4 for a ``_fa4`` one (``fa4``; read_metrics fails either row if its kernel served
+    no call), else the backend's own kernel (flex for SWAA rows) whatever the default."""
+    kernel = served_by(row.variant)
+    if kernel is not None:
+        return "fa4" if kernel == "fa4" else "auto"
     if "_triton" not in row.variant:
         return "off"
     return "force" if args.tiny else "triton"
 
 
-def cudnn_missing(variant: str, calls: dict) -> str | None:
-    """Why a ``_cudnn`` row's numbers are not cuDNN's, or None: SWAA_FUSED_TRAIN=auto falls back to the
-    Triton kernels without cudnn-frontend or off Hopper, so ``calls`` (the attention calls by path) must
-    count cuDNN."""
-    if "_cudnn" in variant and not calls.get("cudnn"):
-        return f"cuDNN served no attention call (cudnn-frontend missing or not Hopper): {calls}"
+def kernel_missing(variant: str, calls: dict) -> str | None:
+    """Why a ``_cudnn`` / ``_fa4`` row's numbers are not its kernel's, or None: SWAA_FUSED_TRAIN falls
+    back to the Triton kernels without cudnn-frontend / flash-attn-4 or off Hopper, so ``calls`` (the
+    attention calls by path) must count the kernel."""
+    kernel = served_by(variant)
+    if kernel is not None and not calls.get(kernel):
+        return f"{kernel} served no attention call (its package missing or not Hopper): {calls}"
     return None
 
 
@@ -342,7 +357,7 @@ def read_metrics(row: Row, out: Path) -> Row:
     row.peak_gib = max((h.get("peak_gib", math.nan) for h in steps), default=math.nan)
     if len(steps) < row.steps:
         row.ok, row.note = False, f"{len(steps)} of {row.steps} steps logged"
-    missing = cudnn_missing(row.variant, saved["metrics"].get("fused_train_calls", {}))
+    missing = kernel_missing(row.variant, saved["metrics"].get("fused_train_calls", {}))
     if missing:
         row.ok, row.note = False, missing
     if not all(math.isfinite(x) for x in row.losses):
@@ -368,7 +383,8 @@ def cross_check(rows: list[Row]) -> None:
         texts = []
         bases = [(row.variant.replace(marker, ""), row.checkpoint_every, what)
                  for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel"),
-                                      ("_cudnn", "the backend's kernel")) if marker in row.variant]  # fmt: skip
+                                      ("_cudnn", "the backend's kernel"), ("_fa4", "the backend's kernel"))
+                 if marker in row.variant]  # fmt: skip
         if row.checkpoint_every > 1:
             bases.append((row.variant, 1, "checkpointing every layer"))
         for variant, every, what in bases:
@@ -396,7 +412,7 @@ def estimate_s(args: SFTSpeedArgs, row: Row) -> float:
     if row.variant.endswith("_liger"):
         step /= PLAN["liger_gain"]
     step *= LAYOUT_SETUP[row.layout][1]
-    fused = "_triton" in row.variant or "_cudnn" in row.variant  # no flex compile
+    fused = "_triton" in row.variant or served_by(row.variant) is not None  # no flex compile
     compile_s = 0.0 if row.variant.startswith("stock") or fused else PLAN["compile_s"]
     return PLAN["start_s"] + compile_s + steps_of(args, row.n, row.variant) * step
 
@@ -550,8 +566,8 @@ def main(args: SFTSpeedArgs) -> int:
         if row.n not in data:
             data[row.n] = write_data(args, model_dir, work, row.n, examples)
         row.tokens = data[row.n][1]
-        if args.tiny and "_cudnn" in row.variant:
-            row.note = CUDNN_SKIP
+        if args.tiny and served_by(row.variant):
+            row.note = FUSED_SKIP
         elif args.tiny and row.variant.endswith("_liger"):
             row.note = CPU_SKIP
         else:

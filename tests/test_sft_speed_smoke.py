@@ -118,20 +118,30 @@ def test_each_row_starts_with_empty_compile_caches_unless_warm(tmp_path, monkeyp
     assert seen[0]["SWAA_FUSED_TRAIN"] == "off"  # a flex row stays on flex whatever the default
 
 
-@pytest.mark.parametrize("calls, ok", [({"cudnn": 4, "no grad": 2}, True), ({"triton": 4}, False), ({}, False)])
-def test_cudnn_row_fails_unless_cudnn_served_its_calls(tmp_path, calls, ok):
-    """A `_cudnn` row runs SWAA_FUSED_TRAIN=auto, which falls back to Triton without cudnn-frontend or off
-    Hopper: the row fails then instead of reporting Triton's numbers under cuDNN's name."""
+@pytest.mark.parametrize(
+    "variant, calls, ok, mode",
+    [
+        ("swaa_cudnn_liger", {"cudnn": 4, "no grad": 2}, True, "auto"),
+        ("swaa_cudnn_liger", {"triton": 4}, False, "auto"),
+        ("swaa_cudnn", {}, False, "auto"),
+        ("swaa_fa4_liger", {"fa4": 4, "no grad": 2}, True, "fa4"),
+        ("swaa_fa4", {"cudnn": 4}, False, "fa4"),
+    ],
+)
+def test_fused_rows_fail_unless_their_kernel_served_the_calls(tmp_path, variant, calls, ok, mode):
+    """A `_cudnn` row runs SWAA_FUSED_TRAIN=auto and a `_fa4` row =fa4, which fall back (to Triton, or to
+    cuDNN) without their package or off Hopper: the row fails then instead of reporting another kernel's
+    numbers under its name."""
     step = {"loss": 1.0, "tokens_per_s": 96.0, "mfu": 0.1, "peak_gib": 1.0}
     saved = {"log_history": [step, dict(step, loss=0.9)], "metrics": {"fused_train_calls": calls}}
     (tmp_path / "train_metrics.json").write_text(json.dumps(saved))
-    row = sft_speed.read_metrics(sft_speed.Row(96, "swaa_cudnn_liger", "1gpu", tokens=96, steps=2), tmp_path)
-    assert row.ok is ok and ("cuDNN served no attention call" in row.note) is not ok, row.note
-    assert sft_speed.fused_train_mode(sft_speed.SFTSpeedArgs(), row) == "auto"
+    row = sft_speed.read_metrics(sft_speed.Row(96, variant, "1gpu", tokens=96, steps=2), tmp_path)
+    assert row.ok is ok and ("served no attention call" in row.note) is not ok, row.note
+    assert sft_speed.fused_train_mode(sft_speed.SFTSpeedArgs(), row) == mode
 
 
 def test_tiny_cudnn_rows_are_skipped_with_the_reason(tmp_path):
     out = tmp_path / "sft_speed.md"
     args = sft_speed.SFTSpeedArgs(tiny=True, out=str(out), work_dir=str(tmp_path / "work"), variants=("swaa_cudnn",))
     assert sft_speed.main(args) == 0
-    assert "skipped: cuDNN's sliding window runs on a Hopper GPU" in out.read_text()
+    assert "skipped: cuDNN's sliding window and FA4 run on a Hopper GPU" in out.read_text()

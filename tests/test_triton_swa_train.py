@@ -222,7 +222,7 @@ def test_bad_inputs_are_refused_with_the_field_named():
         )
     with pytest.raises(ValueError, match="lse must be float32"):
         swa_sink_attention_backward(q, k, v, out, lse.double(), grad_out, 4, 1, 0.3)
-    with pytest.raises(ValueError, match="fused_train: must be one of \\('auto', 'triton', 'off', 'force'\\)"):
+    with pytest.raises(ValueError, match="fused_train: must be one of \\('auto', 'fa4', 'triton', 'off', 'force'\\)"):
         triton_swa_train.set_fused_train("on")
 
 
@@ -326,8 +326,8 @@ def test_calls_it_cannot_serve_keep_the_backend_path():
 
 
 def test_default_takes_cuda_bf16_training_calls_only():
-    """The shipped default (``auto``) routes bf16 training calls on a GPU to the kernels (cuDNN's band
-    where it can serve, else Triton) and leaves CPU calls (and float32 ones) on the backend's path."""
+    """The shipped default (``auto``) routes bf16 training calls on a GPU to the kernels (FA4 or cuDNN's
+    band where they can serve, else Triton) and leaves CPU calls (and float32 ones) on the backend's path."""
     assert triton_swa_train.SETTING.get() == "auto", "the test suite must run with the shipped default"
     model = apply_swaa(tiny_model("qwen3", "sdpa"), SWAAConfig(sliding_window_size=4, keep_first=1)).train()
     model = model.to(DEVICE, torch.bfloat16)
@@ -336,8 +336,8 @@ def test_default_takes_cuda_bf16_training_calls_only():
     model(ids, labels=ids).loss.backward()
     layers = model.config.num_hidden_layers
     if DEVICE.type == "cuda":
-        hopper = torch.cuda.get_device_capability(DEVICE)[0] == 9
-        served = "cudnn" if hopper and cudnn_swa.frontend_available() else "triton"
+        probe = torch.zeros(2, 4, 12, model.config.head_dim, device=DEVICE, dtype=torch.bfloat16)
+        served = kernel_for(probe, probe[:, :2], 4, None)  # fa4 / cudnn where installed on Hopper, else triton
         assert triton_swa_train.PATH_COUNTS == {served: layers}
     else:
         assert triton_swa_train.PATH_COUNTS == {"device": layers}

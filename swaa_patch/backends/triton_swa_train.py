@@ -1,6 +1,12 @@
-"""Trainable SWA+sink attention at band cost, one autograd Function over two kernel pairs, and the
-dispatch candidate that routes training calls to it:
+"""Trainable SWA+sink attention at band cost, one autograd Function over two kernel pairs (and
+FlashAttention-4's one-pass kernels where installed), and the dispatch candidate that routes
+training calls to them:
 
+- ``"fa4"`` (the setting ``"fa4"``; Hopper with flash-attn-4, no softcap: ``fa4_swa.py``): the whole
+  rule, sinks included, in one block-sparse forward and backward; attention 6-7 % faster than the
+  cuDNN pair (fwd+bwd 6.39x / 24.91x full-causal SDPA's at 32K / 128K on an H200, against 5.95x /
+  23.49x), but a `swaa sft` step of the 4B shape only 0-1 % faster and its first step ~16 s longer
+  (FA4's JIT compile; benchmarks/results/sft_speed.md, runs 10-11), so it is opt-in;
 - ``"cudnn"`` (Hopper with cudnn-frontend, no softcap): cuDNN's sliding-window forward and backward
   for the band, the sinks by Triton (``triton_swa.merge_sinks`` in the forward;
   :func:`add_sink_tail_gradients` in the backward, from the merged output and lse: see
@@ -26,11 +32,13 @@ SDPA's ``is_causal`` kernels (the Triton kernel with no window when logits are s
 training step compiles no flex kernel at all. Everything else keeps the backend's own exact path.
 
 Setting ``fused_train`` (``SWAA_FUSED_TRAIN``): ``"auto"`` (the default: CUDA bf16/fp16 calls that
-qualify, through cuDNN where it can serve them, else Triton), ``"triton"`` (the same calls, Triton
+qualify, through cuDNN where it can serve them, else Triton), ``"fa4"`` (the same calls through FA4
+where it can serve them, else as ``"auto"``), ``"triton"`` (the same calls, Triton
 kernels only; on an H200 `swaa sft` ran 1.22x flex's tokens/s at 32K and 1.24x at 128K,
 benchmarks/results/sft_speed.md), ``"off"`` (the backend's own path: flex or masked SDPA) or
 ``"force"`` (also CPU tensors through Triton's interpreter and float32: for tests). Calls are counted
-in :data:`PATH_COUNTS` by kernel (``"cudnn"``, ``"triton"``) or the reason they kept the backend's.
+in :data:`PATH_COUNTS` by kernel (``"fa4"``, ``"cudnn"``, ``"triton"``) or the reason they kept the
+backend's.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import torch
 from torch import Tensor
 
 from ..plan import Memo
-from . import cudnn_swa
+from . import cudnn_swa, fa4_swa
 from .call import AttentionCall, Kernel
 from .fused_prefill import _layout, tensor_reason
 from .setting import KernelSetting
@@ -59,10 +67,12 @@ from .triton_swa import (
     swa_sink_attention,
 )
 
-MODES = ("auto", "triton", "off", "force")
+MODES = ("auto", "fa4", "triton", "off", "force")
 ENV_VAR = "SWAA_FUSED_TRAIN"
 TAKEN = "triton"
 CUDNN_TAKEN = "cudnn"
+FA4_TAKEN = "fa4"
+KERNELS = (TAKEN, CUDNN_TAKEN, FA4_TAKEN)
 CAUSAL_TAKEN = "sdpa causal (full-attention layer)"
 SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "auto")
 
@@ -355,11 +365,17 @@ class SWASinkAttention(torch.autograd.Function):
 
 
 def kernel_for(q: Tensor, k: Tensor, window: int | None, softcap: float | None) -> str:
-    """``"cudnn"`` where the setting is ``"auto"`` and cuDNN's sliding window can serve the call
-    (``cudnn_swa.unusable_reason``: Hopper, cudnn-frontend installed, no softcap; a window: full
-    attention has no band), else ``"triton"``."""
-    if SETTING.get() == "auto" and window is not None and cudnn_swa.unusable_reason(q, k, softcap, 0) is None:
-        return CUDNN_TAKEN
+    """Where the layer has a window (full attention has no band): under the setting ``"fa4"``,
+    ``"fa4"`` where FlashAttention-4 can serve the call (``fa4_swa.unusable_reason``: Hopper,
+    flash-attn-4 installed at a tested version, a tested head_dim, no softcap); under it and
+    ``"auto"``, else ``"cudnn"`` where cuDNN's sliding window can (``cudnn_swa.unusable_reason``:
+    Hopper, cudnn-frontend installed, no softcap). Else ``"triton"``."""
+    mode = SETTING.get()
+    if mode in ("auto", "fa4") and window is not None:
+        if mode == "fa4" and fa4_swa.unusable_reason(q, k, softcap) is None:
+            return FA4_TAKEN
+        if cudnn_swa.unusable_reason(q, k, softcap, 0) is None:
+            return CUDNN_TAKEN
     return TAKEN
 
 
@@ -374,11 +390,13 @@ def trainable_swa_sink_attention(
     kernel: str | None = None,
 ) -> Tensor:
     """Differentiable SWA+sink attention over one unpadded sequence per row (query i is key i):
-    (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D). ``kernel``: ``"triton"`` or
-    ``"cudnn"`` (the caller checked it can serve the call), default :func:`kernel_for`'s choice."""
+    (B, Hq, L, D) out from q (B, Hq, L, D), k and v (B, Hkv, L, D). ``kernel``: one of
+    :data:`KERNELS` (the caller checked it can serve the call), default :func:`kernel_for`'s choice."""
     kernel = kernel or kernel_for(q, k, window, softcap)
-    if kernel not in (TAKEN, CUDNN_TAKEN):
-        raise ValueError(f"kernel: must be one of {(TAKEN, CUDNN_TAKEN)}, got {kernel!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: must be one of {KERNELS}, got {kernel!r}")
+    if kernel == FA4_TAKEN:
+        return fa4_swa.swa_sink_attention_fa4(q, k, v, window, keep_first, scaling)
     return SWASinkAttention.apply(q, k, v, window, keep_first, scaling, softcap, kernel)
 
 
