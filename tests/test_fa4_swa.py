@@ -9,6 +9,7 @@ whole model's training step through the dispatch against the backend's own path.
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -89,7 +90,9 @@ def test_unusable_reasons_name_what_rules_fa4_out(monkeypatch):
     assert fa4_swa.unusable_reason(q, q, None) == "not Hopper"
 
 
-def test_the_fa4_setting_takes_fa4_where_it_can_serve_and_auto_never(monkeypatch):
+def test_the_fa4_setting_takes_fa4_where_it_can_serve_and_auto_never(monkeypatch, caplog):
+    """Under ``fa4`` a call FA4 cannot serve takes cuDNN (else Triton), with a warning naming why."""
+    triton_swa_train._warn_fa4_not_taken.cache_clear()  # said once per reason and process
     q = torch.zeros(1, 2, 20, 16)
     monkeypatch.setattr(fa4_swa, "unusable_reason", lambda q, k, softcap: None)
     monkeypatch.setattr(cudnn_swa, "unusable_reason", lambda q, k, softcap, offset: None)
@@ -101,8 +104,9 @@ def test_the_fa4_setting_takes_fa4_where_it_can_serve_and_auto_never(monkeypatch
     with fused_train("triton"):
         assert kernel_for(q, q, 8, None) == "triton"
     monkeypatch.setattr(fa4_swa, "unusable_reason", lambda q, k, softcap: "no flash-attn-4")
-    with fused_train("fa4"):
+    with fused_train("fa4"), caplog.at_level(logging.WARNING, logger=triton_swa_train.__name__):
         assert kernel_for(q, q, 8, None) == "cudnn"
+    assert "SWAA_FUSED_TRAIN=fa4: FlashAttention-4 cannot serve this call (no flash-attn-4)" in caplog.text
     monkeypatch.setattr(cudnn_swa, "unusable_reason", lambda q, k, softcap, offset: "no cudnn-frontend")
     with fused_train("fa4"):
         assert kernel_for(q, q, 8, None) == "triton"

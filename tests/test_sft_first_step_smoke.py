@@ -43,7 +43,7 @@ def test_tiny_run_reports_each_span(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "1"], "--steps: must be >= 2"),
     (["--n", "100", "--new-length", "100"], "--new-length: must be in [1, --n)"),
-    (["--tiny", "--variant", "swaa_cudnn_liger"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
+    (["--tiny", "--variant", "swaa_cudnn_liger"], "--tiny: Liger's kernels, cuDNN's window and FA4 need a GPU"),
 ])
 def test_bad_options_name_themselves(argv, message):
     done = run(*argv)

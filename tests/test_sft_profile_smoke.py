@@ -33,8 +33,8 @@ def test_tiny_run_profiles_the_third_step(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--profile-step", "1"], "--profile-step: must be >= 2"),
-    (["--tiny", "--variant", "swaa_liger"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
-    (["--tiny", "--variant", "swaa_cudnn"], "--tiny: Liger's kernels and cuDNN's window need a GPU"),
+    (["--tiny", "--variant", "swaa_liger"], "--tiny: Liger's kernels, cuDNN's window and FA4 need a GPU"),
+    (["--tiny", "--variant", "swaa_cudnn"], "--tiny: Liger's kernels, cuDNN's window and FA4 need a GPU"),
 ])
 def test_bad_options_name_themselves(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -43,6 +43,7 @@ backend's.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from contextlib import AbstractContextManager
@@ -75,6 +76,7 @@ FA4_TAKEN = "fa4"
 KERNELS = (TAKEN, CUDNN_TAKEN, FA4_TAKEN)
 CAUSAL_TAKEN = "sdpa causal (full-attention layer)"
 SETTING = KernelSetting("fused_train", ENV_VAR, MODES, "auto")
+logger = logging.getLogger(__name__)
 
 # outcome -> number of attention calls (one per layer per forward), for tests and benchmarks
 PATH_COUNTS: Counter[str] = Counter()
@@ -372,11 +374,22 @@ def kernel_for(q: Tensor, k: Tensor, window: int | None, softcap: float | None) 
     Hopper, cudnn-frontend installed, no softcap). Else ``"triton"``."""
     mode = SETTING.get()
     if mode in ("auto", "fa4") and window is not None:
-        if mode == "fa4" and fa4_swa.unusable_reason(q, k, softcap) is None:
-            return FA4_TAKEN
+        if mode == "fa4":
+            reason = fa4_swa.unusable_reason(q, k, softcap)
+            if reason is None:
+                return FA4_TAKEN
+            _warn_fa4_not_taken(reason)
         if cudnn_swa.unusable_reason(q, k, softcap, 0) is None:
             return CUDNN_TAKEN
     return TAKEN
+
+
+@lru_cache(maxsize=64)
+def _warn_fa4_not_taken(reason: str) -> None:
+    """The ``fa4`` setting asked for FA4 and a call cannot take it: said once per reason (the call still
+    runs exactly, through cuDNN or Triton, and PATH_COUNTS counts the kernel it took)."""
+    logger.warning("SWAA_FUSED_TRAIN=fa4: FlashAttention-4 cannot serve this call (%s); it takes the cuDNN or "
+                   "Triton kernels", reason)  # fmt: skip
 
 
 def trainable_swa_sink_attention(
