@@ -337,6 +337,24 @@ def compile_check(case: Case) -> str:
     )
 
 
+def run_plans(n: int, plans: list[tuple[str, Callable[[], Row]]]) -> list[Row]:
+    """Each plan's Row, in order, logged as it comes; a plan that raises becomes an ERROR row (one failing
+    kernel must not hide the others' numbers)."""
+    rows = []
+    for name, run in plans:
+        log.info("n=%d %s", n, name)
+        try:
+            rows.append(run())
+        except Exception as err:
+            log.exception("n=%d %s failed", n, name)
+            rows.append(
+                Row(name, n, math.nan, 0.0, {}, False, f"ERROR {type(err).__name__}: {str(err)[:160]}")
+            )
+        torch.cuda.empty_cache()
+        log.info("%s", format_row(rows[-1], rows))
+    return rows
+
+
 def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
     case = Case(args, n)
     W = args.window
@@ -366,18 +384,7 @@ def run_size(args: SpeedArgs, n: int) -> tuple[list[Row], str]:
         ]
         if cudnn_swa.frontend_available():
             plans.append((CUDNN_TRAIN, lambda: backward_row(case, CUDNN_TRAIN, case.cudnn_trainable, W)))
-    rows = []
-    for name, run in plans:
-        log.info("n=%d %s", n, name)
-        try:
-            rows.append(run())
-        except Exception as err:  # one failing kernel must not hide the others' numbers; reported as ERROR
-            log.exception("n=%d %s failed", n, name)
-            rows.append(
-                Row(name, n, math.nan, 0.0, {}, False, f"ERROR {type(err).__name__}: {str(err)[:120]}")
-            )
-        torch.cuda.empty_cache()
-        log.info("%s", format_row(rows[-1], rows))
+    rows = run_plans(n, plans)
     compiles = compile_check(case)
     log.info("%s", compiles)
     return rows, compiles
@@ -439,26 +446,34 @@ def report(args: SpeedArgs, rows: list[Row], compiles: list[str]) -> str:
         f"- Triton config chosen by the autotuner: {chosen_config()}",
         f"- cuDNN: {cudnn_line()}",
         "- torch.compile: " + "; ".join(compiles),
-        "",
-        "| kernel | n | ms | TFLOP/s | speedup vs SDPA | rel. error | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    return "\n".join(lines + [format_row(r, rows) for r in rows]) + "\n"
+    return with_table(lines, rows)
+
+
+def with_table(lines: list[str], rows: list[Row]) -> str:
+    """A report: its opening ``lines``, then the rows' table (speedups against SDPA of the same pass)."""
+    table = ["| kernel | n | ms | TFLOP/s | speedup vs SDPA | rel. error | verdict |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    return "\n".join([*lines, "", *table, *(format_row(r, rows) for r in rows)]) + "\n"
+
+
+def run_sizes(args: SpeedArgs, run_size, report) -> int:
+    """``run_size(args, n)`` -> (rows, a note) for each length in turn, ``report(args, rows, notes)``
+    rewritten (atomically) after each, so finished lengths survive a kill; the report printed at the
+    end. Exit status 1 when a row failed its check."""
+    rows, notes = [], []
+    for n in args.sizes:
+        size_rows, note = run_size(args, n)
+        rows += size_rows
+        notes.append(note)
+        atomic_write_text(args.out, report(args, rows, notes))
+    sys.stdout.write(report(args, rows, notes))
+    return 0 if all(r.ok for r in rows) else 1
 
 
 def main(args: SpeedArgs) -> int:
     if not torch.cuda.is_available():
         raise SystemExit("attention_speed.py needs a CUDA device")
-    rows, compiles = [], []
-    for n in args.sizes:
-        size_rows, size_compiles = run_size(args, n)
-        rows += size_rows
-        compiles.append(size_compiles)
-        atomic_write_text(args.out, report(args, rows, compiles))  # partial results survive a kill
-    text = report(args, rows, compiles)
-    atomic_write_text(args.out, text)
-    sys.stdout.write(text)
-    return 0 if all(r.ok for r in rows) else 1
+    return run_sizes(args, run_size, report)
 
 
 def sweep_args(doc: str, out: str, argv: list[str] | None = None, extra=None) -> tuple[SpeedArgs, argparse.Namespace]:

@@ -23,7 +23,6 @@ Writes a markdown report to --out (atomically) and prints it.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 
@@ -39,14 +38,15 @@ from attention_speed import (  # noqa: E402  (benchmarks/ is on sys.path for a s
     backward_row,
     cudnn_line,
     environment_lines,
-    format_row,
     forward_row,
+    run_plans,
+    run_sizes,
     sweep_args,
+    with_table,
 )
 
 from swaa_patch.backends import cudnn_swa, fa4_swa  # noqa: E402
 from swaa_patch.backends.triton_swa_train import add_sink_tail_gradients  # noqa: E402
-from swaa_patch.jobs.io import atomic_write_text  # noqa: E402
 
 log = logging.getLogger("fa4_attention")
 FA4_RULE = "fa4 rule (block-sparse + mask_mod)"
@@ -210,18 +210,7 @@ def run_size(args, n: int) -> tuple[list[Row], str]:
             ),
         ),
     ]
-    rows = []
-    for name, run in plans:
-        log.info("n=%d %s", n, name)
-        try:
-            rows.append(run())
-        except Exception as err:  # one failing kernel must not hide the others' numbers; reported as ERROR
-            log.exception("n=%d %s failed", n, name)
-            rows.append(
-                Row(name, n, math.nan, 0.0, {}, False, f"ERROR {type(err).__name__}: {str(err)[:160]}")
-            )
-        torch.cuda.empty_cache()
-        log.info("%s", format_row(rows[-1], rows))
+    rows = run_plans(n, plans)
     partial, full = fa4.tiles
     return rows, f"n={n}: {partial} partial + {full} full 128x128 tiles, built in {fa4.layout_s * 1e3:.1f} ms"
 
@@ -250,25 +239,13 @@ def report(args, rows: list[Row], layouts: list[str]) -> str:
         "- TFLOP/s: full causal fwd 2*n^2*d*h; SWA+sink fwd 4*n*(W+k)*d*h (band alone: k=0); fwd+bwd 3.5x fwd",
         f"- correctness: as attention_speed.py (float64; out {OUT_TOL}, lse {LSE_TOL}, dq/dk/dv {DQ_TOL})",
         "- block layouts: " + "; ".join(layouts),
-        "",
-        "| kernel | n | ms | TFLOP/s | speedup vs SDPA | rel. error | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    return "\n".join(lines + [format_row(r, rows) for r in rows]) + "\n"
+    return with_table(lines, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, _ = sweep_args(__doc__, "benchmarks/results/fa4_attention.md", argv)
-    rows, layouts = [], []
-    for n in args.sizes:
-        size_rows, layout = run_size(args, n)
-        rows += size_rows
-        layouts.append(layout)
-        atomic_write_text(args.out, report(args, rows, layouts))  # partial results survive a kill
-    text = report(args, rows, layouts)
-    atomic_write_text(args.out, text)
-    sys.stdout.write(text)
-    return 0 if all(r.ok for r in rows) else 1
+    return run_sizes(args, run_size, report)
 
 
 if __name__ == "__main__":

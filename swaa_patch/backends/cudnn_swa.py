@@ -45,18 +45,27 @@ def frontend_available() -> bool:
     return True
 
 
-def unusable_reason(q: Tensor, k: Tensor, softcap: float | None, offset: int) -> str | None:
-    """Why a (B, H, Lq, D) call cannot take the cuDNN path; None when it can.
-
-    Measured and checked only on Hopper (sm90), so other GPUs keep the Triton kernel. cuDNN aligns
-    the band at the bottom-right corner, so the queries must be the last keys (``offset + Lq ==
-    Lk``: a plain prompt or a chunk after its cache); it has no logit softcap."""
+def hopper_reason(q: Tensor, softcap: float | None) -> str | None:
+    """The checks the Hopper-only paths share (this one, and FlashAttention-4's in ``fa4_swa.py``):
+    CUDA bf16/fp16 on an sm90 GPU (where they were measured and checked), no logit softcap."""
     if q.device.type != "cuda" or q.dtype not in DTYPES:
         return "device or dtype"
     if torch.cuda.get_device_capability(q.device)[0] != 9:
         return "not Hopper"
     if softcap is not None:
         return "softcap"
+    return None
+
+
+def unusable_reason(q: Tensor, k: Tensor, softcap: float | None, offset: int) -> str | None:
+    """Why a (B, H, Lq, D) call cannot take the cuDNN path; None when it can.
+
+    Measured and checked only on Hopper (sm90), so other GPUs keep the Triton kernel. cuDNN aligns
+    the band at the bottom-right corner, so the queries must be the last keys (``offset + Lq ==
+    Lk``: a plain prompt or a chunk after its cache); it has no logit softcap."""
+    reason = hopper_reason(q, softcap)
+    if reason is not None:
+        return reason
     if offset + q.shape[2] != k.shape[2]:
         return "keys after the queries"
     if q.shape[-1] % 8:

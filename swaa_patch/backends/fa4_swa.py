@@ -37,11 +37,12 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from .cudnn_swa import hopper_reason
+
 BLOCK = 128  # the layout's block, queries and keys: FA4's Hopper forward tile (128 x 128); its backward's
 # query tile (64) divides it and its key tile is 128
 TESTED_VERSIONS = ("4.0.0b36",)
 TESTED_HEAD_DIMS = (32, 64, 128)  # tests/test_fa4_swa.py's float64 cases, run on an H200
-DTYPES = (torch.bfloat16, torch.float16)
 
 # FA4's JIT prints this for every compile of a mask_mod kernel (its aux data is a compile-time constant there)
 warnings.filterwarnings("ignore", message=r"Argument aux_data .* cannot be converted to a JitArgument")
@@ -63,12 +64,9 @@ def installed_version() -> str | None:
 
 def unusable_reason(q: Tensor, k: Tensor, softcap: float | None) -> str | None:
     """Why a (B, H, L, D) training call cannot take FA4; None when it can. Cheapest checks first."""
-    if q.device.type != "cuda" or q.dtype not in DTYPES:
-        return "device or dtype"
-    if torch.cuda.get_device_capability(q.device)[0] != 9:
-        return "not Hopper"
-    if softcap is not None:
-        return "softcap"
+    reason = hopper_reason(q, softcap)
+    if reason is not None:
+        return reason
     if q.shape[2] != k.shape[2]:
         return "cached keys"
     if q.shape[-1] not in TESTED_HEAD_DIMS:
