@@ -460,13 +460,14 @@ def run_sizes(args: SpeedArgs, run_size, report) -> int:
     """``run_size(args, n)`` -> (rows, a note) for each length in turn, ``report(args, rows, notes)``
     rewritten (atomically) after each, so finished lengths survive a kill; the report printed at the
     end. Exit status 1 when a row failed its check."""
-    rows, notes = [], []
+    rows, notes, text = [], [], ""
     for n in args.sizes:
         size_rows, note = run_size(args, n)
         rows += size_rows
         notes.append(note)
-        atomic_write_text(args.out, report(args, rows, notes))
-    sys.stdout.write(report(args, rows, notes))
+        text = report(args, rows, notes)
+        atomic_write_text(args.out, text)
+    sys.stdout.write(text)
     return 0 if all(r.ok for r in rows) else 1
 
 

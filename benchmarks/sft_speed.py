@@ -382,8 +382,8 @@ def cross_check(rows: list[Row]) -> None:
             continue
         texts = []
         bases = [(row.variant.replace(marker, ""), row.checkpoint_every, what)
-                 for marker, what in (("_liger", "no Liger"), ("_triton", "the backend's kernel"),
-                                      ("_cudnn", "the backend's kernel"), ("_fa4", "the backend's kernel"))
+                 for marker, what in (("_liger", "no Liger"),
+                                      *((m, "the backend's kernel") for m in ("_triton", *SERVED_BY)))
                  if marker in row.variant]  # fmt: skip
         if row.checkpoint_every > 1:
             bases.append((row.variant, 1, "checkpointing every layer"))

@@ -159,8 +159,8 @@ def swa_sink_attention_fa4(
 
     # window and keep_first as given (not capped at the length): they are the mask_mod's compile-time constants
     forward, backward = sparse_tensors(q.shape[2], window, keep_first, q.device)
-    out = flash_attn_func(
+    out, _ = flash_attn_func(  # (out, lse): lse None as not asked for
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scaling,
         mask_mod=rule_mask_mod(window, keep_first), block_sparse_tensors=forward, block_sparse_tensors_bwd=backward,
     )  # fmt: skip
-    return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+    return out.transpose(1, 2)
