@@ -133,12 +133,23 @@ PY
             > "$OUT/sft_profile_${v}_$n.log" 2>&1 || echo "sft_profile $v n=$n failed (see its log)"
         done
       done ;;
-    # ~1-2 min per length: where a fresh process's first step goes (benchmarks/sft_first_step.py; FIRST_STEP_SIZES)
+    # where a fresh process's first step goes (benchmarks/sft_first_step.py), ~1-1.5 min per run: the warm-start GPU tests
+    # (FIRST_STEP_TESTS), then each length (FIRST_STEP_SIZES) with each training.precompile_kernels (FIRST_STEP_PRECOMPILE);
+    # reports, logs and recorded manifests in .first_step/, sent back as $OUT/first_step.tgz after each run
     first_step)
       install_sft_wheels
-      for n in ${FIRST_STEP_SIZES:-32768 131072}; do
-        python3 benchmarks/sft_first_step.py --n "$n" --out "$OUT/sft_first_step_$n.md" \
-          > "$OUT/sft_first_step_$n.log" 2>&1 || echo "sft_first_step n=$n failed (see its log)"
+      mkdir -p .first_step
+      python3 -m pytest -q -p no:cacheprovider ${FIRST_STEP_TESTS:-tests/test_kernel_precompile.py tests/test_gpu_warmup.py} \
+        > .first_step/tests.log 2>&1 || echo "warm-start tests failed (the runs below still measure; see tests.log)"
+      tail -3 .first_step/tests.log
+      for n in ${FIRST_STEP_SIZES:-131072 262144}; do
+        for pre in ${FIRST_STEP_PRECOMPILE:-off auto}; do
+          python3 benchmarks/sft_first_step.py --n "$n" --precompile "$pre" --out ".first_step/sft_first_step_${n}_$pre.md" \
+            --manifest-out ".first_step/kernel_manifest_${n}_$pre.json" > ".first_step/sft_first_step_${n}_$pre.log" 2>&1 \
+            || echo "sft_first_step n=$n precompile=$pre failed (see its log)"
+          grep -h "first step as" ".first_step/sft_first_step_${n}_$pre.md" || true
+          tar czf "$OUT/first_step.tgz" .first_step
+        done
       done ;;
     # nvidia-h200-x2, ~9 min: DDP and FSDP2 vs one GPU at the same global batch (accumulation 2)
     sft_2gpu) sft_speed --sizes 32768,131072 --variants swaa_liger --layouts 1gpu_accum2,ddp,fsdp ;;

@@ -15,6 +15,9 @@ name, a disk-cache hit included), in each kernel's module load and launcher buil
 (``CompiledKernel._init_handles``) and in cuDNN graph builds (cudnn-frontend's SDPA forward and backward
 graphs, one per shape), so the first step splits into compiles, graph builds and the rest.
 
+The first training runs with ``--precompile``'s ``training.precompile_kernels`` (the warm start: workers forked
+where ``run_sft`` forks them, after the imports and before the first CUDA call; ``off`` for the time without it).
+
     python benchmarks/sft_first_step.py --n 32768 --variant swaa_cudnn_liger   # on the GPU, ~1-2 min
     python benchmarks/sft_first_step.py --n 131072 --caches /tmp/kc            # twice: empty, then kept caches
     python benchmarks/sft_first_step.py --tiny                                 # the CPU smoke run
@@ -23,11 +26,13 @@ graphs, one per shape), so the first step splits into compiles, graph builds and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -160,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-length", type=int, default=1000, help="the second training's examples are this much shorter")
     p.add_argument("--steps", type=int, default=2, help="steps per training (>= 2: the second is the warm one)")
     p.add_argument("--out", default="benchmarks/results/sft_first_step_raw.md")
+    p.add_argument("--precompile", default="auto",
+                   help="training.precompile_kernels of the first training: auto (the manifest shipped for this GPU "
+                        "and Triton, if any), off, or a manifest file (the second training: off, its process has "
+                        "compiled everything already)")  # fmt: skip
+    p.add_argument("--manifest-out", default=None,
+                   help="copy the first training's recorded kernel manifest (OUTPUT/kernel_manifest.json) here")
     p.add_argument("--caches", default=None,
                    help="compile caches (Triton, inductor) in this folder, kept: a second run finds the first's "
                         "kernels on disk (default: a fresh empty folder, as on a fresh machine)")  # fmt: skip
@@ -170,27 +181,32 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--new-length: must be in [1, --n), got {args.new_length}")
     if sft_speed.tiny_blocker(args.tiny, args.variant):
         p.error(sft_speed.tiny_blocker(args.tiny, args.variant))
+    from transformers import TrainerCallback
+
+    from swaa_patch.training import kernel_precompile
+    from swaa_patch.training.sft import build_trainer
+
+    # where `swaa sft` (run_sft) forks them: everything imported, no CUDA call made yet
+    precompile = args.precompile if args.precompile in ("auto", "off") else str(Path(args.precompile).resolve())
+    workers = None if args.tiny else kernel_precompile.fork_workers(precompile)
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("sft_first_step.py needs a CUDA device (or --tiny)")
 
     from swaa_patch.backends import triton_swa_train
     from swaa_patch.jobs.io import atomic_write_text
 
-    spans.mark("imports (torch, transformers, swaa_patch)")
+    spans.mark("imports (torch, transformers, trl, swaa_patch; precompile workers forked)")
     device = torch.device("cpu" if args.tiny else "cuda")
     if args.tiny:
         args.n = sft_speed.TINY_DEFAULTS["sizes"][0]
         args.new_length = min(args.new_length, args.n // 4)
     speed = sft_speed.in_process_args(args.tiny, args.work_dir, args.n, args.steps)
     runs = []
-    for tag, n in (("first length", args.n), ("new length", args.n - args.new_length)):
-        runs.append((tag, *sft_speed.in_process_row(speed, n, args.variant, args.steps, args.steps, "first-step")))
+    for tag, n, kernels in (("first length", args.n, precompile), ("new length", args.n - args.new_length, "off")):
+        row, settings = sft_speed.in_process_row(speed, n, args.variant, args.steps, args.steps, "first-step")
+        training = dataclasses.replace(settings.training, precompile_kernels=kernels)
+        runs.append((tag, row, dataclasses.replace(settings, training=training)))
     spans.mark("settings and data ready (the model folder built when absent)")
-    from transformers import TrainerCallback
-
-    from swaa_patch.training.sft import build_trainer
-
-    spans.mark("trl imported")
 
     class StepMarks(TrainerCallback):
         def __init__(self, tag: str) -> None:
@@ -204,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.synchronize()
             spans.mark(f"{self.tag}: step {state.global_step} done")
 
-    trainings = []
+    trainings, forked = [], workers
     for tag, row, settings in runs:
         triton_swa_train.PATH_COUNTS.clear()
         with triton_swa_train.fused_train(sft_speed.fused_train_mode(speed, row)):
-            trainer = build_trainer(settings, callbacks=(StepMarks(tag),))
+            trainer = build_trainer(settings, callbacks=(StepMarks(tag),), precompile=workers)
+            workers = None
             spans.mark(f"{tag}: trainer built (model loaded)")
             trainer.train()
         missing = sft_speed.kernel_missing(args.variant, dict(triton_swa_train.PATH_COUNTS))
@@ -217,19 +234,24 @@ def main(argv: list[str] | None = None) -> int:
         history = [h for h in trainer.state.log_history if "loss" in h]
         first_s = row.tokens / history[0]["tokens_per_s"] if history and "tokens_per_s" in history[0] else math.nan
         trainings.append((tag, row, [h["loss"] for h in history], first_s))
+        recorded = Path(settings.output_dir) / kernel_precompile.RECORDED_NAME
+        if args.manifest_out and tag == "first length" and recorded.is_file():
+            shutil.copyfile(recorded, args.manifest_out)
         trainer.restore_kernels()
         del trainer
         if device.type == "cuda":
             torch.cuda.empty_cache()
     label = sft_speed.row_label(speed, trainings[0][1])
-    text = report(spans, found, label, trainings, sft_speed.device_name(speed), versions(), args.caches)
+    summary = forked.summary if forked is not None else None
+    text = report(spans, found, label, trainings, sft_speed.device_name(speed), versions(), args.caches, precompile,
+                  summary)  # fmt: skip
     atomic_write_text(args.out, text)
     sys.stdout.write(text)
     return 0
 
 
 def report(spans: Spans, found: list[str], label: str, trainings: list, device: str, versions: str,
-           caches: str | None = None) -> str:  # fmt: skip
+           caches: str | None = None, precompile: str = "off", summary: str | None = None) -> str:  # fmt: skip
     lines = [
         "# `swaa sft` from process start to its first steps: compiles and graph builds apart",
         "",
@@ -239,6 +261,8 @@ def report(spans: Spans, found: list[str], label: str, trainings: list, device: 
            "empty Triton / inductor caches")
         + f"; training 1: {trainings[0][1].tokens} tokens "
         f"per example, training 2 (same process, a new trainer and model load): {trainings[1][1].tokens} tokens",
+        f"- training 1's training.precompile_kernels: {precompile} (its wait for the workers falls in `train() begun`): "
+        + (summary or "no workers"),
         "- losses: " + "; ".join(f"{tag} " + " / ".join(f"{x:.4f}" for x in losses) for tag, _, losses, _ in trainings),
         "- first step as `swaa sft` logs it (train() start to the first log, sft_speed.md's `first step s`): "
         + "; ".join(f"{tag} {first_s:.1f} s" for tag, _, _, first_s in trainings),

@@ -31,13 +31,14 @@ def test_tiny_run_reports_each_span(tmp_path):
     assert caches.is_dir() and f"caches kept in `{caches}` (empty unless an earlier run filled them)" in text
     spans = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines()
              if line.startswith("| ") and " | " in line and not line.startswith("| ---")]  # fmt: skip
-    for name in ("imports (torch, transformers, swaa_patch)", "trl imported", "first length: step 1 done",
+    for name in ("imports (torch, transformers, trl, swaa_patch; precompile workers forked)", "first length: step 1 done",
                  "first length: step 2 done", "new length: trainer built (model loaded)", "new length: step 2 done"):
         assert name in spans, (name, spans)
     at = [float(line.split(" | ")[1]) for line in text.splitlines() if line.startswith("| first length: step")]
     assert at == sorted(at) and at[0] > 0  # seconds from the process's start, increasing
     assert "first step as `swaa sft` logs it" in text and "training 1: 96 tokens" in text
     assert "settings and data ready (the model folder built when absent)" in spans
+    assert "training 1's training.precompile_kernels: auto" in text and "no workers" in text  # none on a CPU
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -45,7 +45,8 @@ _STEP = re.compile(r"checkpoint-(\d+)")
 # Settings that do not change the trained weights: a resumed run may change them freely.
 NOT_RESULTS = {"output_dir", "resume", "merge", "peak_tflops", "source", "training.logging_steps",
                "training.save_steps", "training.save_total_limit", "training.report_to",
-               "training.gradient_checkpointing", "training.checkpoint_every_n_layers", "training.liger"}
+               "training.gradient_checkpointing", "training.checkpoint_every_n_layers", "training.liger",
+               "training.precompile_kernels"}
 
 
 # -- checkpoints --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ..jobs.validate import (
     resolve_path,
 )
 from ..static_cache import COMPILE_MODES
+from .kernel_precompile import RECORDED_NAME
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr")
@@ -123,6 +124,9 @@ class TrainSettings:
     checkpoint_every_n_layers: int = 1
     report_to: str = "none"
     liger: str = "auto"  # Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on for CUDA), on, off
+    # Triton kernels compiled before the first step by worker processes, from a manifest of an earlier run
+    # (training/kernel_precompile.py): auto (the one shipped for this GPU and Triton, if any), off, or a path
+    precompile_kernels: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -236,7 +240,7 @@ def parse_data(value: Any, path: str) -> DataSettings:
     return data
 
 
-def parse_training(value: Any, path: str) -> TrainSettings:
+def parse_training(value: Any, path: str, base: Path | None = None) -> TrainSettings:
     readers = {
         "learning_rate": _positive,
         "num_train_epochs": _positive,
@@ -255,6 +259,7 @@ def parse_training(value: Any, path: str) -> TrainSettings:
         "checkpoint_every_n_layers": lambda v, p: as_int(v, p, minimum=1),
         "report_to": lambda v, p: as_str(v, p, REPORT_TO),
         "liger": lambda v, p: as_str(v, p, LIGER_MODES),
+        "precompile_kernels": lambda v, p: _precompile_setting(v, p, base or Path.cwd()),
     }
     out = read_fields(value, path, readers)
     if out.get("max_steps") == 0:
@@ -264,6 +269,19 @@ def parse_training(value: Any, path: str) -> TrainSettings:
                    f"picks which layers gradient checkpointing recomputes; it must be 1 (or left out) when "
                    f"training.gradient_checkpointing is false, got {out['checkpoint_every_n_layers']}")
     return TrainSettings(**out)
+
+
+def _precompile_setting(value: Any, path: str, base: Path) -> str:
+    """"auto", "off", or an existing manifest file, relative to the settings file's folder (whether it
+    fits the GPU is checked when training starts)."""
+    text = as_str(value, path)
+    if text in ("auto", "off"):
+        return text
+    file = resolve_path(text, base)
+    if not file.is_file():
+        raise fail(path, f"must be 'auto', 'off' or the path of a kernel manifest file "
+                         f"(OUTPUT/{RECORDED_NAME} of an earlier GPU run); {file} is not a file")  # fmt: skip
+    return str(file)
 
 
 def parse_sft_dataset(value: Any, path: str, base: Path, data: DataSettings) -> Path:
@@ -284,7 +302,7 @@ def parse_sft(data: Any, source: Path | None = None) -> SFTSettings:
         "output_dir": lambda v, p: resolve_path(as_str(v, p), base),
         "lora": parse_lora,
         "data": parse_data,
-        "training": parse_training,
+        "training": lambda v, p: parse_training(v, p, base),
         "resume": as_bool,
         "merge": as_bool,
         "peak_tflops": lambda v, p: None if v is None else _positive(v, p),

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from ..jobs.output import claimed_output_dir
 from ..jobs.run import SETTINGS_FILE
 from ..jobs.validate import settings_to_dict
 from ..patch import apply_swaa
+from . import gpu_warmup, kernel_precompile
 from .adapter import merge_swaa_adapter, save_swaa_adapter, save_swaa_config
 from .checkpoints import (
     FINAL_DIR,
@@ -206,23 +208,53 @@ class SWAASFTTrainer(SFTTrainer):
     """SFTTrainer whose FLOP count knows the window (``total_flos``, throughput and MFU logs).
 
     ``liger``: the Liger patch applied to the model, if any (:meth:`restore_kernels` undoes its
-    process-wide part once training is over)."""
+    process-wide part once training is over). ``precompile``: forked workers compiling the Triton
+    kernels ahead (``kernel_precompile``), and ``warmup``: the thread starting the GPU libraries
+    (``gpu_warmup``), both waited for before the first step. ``kernel_manifest``:
+    where, on a GPU, the Triton kernels this process compiled are recorded (a manifest for the next
+    run's ``training.precompile_kernels``)."""
 
     def __init__(self, *args: Any, swaa: SWAAConfig | None, peak_tflops: float | None,
-                 liger: LigerPatch | None = None, **kwargs: Any):
+                 liger: LigerPatch | None = None, precompile: kernel_precompile.Precompile | None = None,
+                 warmup: gpu_warmup.LibraryWarmup | None = None, kernel_manifest: Path | None = None,
+                 **kwargs: Any):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.swaa = swaa
         self.liger = liger
+        self.precompile, self.warmup, self.kernel_manifest = precompile, warmup, kernel_manifest
         self.peak_tflops = peak_tflops if peak_tflops is not None else detect_peak_tflops()
         self.meter = ThroughputMeter()
         self._shape: ModelShape | None = None
         self._first_logged = False
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.precompile is not None:
+            summary, self.precompile = self.precompile.wait(), None
+            if summary:
+                logger.info("%s", summary)
+        if self.warmup is not None:
+            logger.info("%s", self.warmup.join())
+            self.warmup = None
+        if self.args.world_size > 1:  # the other processes find the local main process's kernels on disk
+            self.accelerator.wait_for_everyone()
         self.meter = ThroughputMeter()  # the first log's rates cover the first step, not the set-up before it
         with lora_inputs_uncast(self.model, mixed_precision=self.args.bf16 or self.args.fp16), \
-                fused_lora_updates(self.model):  # fmt: skip
+                fused_lora_updates(self.model), self.recording_kernels():  # fmt: skip
             return super().train(*args, **kwargs)
+
+    @contextmanager
+    def recording_kernels(self) -> Iterator[None]:
+        """Record the Triton kernels this process compiles into ``kernel_manifest`` (kept on failure too:
+        the kernels compiled so far are as useful to the next run)."""
+        if self.kernel_manifest is None:
+            yield
+            return
+        with kernel_precompile.Recorder() as recorder:
+            try:
+                yield
+            finally:
+                if recorder.entries and self.accelerator.is_main_process:
+                    recorder.save(self.kernel_manifest, kernel_precompile.environment())
 
     def restore_kernels(self) -> None:
         if self.liger is not None:
@@ -269,16 +301,42 @@ class LogLineCallback(TrainerCallback):
             logger.info("step %d/%d: %s", state.global_step, state.max_steps, ", ".join(parts))
 
 
-def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = ()) -> SWAASFTTrainer:
-    """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests)."""
+def start_library_warmup(path: str, settings: SFTSettings) -> gpu_warmup.LibraryWarmup | None:
+    """cuBLAS and cuDNN's attention started in a thread while the model loads (``gpu_warmup``), on a
+    GPU unless ``training.precompile_kernels`` is off."""
+    if settings.training.precompile_kernels == "off" or not on_gpu():
+        return None
+    from transformers import AutoConfig
+
+    head_dim = gpu_warmup.head_dim_of(AutoConfig.from_pretrained(path))
+    device = torch.device("cuda", torch.cuda.current_device())
+    return gpu_warmup.start(head_dim, training_dtype(settings), device, settings.swaa_config is not None)
+
+
+def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (),
+                  precompile: kernel_precompile.Precompile | None = None) -> SWAASFTTrainer:  # fmt: skip
+    """Model, data and trainer, ready for ``train()`` (used by :func:`run_sft` and the tests).
+
+    ``precompile``: idle kernel-compiling workers forked before this process's first CUDA call
+    (:func:`run_sft` forks them); they get ``training.precompile_kernels``'s manifest here and compile
+    while the data and the model load, as the GPU libraries start in a thread
+    (:func:`start_library_warmup`)."""
     from transformers import AutoTokenizer
 
-    path = local_model_path(settings.model, settings.output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
-    model, liger = load_training_model(path, settings)
+    if precompile is not None:
+        precompile.assign(settings.training.precompile_kernels)
+    try:
+        path = local_model_path(settings.model, settings.output_dir)
+        warmup = start_library_warmup(path, settings)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        dataset = load_training_set(tokenizer, settings.datasets, settings.data, max_positions(path))
+        model, liger = load_training_model(path, settings)
+    except BaseException:
+        if precompile is not None:
+            precompile.stop()
+        raise
     return SWAASFTTrainer(
         model=model,
         args=sft_config(settings),
@@ -290,6 +348,9 @@ def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] 
         swaa=settings.swaa_config,
         peak_tflops=settings.peak_tflops,
         liger=liger,
+        precompile=precompile,
+        warmup=warmup,
+        kernel_manifest=Path(settings.output_dir) / kernel_precompile.RECORDED_NAME if on_gpu() else None,
     )
 
 
@@ -316,17 +377,23 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), 
     from accelerate import PartialState
 
     output = Path(settings.output_dir)
-    # cpu: without a GPU, a launch of several processes is gloo data parallel only if the shared state
-    # is made with it (as TrainingArguments(use_cpu=True) would, but this is the process's first use)
-    state = PartialState(cpu=not on_gpu())
-    with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
-        try:
-            return train_in_folder(settings, callbacks, state)
-        except KeyboardInterrupt:
-            complete = complete_checkpoints(output)
-            done = f"the newest complete checkpoint is {complete[-1].name}" if complete else "no checkpoint yet"
-            raise Interrupted(f"interrupted: {done} in {output}; run the same command again to resume",
-                              quiet=not state.is_main_process) from None
+    # forked here: every import is done, and no CUDA call made yet (after one, a fork is unsafe)
+    precompile = kernel_precompile.fork_workers(settings.training.precompile_kernels)
+    try:
+        # cpu: without a GPU, a launch of several processes is gloo data parallel only if the shared state
+        # is made with it (as TrainingArguments(use_cpu=True) would, but this is the process's first use)
+        state = PartialState(cpu=not on_gpu())
+        with claimed_output_dir(output, "sft", force, state.process_index, state.wait_for_everyone):
+            try:
+                return train_in_folder(settings, callbacks, state, precompile)
+            except KeyboardInterrupt:
+                complete = complete_checkpoints(output)
+                done = f"the newest complete checkpoint is {complete[-1].name}" if complete else "no checkpoint yet"
+                raise Interrupted(f"interrupted: {done} in {output}; run the same command again to resume",
+                                  quiet=not state.is_main_process) from None
+    finally:
+        if precompile is not None:
+            precompile.stop()  # only if the run ended before waiting for them
 
 
 def prepare_folder(settings: SFTSettings, state: Any) -> None:
@@ -356,10 +423,11 @@ def warn_if_not_sharded(trainer: SWAASFTTrainer) -> None:
                            "every process holds the whole model", trainer.accelerator.distributed_type.value)
 
 
-def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any) -> SFTResult:
+def train_in_folder(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...], state: Any,
+                    precompile: kernel_precompile.Precompile | None = None) -> SFTResult:  # fmt: skip
     output = Path(settings.output_dir)
     prepare_folder(settings, state)
-    trainer = build_trainer(settings, callbacks)
+    trainer = build_trainer(settings, callbacks, precompile)
     warn_if_not_sharded(trainer)
     resume = resume_point(output) if settings.resume else None
     if resume is not None:
