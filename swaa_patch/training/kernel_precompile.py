@@ -300,9 +300,10 @@ def manifest_for(setting: str) -> tuple[Path, list[dict[str, str]], int] | None:
 
 def fork_workers(setting: str, workers: int | None = None) -> Precompile | None:
     """Idle workers for ``training.precompile_kernels``, forked now: call it once this process has
-    imported what training needs and before its first CUDA call (after one, a fork is unsafe). None
-    for "off", without CUDA in this torch or without Triton, and in all but each machine's first
-    process of a multi-process launch (they share its on-disk cache)."""
+    imported what training needs and before its first CUDA call (the children never make one;
+    forking before it also leaves CUDA's threads and state out of them). None for "off", without
+    CUDA in this torch or without Triton, and in all but each machine's first process of a
+    multi-process launch (they share its on-disk cache)."""
     import importlib.util
 
     import torch

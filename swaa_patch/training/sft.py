@@ -377,7 +377,7 @@ def run_sft(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (), 
     from accelerate import PartialState
 
     output = Path(settings.output_dir)
-    # forked here: every import is done, and no CUDA call made yet (after one, a fork is unsafe)
+    # forked here: every import is done, and no CUDA call made yet (the children start without CUDA's state)
     precompile = kernel_precompile.fork_workers(settings.training.precompile_kernels)
     try:
         # cpu: without a GPU, a launch of several processes is gloo data parallel only if the shared state
