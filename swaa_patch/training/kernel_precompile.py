@@ -200,7 +200,8 @@ def worker(conn: Connection) -> None:
             compiled += 1
         except Exception as err:  # reported; the training process compiles it at first launch instead
             failed.append(f"{entry['module']}.{entry['name']}: {type(err).__name__}: {err}"[:300])
-    conn.send({"compiled": compiled, "failed": failed})
+    # time.monotonic: one clock for every process of the machine
+    conn.send({"compiled": compiled, "failed": failed, "finished": time.monotonic()})
     conn.close()
 
 
@@ -229,7 +230,7 @@ class Precompile:
             self.stop()
             return
         self.manifest, entries, arch = found
-        self.kernels, self.started = len(entries), time.perf_counter()
+        self.kernels, self.started = len(entries), time.monotonic()
         count = len(self.workers)
         for i, (_, conn) in enumerate(self.workers):  # the first also builds Triton's driver module
             conn.send((entries[i::count], arch, i == 0) if entries[i::count] else None)
@@ -240,7 +241,7 @@ class Precompile:
         if self.done:
             return None
         self.done = True
-        compiled, failed = 0, []
+        compiled, failed, finished = 0, [], []
         deadline = time.monotonic() + timeout
         for process, conn in self.workers:
             report = None
@@ -257,12 +258,15 @@ class Precompile:
             elif report is not None:
                 compiled += report["compiled"]
                 failed += report["failed"]
+                finished.append(report["finished"])
             elif process.exitcode != 0:
                 failed.append(f"a worker exited {process.exitcode} without a report")
             conn.close()
-        seconds = time.perf_counter() - self.started
+        done_s = max(finished, default=time.monotonic()) - self.started  # the last worker's own finish
+        waited_s = time.monotonic() - self.started
         text = (f"precompiled {compiled} of {self.kernels} Triton kernels from {self.manifest} in "
-                f"{len(self.workers)} forked processes, ready {seconds:.1f} s after they were handed out")  # fmt: skip
+                f"{len(self.workers)} forked processes, done {done_s:.1f} s after they were handed out "
+                f"(collected at {waited_s:.1f} s)")  # fmt: skip
         if failed:
             text += f"; not precompiled (compiled at first launch instead): {'; '.join(failed)}"
         self.summary = text
