@@ -124,8 +124,9 @@ class TrainSettings:
     checkpoint_every_n_layers: int = 1
     report_to: str = "none"
     liger: str = "auto"  # Liger's fused RMSNorm / SwiGLU / RoPE kernels: auto (on for CUDA), on, off
-    # Triton kernels compiled before the first step by worker processes, from a manifest of an earlier run
-    # (training/kernel_precompile.py): auto (the one shipped for this GPU and Triton, if any), off, or a path
+    # the warm start on a GPU: Triton kernels compiled by forked workers from a manifest of an earlier run
+    # (training/kernel_precompile.py) and cuBLAS / cuDNN started in a thread (training/gpu_warmup.py) while
+    # the model loads: auto (the manifest shipped for this GPU and Triton, if any), off, or a manifest's path
     precompile_kernels: str = "auto"
 
 
