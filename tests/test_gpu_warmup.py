@@ -1,12 +1,11 @@
 """training/gpu_warmup.py: the thread that starts cuBLAS and cuDNN's attention while the model loads
-reports what it did or why it could not (never failing the run), and finds the head size of every
-family's config; on a GPU, it does start cuDNN's band where training attention takes it."""
+reports what it did or why it could not (never failing the run); on a GPU, it does start cuDNN's band
+where training attention takes it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma3Config, LlamaConfig, Qwen3Config
 
 from swaa_patch.training import gpu_warmup
 
@@ -31,18 +30,6 @@ def test_the_thread_reports_what_it_started_or_why_not(monkeypatch):
     monkeypatch.setattr(gpu_warmup, "warm_libraries", broken)
     text = gpu_warmup.start(64, torch.bfloat16, torch.device("cpu"), True).join()
     assert text == "GPU libraries not started ahead (RuntimeError: no cuDNN here); the first step starts them"
-
-
-@pytest.mark.parametrize(
-    "config, head_dim",
-    [
-        (Qwen3Config(hidden_size=256, num_attention_heads=4, head_dim=128), 128),  # not hidden / heads
-        (LlamaConfig(hidden_size=256, num_attention_heads=4), 64),
-        (Gemma3Config(text_config={"hidden_size": 256, "num_attention_heads": 4, "head_dim": 32}), 32),
-    ],
-)
-def test_head_size_of_each_family(config, head_dim):
-    assert gpu_warmup.head_dim_of(config) == head_dim
 
 
 @pytest.mark.gpu

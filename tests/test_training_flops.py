@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import RefRule, reference_masks
+from transformers import Gemma3Config, LlamaConfig, Qwen3Config
 
 from swaa_patch import SWAAConfig
 from swaa_patch.training.flops import (
@@ -14,6 +15,7 @@ from swaa_patch.training.flops import (
     ThroughputMeter,
     attention_pairs,
     batch_flops,
+    head_dim,
     training_flops,
     visible_keys,
 )
@@ -119,3 +121,16 @@ def test_throughput_meter_reports_mfu():
     assert report["mfu"] == pytest.approx(0.5, rel=0.01)
     assert report["tokens_per_s"] == pytest.approx(1000, rel=0.01)
     assert meter.flops == 0 and meter.tokens == 0
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        (Qwen3Config(hidden_size=256, num_attention_heads=4, head_dim=128), 128),  # not hidden / heads
+        (LlamaConfig(hidden_size=256, num_attention_heads=4), 64),
+        (Gemma3Config(text_config={"hidden_size": 256, "num_attention_heads": 4, "head_dim": 32}), 32),
+    ],
+)
+def test_head_size_of_each_family(config, size):
+    """The one head-size rule ModelShape and the GPU warm-up (training/gpu_warmup.py) both use."""
+    assert head_dim(config) == size

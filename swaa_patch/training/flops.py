@@ -30,6 +30,13 @@ from ..plan import build_plan
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 125.0, "L4": 121.0}
 
 
+def head_dim(config) -> int:
+    """The attention head size of a transformers config (a multimodal one's text part): ``head_dim``
+    where set (Qwen3's and Gemma's differ from hidden / heads), else hidden / heads."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """What the FLOP count needs from a model."""
@@ -44,13 +51,12 @@ class ModelShape:
     def from_model(cls, model: torch.nn.Module) -> ModelShape:
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
         matmul = sum(p.numel() for p in model.parameters() if id(p) not in embeddings and p.ndim >= 2)
         if getattr(config, "tie_word_embeddings", False):
             matmul += config.vocab_size * config.hidden_size  # the LM head reuses the embedding matrix
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return cls(config.num_hidden_layers, heads, head_dim, matmul, trainable)
+        return cls(config.num_hidden_layers, heads, head_dim(config), matmul, trainable)
 
 
 def visible_keys(pos: Tensor, window: int | None, keep_first: int) -> Tensor:

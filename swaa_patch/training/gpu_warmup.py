@@ -78,8 +78,3 @@ def start(head_dim: int, dtype: torch.dtype, device: torch.device, attention: bo
     thread.start()
     return LibraryWarmup(thread, outcome)
 
-
-def head_dim_of(config) -> int:
-    """The attention head size of a transformers config (``head_dim`` where set, else hidden / heads)."""
-    text = getattr(config, "get_text_config", lambda: config)()
-    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads

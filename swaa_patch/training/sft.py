@@ -37,7 +37,7 @@ from ..config import SWAAConfig
 from ..jobs.errors import Interrupted
 from ..jobs.io import atomic_write_json
 from ..jobs.liger import LigerPatch, apply_liger, use_liger
-from ..jobs.loading import local_model_path, max_positions
+from ..jobs.loading import local_model_path, max_positions, text_config
 from ..jobs.output import claimed_output_dir
 from ..jobs.run import SETTINGS_FILE
 from ..jobs.validate import settings_to_dict
@@ -60,7 +60,7 @@ from .checkpoints import (
     training_meta,
 )
 from .data import load_training_set
-from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops
+from .flops import ModelShape, ThroughputMeter, batch_flops, detect_peak_tflops, head_dim
 from .fused_lora import fused_lora_updates
 from .settings import LoraSettings, SFTSettings, TrainSettings
 
@@ -306,11 +306,9 @@ def start_library_warmup(path: str, settings: SFTSettings) -> gpu_warmup.Library
     GPU unless ``training.precompile_kernels`` is off."""
     if settings.training.precompile_kernels == "off" or not on_gpu():
         return None
-    from transformers import AutoConfig
-
-    head_dim = gpu_warmup.head_dim_of(AutoConfig.from_pretrained(path))
+    size = head_dim(text_config(path))
     device = torch.device("cuda", torch.cuda.current_device())
-    return gpu_warmup.start(head_dim, training_dtype(settings), device, settings.swaa_config is not None)
+    return gpu_warmup.start(size, training_dtype(settings), device, settings.swaa_config is not None)
 
 
 def build_trainer(settings: SFTSettings, callbacks: tuple[TrainerCallback, ...] = (),
